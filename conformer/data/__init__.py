@@ -1,0 +1,1 @@
+"""Data: GEOM reading and building, featurisation, cached records, DataModule."""

@@ -1,0 +1,133 @@
+"""Atom and bond featurisation, in one place: what the network sees of a molecular graph.
+
+All features are small categorical indices (the network embeds each column and sums), so the
+record stores integers only and the vocabulary is fixed by the constants below.
+``FEATURE_VERSION`` is part of the preprocessing parameter hash: bump it whenever anything here
+changes, so stale caches are never reused.
+
+Stereochemistry is given in a permutation-invariant form: CIP labels (R/S on atoms, E/Z on
+bonds) rather than RDKit's CW/CCW tags, which depend on the order of an atom's neighbours in the
+input and so mean nothing to a message-passing network.
+
+Atom feature columns (``ATOM_FEATURE_NAMES``; index 0 of each is "other/none"):
+    element           ELEMENTS (index 0 = unsupported element; such molecules are rejected)
+    degree            0..6 (capped)
+    formal_charge     -2..+2 -> 1..5 (0 = outside range)
+    hybridization     S, SP, SP2, SP3, SP3D, SP3D2
+    aromatic          0/1
+    total_hydrogens   0..4 (capped)
+    in_ring           0/1
+    ring_size         smallest ring containing the atom: none, 3..8, larger
+    cip_label         none, R, S, unassigned stereocentre
+Bond feature columns (``BOND_FEATURE_NAMES``):
+    bond_type         single, double, triple, aromatic
+    conjugated        0/1
+    in_ring           0/1
+    stereo            none, E, Z, unassigned stereo double bond
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from rdkit import Chem
+
+from conformer.data import keys
+
+FEATURE_VERSION = 1
+
+# Elements seen in GEOM-Drugs and QM9 (index 0 is reserved for "unsupported").
+ELEMENTS = ("H", "Li", "B", "C", "N", "O", "F", "Na", "Mg", "Al", "Si", "P", "S", "Cl", "K",
+            "Ca", "V", "Cr", "Mn", "Cu", "Zn", "Ga", "Ge", "As", "Se", "Br", "Ag", "In", "Sn",
+            "Sb", "Te", "I", "Gd", "Pt", "Au", "Hg", "Bi")
+_ELEMENT_INDEX = {symbol: i + 1 for i, symbol in enumerate(ELEMENTS)}
+_HYBRIDIZATION = {
+    Chem.HybridizationType.S: 1, Chem.HybridizationType.SP: 2, Chem.HybridizationType.SP2: 3,
+    Chem.HybridizationType.SP3: 4, Chem.HybridizationType.SP3D: 5,
+    Chem.HybridizationType.SP3D2: 6,
+}
+_BOND_TYPE = {Chem.BondType.SINGLE: 0, Chem.BondType.DOUBLE: 1, Chem.BondType.TRIPLE: 2,
+              Chem.BondType.AROMATIC: 3}
+
+ATOM_FEATURE_NAMES = ("element", "degree", "formal_charge", "hybridization", "aromatic",
+                      "total_hydrogens", "in_ring", "ring_size", "cip_label")
+ATOM_FEATURE_CARDINALITIES = (len(ELEMENTS) + 1, 7, 6, 7, 2, 5, 2, 8, 4)
+BOND_FEATURE_NAMES = ("bond_type", "conjugated", "in_ring", "stereo")
+BOND_FEATURE_CARDINALITIES = (4, 2, 2, 4)
+
+
+class FeaturizationError(ValueError):
+    """A molecule this featuriser cannot represent (the message gives the reason)."""
+
+
+def _ring_size(atom: Chem.Atom, ring_info) -> int:
+    if not atom.IsInRing():
+        return 0
+    for size in range(3, 9):
+        if ring_info.IsAtomInRingOfSize(atom.GetIdx(), size):
+            return size - 2  # 3..8 -> 1..6
+    return 7
+
+
+def assign_cip(mol: Chem.Mol) -> None:
+    """Assign CIP labels (``_CIPCode`` on atoms, bond stereo E/Z) in place, from the graph."""
+    Chem.AssignStereochemistry(mol, cleanIt=True, force=True)
+
+
+def featurize_mol(mol: Chem.Mol) -> dict[str, np.ndarray]:
+    """Atom and bond features of ``mol`` (explicit hydrogens expected).
+
+    Returns a dict with ``keys.ATOM_FEATURES`` int64 [N, 9], ``keys.ATOMIC_NUMBERS`` int64 [N],
+    ``keys.BOND_INDEX`` int64 [2, E] and ``keys.BOND_FEATURES`` int64 [E, 4] (E = 2 x bonds).
+    Raises FeaturizationError for an unsupported element.
+    """
+    mol = Chem.Mol(mol)
+    assign_cip(mol)
+    ring_info = mol.GetRingInfo()
+    atom_rows = []
+    for atom in mol.GetAtoms():
+        element = _ELEMENT_INDEX.get(atom.GetSymbol())
+        if element is None:
+            raise FeaturizationError(f"unsupported element {atom.GetSymbol()}")
+        charge = atom.GetFormalCharge()
+        cip = atom.GetProp("_CIPCode") if atom.HasProp("_CIPCode") else None
+        if cip is not None:
+            cip_index = 1 if cip == "R" else 2
+        elif atom.HasProp("_ChiralityPossible"):
+            cip_index = 3
+        else:
+            cip_index = 0
+        atom_rows.append((
+            element,
+            min(atom.GetDegree(), 6),
+            charge + 3 if -2 <= charge <= 2 else 0,
+            _HYBRIDIZATION.get(atom.GetHybridization(), 0),
+            int(atom.GetIsAromatic()),
+            min(atom.GetTotalNumHs(), 4),
+            int(atom.IsInRing()),
+            _ring_size(atom, ring_info),
+            cip_index,
+        ))
+    bond_rows, sources, targets = [], [], []
+    for bond in mol.GetBonds():
+        stereo = bond.GetStereo()
+        if stereo in (Chem.BondStereo.STEREOE, Chem.BondStereo.STEREOTRANS):
+            stereo_index = 1
+        elif stereo in (Chem.BondStereo.STEREOZ, Chem.BondStereo.STEREOCIS):
+            stereo_index = 2
+        elif stereo == Chem.BondStereo.STEREOANY:
+            stereo_index = 3
+        else:
+            stereo_index = 0
+        row = (_BOND_TYPE.get(bond.GetBondType(), 0), int(bond.GetIsConjugated()),
+               int(bond.IsInRing()), stereo_index)
+        i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+        sources += [i, j]
+        targets += [j, i]
+        bond_rows += [row, row]
+    num_features = len(BOND_FEATURE_CARDINALITIES)
+    return {
+        keys.ATOM_FEATURES: np.asarray(atom_rows, dtype=np.int64).reshape(-1, len(ATOM_FEATURE_CARDINALITIES)),
+        keys.ATOMIC_NUMBERS: np.asarray([a.GetAtomicNum() for a in mol.GetAtoms()], dtype=np.int64),
+        keys.BOND_INDEX: np.asarray([sources, targets], dtype=np.int64).reshape(2, -1),
+        keys.BOND_FEATURES: np.asarray(bond_rows, dtype=np.int64).reshape(-1, num_features),
+    }
