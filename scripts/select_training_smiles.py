@@ -1,0 +1,150 @@
+"""Pick real drug-like training SMILES, keeping every GEOM test and Hutchison molecule out.
+
+Sources: SMILES lists shipped inside the RDKit wheel (NCI open database subset in
+``RDConfig.RDDataDir/NCI``; ChEMBL-derived example sets in ``RDConfig.RDContribDir``), all
+BSD-licensed as part of RDKit. Filters (applied in this order, each counted in the README):
+parses; one fragment; 8-40 heavy atoms; elements in {H,C,N,O,F,S,Cl,Br,P,I}; at most 8
+rotatable bonds; InChIKey skeleton (first block) not among the GEOM-Drugs test molecules (both
+columns of both test CSVs) nor the Hutchison benchmark molecules; not a duplicate.
+
+Usage:
+    python scripts/select_training_smiles.py \
+        --hutchison /work/shared/data/hutchison/hutchison_conformers.sdf.gz \
+        --out data/train_smiles
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import gzip
+from pathlib import Path
+
+from rdkit import Chem, RDConfig, RDLogger
+from rdkit.Chem import rdMolDescriptors
+
+ALLOWED_ELEMENTS = {"H", "C", "N", "O", "F", "S", "Cl", "Br", "P", "I"}
+REPO = Path(__file__).resolve().parent.parent
+
+
+def default_sources() -> list[Path]:
+    data, contrib = Path(RDConfig.RDDataDir), Path(RDConfig.RDContribDir)
+    return [data / "NCI" / "first_5K.smi",
+            contrib / "fraggle" / "data" / "ChEMBL_11265_actives.smi",
+            contrib / "FreeWilson" / "data" / "CHEMBL2321810.smi",
+            contrib / "Fastcluster" / "cdk2.smi"]
+
+
+def read_smiles(path: Path) -> list[str]:
+    """First whitespace/comma-separated field of every non-comment line that parses as text."""
+    out = []
+    with open(path) as handle:
+        for line in handle:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            field = line.replace(",", " ").split()[0]
+            if field.lower() in ("smiles", "canonical_smiles"):
+                continue
+            out.append(field)
+    return out
+
+
+def skeleton_key(mol: Chem.Mol) -> str | None:
+    key = Chem.MolToInchiKey(mol)
+    return key or None
+
+
+def excluded_inchikeys(test_csvs: list[Path], hutchison_sdf: Path) -> set[str]:
+    """Full InChIKeys of every GEOM-Drugs test SMILES (both columns) and Hutchison molecule."""
+    keys: set[str] = set()
+    for path in test_csvs:
+        with open(path) as handle:
+            for row in csv.DictReader(handle):
+                for column in ("smiles", "corrected_smiles"):
+                    mol = Chem.MolFromSmiles(row.get(column) or "")
+                    if mol is not None and (key := skeleton_key(mol)):
+                        keys.add(key)
+    opener = gzip.open if str(hutchison_sdf).endswith(".gz") else open
+    with opener(hutchison_sdf, "rb") as handle:
+        for mol in Chem.ForwardSDMolSupplier(handle, sanitize=True, removeHs=False):
+            if mol is None:
+                continue
+            candidates = [mol]
+            if mol.HasProp("smiles"):
+                candidates.append(Chem.MolFromSmiles(mol.GetProp("smiles")))
+            for candidate in candidates:
+                if candidate is not None and (key := skeleton_key(candidate)):
+                    keys.add(key)
+    return keys
+
+
+def select(sources: list[Path], excluded: set[str]) -> tuple[list[str], collections.Counter]:
+    excluded_skeletons = {k.split("-")[0] for k in excluded}
+    counts: collections.Counter = collections.Counter()
+    seen: set[str] = set()
+    chosen = []
+    for source in sources:
+        for smiles in read_smiles(source):
+            counts["read"] += 1
+            mol = Chem.MolFromSmiles(smiles)
+            if mol is None:
+                counts["unparsable"] += 1
+                continue
+            if len(Chem.GetMolFrags(mol)) != 1:
+                counts["several fragments"] += 1
+                continue
+            if not 8 <= mol.GetNumHeavyAtoms() <= 40:
+                counts["heavy atoms outside 8-40"] += 1
+                continue
+            if any(a.GetSymbol() not in ALLOWED_ELEMENTS for a in mol.GetAtoms()):
+                counts["element outside H,C,N,O,F,S,Cl,Br,P,I"] += 1
+                continue
+            if rdMolDescriptors.CalcNumRotatableBonds(mol) > 8:
+                counts["more than 8 rotatable bonds"] += 1
+                continue
+            key = Chem.MolToInchiKey(mol)
+            if not key:
+                counts["no InChIKey"] += 1
+                continue
+            if key.split("-")[0] in excluded_skeletons:
+                counts["in GEOM test set or Hutchison set"] += 1
+                continue
+            canonical = Chem.MolToSmiles(mol)
+            if key in seen:
+                counts["duplicate"] += 1
+                continue
+            seen.add(key)
+            chosen.append(canonical)
+            counts["kept"] += 1
+    return chosen, counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hutchison", type=Path, default=REPO / "data/hutchison/"
+                        "hutchison_conformers.sdf.gz",
+                        help="Hutchison conformer benchmark SDF (.sdf or .sdf.gz)")
+    parser.add_argument("--test-csv", type=Path, nargs="+",
+                        default=[REPO / "data/geom/drugs/test_smiles.csv",
+                                 REPO / "data/geom/drugs/test_smiles_corrected.csv"],
+                        help="GEOM-Drugs test SMILES CSVs whose molecules are excluded")
+    parser.add_argument("--out", type=Path, default=REPO / "data/train_smiles",
+                        help="output folder for train_druglike.smi and excluded_inchikeys.txt")
+    args = parser.parse_args()
+    RDLogger.DisableLog("rdApp.*")
+    excluded = excluded_inchikeys(args.test_csv, args.hutchison)
+    chosen, counts = select(default_sources(), excluded)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "excluded_inchikeys.txt").write_text("\n".join(sorted(excluded)) + "\n")
+    with open(args.out / "train_druglike.smi", "w") as handle:
+        for smiles in chosen:
+            handle.write(smiles + "\n")
+    print(f"{len(excluded)} excluded InChIKeys; kept {len(chosen)}")
+    for reason, count in counts.items():
+        print(f"  {reason}: {count}")
+
+
+if __name__ == "__main__":
+    main()
