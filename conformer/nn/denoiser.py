@@ -1,0 +1,166 @@
+"""The E(3)-equivariant denoiser: molecular graph + noisy coordinates -> one vector per atom."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from conformer.data import keys
+from conformer.data.features import ATOM_FEATURE_CARDINALITIES, BOND_FEATURE_CARDINALITIES
+from conformer.nn.graph import radius_graph, scatter_mean
+from conformer.nn.layers import (
+    GaussianRadialBasis,
+    InteractionBlock,
+    NoiseEmbedding,
+    smooth_cutoff,
+)
+from conformer.recm import ModulatedLayer, RECMConfig, RECMController
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    """Size of the network. scalar/vector channels: multiplicities of 0e and of 1o and 1e
+    (and 0o) in the hidden irreps; lmax: of the edge spherical harmonics (1 or 2); cutoff of
+    the radius graph in Angstrom; avg_num_neighbors: message normalisation."""
+
+    num_layers: int = 3
+    scalar_channels: int = 32
+    vector_channels: int = 8
+    pseudoscalar_channels: int = 4
+    lmax: int = 1
+    cutoff: float = 5.0
+    num_radial: int = 12
+    radial_hidden: int = 32
+    edge_embedding_dim: int = 8
+    avg_num_neighbors: float = 20.0
+
+    def hidden_irreps(self) -> o3.Irreps:
+        parts = [f"{self.scalar_channels}x0e"]
+        if self.pseudoscalar_channels:
+            parts.append(f"{self.pseudoscalar_channels}x0o")
+        parts += [f"{self.vector_channels}x1o", f"{self.vector_channels}x1e"]
+        return o3.Irreps("+".join(parts)).sort().irreps.simplify()
+
+
+PRESETS: dict[str, DenoiserConfig] = {
+    "tiny": DenoiserConfig(num_layers=2, scalar_channels=8, vector_channels=4,
+                           pseudoscalar_channels=2, num_radial=8, radial_hidden=16,
+                           edge_embedding_dim=4),
+    "small": DenoiserConfig(),
+    "base": DenoiserConfig(num_layers=6, scalar_channels=128, vector_channels=32,
+                           pseudoscalar_channels=16, lmax=2, num_radial=16, radial_hidden=64,
+                           edge_embedding_dim=16),
+}
+
+RADIUS_EDGE_TYPE = BOND_FEATURE_CARDINALITIES[0]  # one past the bond types
+
+
+class CategoricalEmbedding(nn.Module):
+    """One embedding per categorical column, summed: [M, columns] int64 -> [M, dim]."""
+
+    def __init__(self, cardinalities, dim: int):
+        super().__init__()
+        self.tables = nn.ModuleList(nn.Embedding(c, dim) for c in cardinalities)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return sum(table(features[:, i]) for i, table in enumerate(self.tables))
+
+
+class Denoiser(nn.Module):
+    """``net(batch, noise_conditioning [B]) -> [N_total, 3]``, one ``1o`` vector per atom.
+
+    batch keys (conformer.data.keys): atom_features [N, 9], bond_index [2, E], bond_features
+    [E, 4], pos [N, 3] (Angstrom), batch [N] (sorted), num_graphs. Only relative positions
+    enter, so the output is translation invariant; in ``equivariant`` mode (or after export
+    with every gamma 0) it is exactly O(3)-equivariant. ``net.recm`` is the RECM controller.
+    """
+
+    def __init__(self, config: DenoiserConfig, recm: RECMConfig):
+        super().__init__()
+        self.config = config
+        self.recm_config = recm
+        hidden = config.hidden_irreps()
+        self.irreps_sh = o3.Irreps.spherical_harmonics(config.lmax)
+        scalars = config.scalar_channels
+        self.atom_embedding = CategoricalEmbedding(ATOM_FEATURE_CARDINALITIES, scalars)
+        self.noise_embedding = NoiseEmbedding(scalars)
+        self.bond_embedding = CategoricalEmbedding(BOND_FEATURE_CARDINALITIES,
+                                                   config.edge_embedding_dim)
+        self.radius_embedding = nn.Parameter(torch.randn(config.edge_embedding_dim))
+        self.radial_basis = GaussianRadialBasis(config.cutoff, config.num_radial)
+        edge_dim = config.num_radial + config.edge_embedding_dim
+        irreps = o3.Irreps(f"{scalars}x0e")
+        layers = []
+        for _ in range(config.num_layers):
+            block = InteractionBlock(irreps, hidden, self.irreps_sh, edge_dim,
+                                     config.radial_hidden, config.avg_num_neighbors)
+            layers.append(ModulatedLayer(block, irreps, block.irreps_out, recm,
+                                         irreps_free_in=irreps + o3.Irreps("1x1o")))
+            irreps = block.irreps_out
+        self.interactions = nn.ModuleList(layers)
+        head = o3.Linear(irreps, "1x1o")
+        self.head = ModulatedLayer(head, irreps, "1x1o", recm,
+                                   irreps_free_in=irreps + o3.Irreps("1x1o"))
+        self.recm = RECMController([*layers, self.head], recm)
+
+    def edges(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Bond edges then radius edges that are not bonds: (source [E], target [E],
+        edge type embedding [E, edge_embedding_dim], 1.0 for bond edges else 0.0 [E])."""
+        pos, graph = batch[keys.POS], batch[keys.BATCH]
+        num_atoms = pos.shape[0]
+        bond_source, bond_target = batch[keys.BOND_INDEX]
+        radius_source, radius_target = radius_graph(pos, graph, int(batch[keys.NUM_GRAPHS]),
+                                                    self.config.cutoff)
+        pair_id = bond_source * num_atoms + bond_target
+        is_bond = torch.isin(radius_source * num_atoms + radius_target, pair_id)
+        radius_source, radius_target = radius_source[~is_bond], radius_target[~is_bond]
+        bond_type = self.bond_embedding(batch[keys.BOND_FEATURES])
+        radius_type = self.radius_embedding.to(pos.dtype).expand(radius_source.numel(), -1)
+        source = torch.cat([bond_source, radius_source])
+        target = torch.cat([bond_target, radius_target])
+        envelope = torch.cat([torch.ones_like(bond_source, dtype=pos.dtype),
+                              torch.zeros_like(radius_source, dtype=pos.dtype)])
+        return source, target, torch.cat([bond_type.to(pos.dtype), radius_type]), envelope
+
+    def forward(self, batch: dict, noise_conditioning: torch.Tensor) -> torch.Tensor:
+        pos, graph = batch[keys.POS], batch[keys.BATCH]
+        num_graphs = int(batch[keys.NUM_GRAPHS])
+        source, target, edge_type, is_bond = self.edges(batch)
+        vectors = pos[source] - pos[target]
+        length = vectors.norm(dim=-1)
+        # radius edges fade out at the cutoff (smooth in pos); bond edges are always present
+        envelope = is_bond + (1 - is_bond) * smooth_cutoff(length, self.config.cutoff)
+        edge_scalars = torch.cat(
+            [self.radial_basis(length) * envelope.unsqueeze(-1), edge_type], dim=-1)
+        edge_sh = o3.spherical_harmonics(self.irreps_sh, vectors, normalize=True,
+                                         normalization="component") * envelope.unsqueeze(-1)
+        centred = pos - scatter_mean(pos, graph, num_graphs)[graph]
+        noise = self.noise_embedding(noise_conditioning.to(pos.dtype))
+        h = self.atom_embedding(batch[keys.ATOM_FEATURES]).to(pos.dtype) + noise[graph]
+        for layer in self.interactions:
+            h = layer(h, source, target, edge_sh, edge_scalars,
+                      free_input=torch.cat([h, centred], dim=-1))
+        return self.head(h, free_input=torch.cat([h, centred], dim=-1))
+
+
+def build_denoiser(preset: str = "small", mode: str = "recm", **overrides) -> Denoiser:
+    """Build a denoiser from a size preset (tiny, small, base) and a RECM mode.
+
+    overrides: fields of DenoiserConfig or RECMConfig (e.g. ``num_layers=4``, ``beta=0.02``).
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown denoiser preset {preset!r}; choose one of "
+                         f"{', '.join(PRESETS)}")
+    size_fields = {f.name for f in dataclasses.fields(DenoiserConfig)}
+    recm_fields = {f.name for f in dataclasses.fields(RECMConfig)}
+    unknown = set(overrides) - size_fields - recm_fields
+    if unknown:
+        raise ValueError(f"unknown denoiser setting(s): {', '.join(sorted(unknown))}")
+    size = dataclasses.replace(PRESETS[preset],
+                               **{k: v for k, v in overrides.items() if k in size_fields})
+    recm = RECMConfig(mode=mode, **{k: v for k, v in overrides.items() if k in recm_fields})
+    return Denoiser(size, recm)

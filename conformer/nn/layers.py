@@ -1,0 +1,100 @@
+"""E(3)-equivariant building blocks (e3nn): radial basis, interaction block, noise embedding."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from e3nn import nn as e3nn_nn
+from e3nn import o3
+from torch import nn
+
+from conformer.nn.graph import scatter_sum
+
+
+class GaussianRadialBasis(nn.Module):
+    """Gaussians of the edge length: [E] (Angstrom) -> [E, num_basis]."""
+
+    def __init__(self, cutoff: float, num_basis: int):
+        super().__init__()
+        self.register_buffer("centers", torch.linspace(0.0, cutoff, num_basis))
+        self.width = cutoff / max(num_basis - 1, 1)
+
+    def forward(self, length: torch.Tensor) -> torch.Tensor:
+        centers = self.centers.to(length.dtype)
+        return torch.exp(-0.5 * ((length.unsqueeze(-1) - centers) / self.width) ** 2)
+
+
+def smooth_cutoff(length: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """Cosine envelope, 1 at 0 and 0 (with zero slope) at ``cutoff``: [E] -> [E]."""
+    inside = (length < cutoff).to(length.dtype)
+    return 0.5 * (torch.cos(math.pi * length.clamp(max=cutoff) / cutoff) + 1.0) * inside
+
+
+class NoiseEmbedding(nn.Module):
+    """Sinusoidal features of a scalar noise level then an MLP: [B] -> [B, dim]."""
+
+    def __init__(self, dim: int, num_frequencies: int = 16):
+        super().__init__()
+        self.register_buffer("frequencies", torch.logspace(-1, 2, num_frequencies))
+        self.mlp = nn.Sequential(nn.Linear(2 * num_frequencies, dim), nn.SiLU(),
+                                 nn.Linear(dim, dim))
+
+    def forward(self, level: torch.Tensor) -> torch.Tensor:
+        angles = level.unsqueeze(-1) * self.frequencies.to(level.dtype)
+        return self.mlp(torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1))
+
+
+def gate_for(irreps_out: o3.Irreps) -> e3nn_nn.Gate:
+    """A gated nonlinearity whose output is ``irreps_out`` (scalars act, l > 0 gated)."""
+    irreps_out = o3.Irreps(irreps_out).simplify()
+    scalars = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir.l == 0])
+    gated = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir.l > 0])
+    activations = [torch.nn.functional.silu if ir.p == 1 else torch.tanh for _, ir in scalars]
+    gates = o3.Irreps(f"{gated.num_irreps}x0e") if gated.num_irreps else o3.Irreps("")
+    return e3nn_nn.Gate(scalars, activations, gates, [torch.sigmoid] * len(gates), gated)
+
+
+class InteractionBlock(nn.Module):
+    """One message-passing layer, strictly O(3)-equivariant.
+
+    Messages: depthwise ('uvu') tensor product of the source node's features with the edge's
+    spherical harmonics, weighted per edge by an MLP of the edge scalars; summed at the target,
+    mixed by an ``o3.Linear``, plus a linear self-connection, then a gate; residual when the
+    irreps match.
+
+    forward(h [N, irreps_in.dim], edge_source [E], edge_target [E], edge_sh [E, irreps_sh.dim],
+    edge_scalars [E, edge_dim]) -> [N, irreps_out.dim].
+    """
+
+    def __init__(self, irreps_in, irreps_out, irreps_sh, edge_dim: int, radial_hidden: int,
+                 avg_num_neighbors: float):
+        super().__init__()
+        self.irreps_in = o3.Irreps(irreps_in)
+        self.irreps_out = o3.Irreps(irreps_out)
+        self.irreps_sh = o3.Irreps(irreps_sh)
+        self.gate = gate_for(self.irreps_out)
+        wanted = {ir for _, ir in self.gate.irreps_in}
+        mid, instructions = [], []
+        for i_in, (mul, ir_in) in enumerate(self.irreps_in):
+            for i_sh, (_, ir_sh) in enumerate(self.irreps_sh):
+                for ir_mid in ir_in * ir_sh:
+                    if ir_mid in wanted:
+                        instructions.append((i_in, i_sh, len(mid), "uvu", True))
+                        mid.append((mul, ir_mid))
+        irreps_mid = o3.Irreps(mid)
+        self.tp = o3.TensorProduct(self.irreps_in, self.irreps_sh, irreps_mid, instructions,
+                                   shared_weights=False, internal_weights=False)
+        self.radial = e3nn_nn.FullyConnectedNet(
+            [edge_dim, radial_hidden, self.tp.weight_numel], torch.nn.functional.silu)
+        self.mix = o3.Linear(irreps_mid, self.gate.irreps_in)
+        self.self_connection = o3.Linear(self.irreps_in, self.gate.irreps_in)
+        self.norm = 1.0 / math.sqrt(avg_num_neighbors)
+        self.irreps_out = self.gate.irreps_out  # the gate fixes the order of the irreps
+        self.residual = self.irreps_in == self.irreps_out
+
+    def forward(self, h, edge_source, edge_target, edge_sh, edge_scalars):
+        messages = self.tp(h[edge_source], edge_sh, self.radial(edge_scalars))
+        aggregated = scatter_sum(messages, edge_target, h.shape[0]) * self.norm
+        out = self.gate(self.mix(aggregated) + self.self_connection(h))
+        return h + out if self.residual else out

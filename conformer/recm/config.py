@@ -1,0 +1,63 @@
+"""Settings of constraint modulation: one dataclass, one ``mode`` switch."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+MODES = ("equivariant", "unconstrained", "scheduled", "ace", "recm")
+
+
+@dataclass(frozen=True)
+class RECMConfig:
+    """Every knob of the modulated layers; the same defaults serve every task.
+
+    mode: ``equivariant`` (no free branch), ``unconstrained`` (free branch, coefficient 1),
+        ``scheduled`` (triangular 0 -> 1 -> 0 coefficient + defect penalty; branch dropped at
+        test/export), ``ace`` (primal-dual on the coefficient; truncated at export) or ``recm``.
+    gamma_max: cap of the recurrent state (headroom above 1, see recm.md section 4).
+    beta: step of the recurrent update ``gamma <- (1-beta) gamma + beta gamma_max b``.
+    gamma_min: absorbing threshold on the upper confidence bound of the fixed point
+        ``gamma_max * E[b]``; below it for ``patience`` steps the layer is frozen at zero.
+    confidence_z: how many standard errors the upper confidence bound adds.
+    stats_window: effective window (steps) of the running mean / variance of ``b``.
+    min_samples, patience: steps of evidence needed before a layer can be absorbed.
+    num_group_samples: random O(3) elements per step in the Haar projection estimate.
+    free_hidden, free_layers, free_init_std: the free branch's GELU MLP.
+    reg_weight: weight of the regulariser (``recm``: optional, 0 = off; ``scheduled``: the
+        equivariance-defect penalty of section 2 uses ``scheduled_reg_weight``).
+    ace_primal_lr, ace_dual_lr, ace_truncation: ACE's primal-dual steps and the |gamma| under
+        which export truncates the branch.
+    seed: base seed of the group elements drawn for the projection (deterministic per step,
+        so a resumed run draws the same elements as an uninterrupted one).
+    """
+
+    mode: str = "recm"
+    gamma_init: float = 1.0
+    gamma_max: float = 4.0
+    beta: float = 0.01
+    gamma_min: float = 0.05
+    confidence_z: float = 2.0
+    stats_window: int = 500
+    min_samples: int = 200
+    patience: int = 100
+    num_group_samples: int = 2
+    free_hidden: int = 64
+    free_layers: int = 2
+    free_init_std: float = 1e-3
+    reg_weight: float = 0.0
+    scheduled_reg_weight: float = 0.01
+    ace_primal_lr: float = 0.01
+    ace_dual_lr: float = 0.01
+    ace_truncation: float = 0.05
+    seed: int = 12345
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown RECM mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if not 0.0 < self.beta <= 1.0:
+            raise ValueError(f"beta must be in (0, 1], got {self.beta}")
+        if self.gamma_max <= 0:
+            raise ValueError(f"gamma_max must be positive, got {self.gamma_max}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

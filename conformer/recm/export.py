@@ -1,0 +1,30 @@
+"""Turn a trained modulated network into its deployable form."""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from conformer.recm.layer import ModulatedLayer
+
+
+def export(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` with every dropped or zero-coefficient free branch removed.
+
+    Per mode: ``scheduled`` drops every branch (section 2); ``ace`` truncates branches with
+    gamma under ``ace_truncation`` (gamma only reaches zero asymptotically); ``recm`` drops
+    absorbed branches and branches whose gamma is exactly 0; ``unconstrained`` keeps all.
+    A layer without a branch is exactly its equivariant block.
+    """
+    exported = copy.deepcopy(net)
+    for module in exported.modules():
+        if not isinstance(module, ModulatedLayer) or module.free is None:
+            continue
+        gamma = float(module.state.gamma)
+        cfg = module.config
+        if (module.mode == "scheduled" or bool(module.state.dropped)
+                or (module.mode == "ace" and abs(gamma) < cfg.ace_truncation)
+                or (module.mode == "recm" and gamma == 0.0)):
+            module.drop_branch()
+    return exported

@@ -1,0 +1,171 @@
+"""The modulated layer ``y = f_eq(x) + gamma * n(f_free(x))`` and its per-layer state.
+
+Knows nothing of molecules: it wraps any module given its input and output irreps.
+"""
+
+from __future__ import annotations
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from conformer.recm.config import RECMConfig
+from conformer.recm.haar import random_orthogonal, wigner_d
+
+_TINY = 1e-12
+
+
+class RECMState(nn.Module):
+    """Recurrent state of one layer, all buffers (so it is in ``state_dict`` and checkpoints).
+
+    gamma: the modulation coefficient; b_mean / b_sq_mean / b_count: running (exponential,
+    window ``stats_window``) moments of the symmetry-violation signal b; patience: consecutive
+    steps the absorbing test passed; dropped: 1 once absorbed (frozen strictly equivariant);
+    dual: ACE's Lagrange multiplier; step: optimiser steps seen (seeds the group samples).
+    """
+
+    def __init__(self, config: RECMConfig):
+        super().__init__()
+        initial = {"unconstrained": 1.0, "equivariant": 0.0, "scheduled": 0.0}.get(
+            config.mode, config.gamma_init)
+        self.register_buffer("gamma", torch.tensor(float(initial)))
+        self.register_buffer("b_mean", torch.tensor(0.0))
+        self.register_buffer("b_sq_mean", torch.tensor(0.0))
+        self.register_buffer("b_count", torch.tensor(0, dtype=torch.int64))
+        self.register_buffer("patience", torch.tensor(0, dtype=torch.int64))
+        self.register_buffer("dropped", torch.tensor(config.mode == "equivariant"))
+        self.register_buffer("dual", torch.tensor(0.0))
+        self.register_buffer("step", torch.tensor(0, dtype=torch.int64))
+        # signals gathered by backward hooks since the last optimiser step (not state)
+        self.pending_b: list[torch.Tensor] = []
+        self.pending_dgamma: list[torch.Tensor] = []
+
+    def extra_repr(self) -> str:
+        return f"gamma={float(self.gamma):.4g}, dropped={bool(self.dropped)}"
+
+
+class FreeBranch(nn.Module):
+    """Unconstrained GELU MLP on flattened features: [N, dim_in] -> [N, dim_out]."""
+
+    def __init__(self, dim_in: int, dim_out: int, hidden: int, layers: int, init_std: float):
+        super().__init__()
+        modules: list[nn.Module] = []
+        width = dim_in
+        for _ in range(max(layers - 1, 0)):
+            modules += [nn.Linear(width, hidden), nn.GELU()]
+            width = hidden
+        last = nn.Linear(width, dim_out)
+        # small, not zero: b is a cosine with the branch's output, undefined for a zero branch
+        nn.init.normal_(last.weight, std=init_std)
+        nn.init.normal_(last.bias, std=init_std)
+        modules.append(last)
+        self.net = nn.Sequential(*modules)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _rms(t: torch.Tensor) -> torch.Tensor:
+    return t.pow(2).mean().sqrt()
+
+
+class ModulatedLayer(nn.Module):
+    """``y = layer(x, *args) + gamma * n(free(z))`` with ``z = free_input`` or ``x``.
+
+    layer: a strictly equivariant module whose output has ``irreps_out`` (shape [N, dim_out]).
+    irreps_free_in: irreps of the free branch's input ``z`` [N, dim] (default ``irreps_in``).
+    n(.) rescales the free output to the RMS of the layer's output, the scale detached, so
+    that gamma alone carries the free branch's magnitude.
+    """
+
+    def __init__(self, layer: nn.Module, irreps_in, irreps_out, config: RECMConfig,
+                 irreps_free_in=None):
+        super().__init__()
+        self.layer = layer
+        self.irreps_in = o3.Irreps(irreps_in)
+        self.irreps_out = o3.Irreps(irreps_out)
+        self.irreps_free_in = o3.Irreps(irreps_free_in) if irreps_free_in else self.irreps_in
+        self.mode = config.mode
+        self.config = config
+        self.layer_index = 0  # set by the controller; part of the group-sample seed
+        # the controller owns (registers) the state; the layer only refers to it
+        object.__setattr__(self, "state", RECMState(config))
+        if config.mode == "equivariant":
+            self.free = None
+        else:
+            self.free = FreeBranch(self.irreps_free_in.dim, self.irreps_out.dim,
+                                   config.free_hidden, config.free_layers, config.free_init_std)
+        self._regularizer: torch.Tensor | None = None
+
+    # -- group averaging -------------------------------------------------------------------
+    def _group_samples(self, dtype, device):
+        generator = torch.Generator().manual_seed(
+            int(self.config.seed) * 1_000_003 + self.layer_index * 7919 + int(self.state.step))
+        for _ in range(self.config.num_group_samples):
+            rotation = random_orthogonal(generator, torch.float64)
+            d_in = wigner_d(self.irreps_free_in, rotation).to(dtype=dtype, device=device)
+            d_out = wigner_d(self.irreps_out, rotation).to(dtype=dtype, device=device)
+            yield d_in, d_out
+
+    def projected(self, z: torch.Tensor) -> torch.Tensor:
+        """Monte-Carlo Haar projection ``E_g rho_out(g)^-1 f(rho_in(g) z)``, [N, dim_out]."""
+        total = None
+        for d_in, d_out in self._group_samples(z.dtype, z.device):
+            term = self.free(z @ d_in.T) @ d_out  # rho_out(g)^-1 = D_out^T acts as @ D_out
+            total = term if total is None else total + term
+        return total / self.config.num_group_samples
+
+    # -- forward ---------------------------------------------------------------------------
+    def branch_active(self) -> bool:
+        if self.free is None or bool(self.state.dropped):
+            return False
+        return not (self.mode == "scheduled" and not self.training)
+
+    def forward(self, x: torch.Tensor, *args, free_input: torch.Tensor | None = None,
+                **kwargs) -> torch.Tensor:
+        y_eq = self.layer(x, *args, **kwargs)
+        self._regularizer = None
+        if not self.branch_active():
+            return y_eq
+        z = x if free_input is None else free_input
+        free_out = self.free(z)
+        scale = (_rms(y_eq) / (_rms(free_out) + _TINY)).detach()
+        normalized = free_out * scale
+        gamma = self.state.gamma.to(y_eq.dtype)
+        y = y_eq + gamma * normalized
+        if not (self.training and torch.is_grad_enabled()):
+            return y
+        if self.mode == "scheduled" or (self.mode == "recm" and self.config.reg_weight > 0):
+            # penalty on the non-equivariant part, relative so the branch's scale is irrelevant
+            residual = free_out - self.projected(z)
+            if self.mode == "scheduled":  # section 2: defect of the branch, relative to it
+                defect = residual.pow(2).sum() / (free_out.pow(2).sum() + _TINY)
+            else:  # section 4: gamma^2 ||r||^2 / ||y||^2, r in the layer's output scale
+                defect = (gamma * scale).pow(2) * residual.pow(2).sum() / (
+                    y.detach().pow(2).sum() + _TINY)
+            self._regularizer = defect
+        if self.mode in ("recm", "ace") and y.requires_grad:
+            with torch.no_grad():
+                residual = (free_out - self.projected(z)).detach()
+            direction = normalized.detach()
+            state = self.state
+
+            def collect(grad: torch.Tensor) -> None:
+                with torch.no_grad():
+                    inner = (grad * residual).sum()
+                    norm = grad.norm() * residual.norm() + _TINY
+                    state.pending_b.append((-inner / norm).to(torch.float64))
+                    state.pending_dgamma.append((grad * direction).sum().to(torch.float64))
+
+            y.register_hook(collect)
+        return y
+
+    def regularizer(self) -> torch.Tensor | None:
+        """The last training forward's penalty (None when there is none)."""
+        return self._regularizer
+
+    def drop_branch(self) -> None:
+        """Remove the free branch for good: the layer is then exactly ``layer``."""
+        self.free = None
+        self.state.dropped.fill_(True)
+        self.state.gamma.zero_()

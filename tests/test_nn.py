@@ -1,0 +1,163 @@
+"""The denoiser and its blocks: O(3) + translation equivariance, permutation, shapes (float64)."""
+
+import pytest
+import torch
+from e3nn import o3
+from rdkit import Chem
+from rdkit.Chem import AllChem
+
+from conformer.data import keys
+from conformer.data.features import featurize_mol
+from conformer.nn import build_denoiser
+from conformer.nn.graph import intra_graph_pairs, radius_graph
+from conformer.nn.layers import InteractionBlock
+from conformer.recm import export
+from tests.equivariance import POSITION, max_equivariance_error, output_scale
+
+SMILES = ("C[C@H](N)C(=O)O", "CC(=O)Nc1ccc(O)cc1", "F/C=C/Cl")
+
+
+def molecule_batch(smiles=SMILES, seed=1) -> dict:
+    """A float64 batch of RDKit-embedded molecules (keys as in conformer.data.keys)."""
+    parts, offset = [], 0
+    for graph, text in enumerate(smiles):
+        mol = Chem.AddHs(Chem.MolFromSmiles(text))
+        AllChem.EmbedMolecule(mol, randomSeed=seed + graph)
+        feats = featurize_mol(mol)
+        n = mol.GetNumAtoms()
+        parts.append((torch.tensor(feats[keys.ATOM_FEATURES]),
+                      torch.tensor(feats[keys.BOND_INDEX]) + offset,
+                      torch.tensor(feats[keys.BOND_FEATURES]),
+                      torch.tensor(mol.GetConformer().GetPositions(), dtype=torch.float64),
+                      torch.full((n,), graph)))
+        offset += n
+    atom, bond_index, bond, pos, graph = zip(*parts, strict=True)
+    return {keys.ATOM_FEATURES: torch.cat(atom), keys.BOND_INDEX: torch.cat(bond_index, 1),
+            keys.BOND_FEATURES: torch.cat(bond), keys.POS: torch.cat(pos),
+            keys.BATCH: torch.cat(graph), keys.NUM_GRAPHS: len(smiles)}
+
+
+def denoiser_fn(net, batch, noise):
+    def fn(pos):
+        return net({**batch, keys.POS: pos}, noise)
+    return fn
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return molecule_batch()
+
+
+def test_intra_graph_pairs_match_brute_force():
+    graph = torch.tensor([0, 0, 0, 1, 2, 2])
+    source, target = intra_graph_pairs(graph, 3)
+    got = set(zip(source.tolist(), target.tolist(), strict=True))
+    expected = {(i, j) for i in range(6) for j in range(6)
+                if i != j and graph[i] == graph[j]}
+    assert got == expected
+
+
+def test_radius_graph_respects_cutoff_and_graphs():
+    torch.manual_seed(0)
+    pos = torch.randn(10, 3, dtype=torch.float64) * 3
+    graph = torch.tensor([0] * 4 + [1] * 6)
+    source, target = radius_graph(pos, graph, 2, 2.5)
+    dist = (pos[:, None] - pos[None]).norm(dim=-1)
+    expected = {(i, j) for i in range(10) for j in range(10)
+                if i != j and graph[i] == graph[j] and dist[i, j] < 2.5}
+    assert set(zip(source.tolist(), target.tolist(), strict=True)) == expected
+
+
+def test_interaction_block_is_equivariant():
+    torch.manual_seed(0)
+    irreps_in, irreps_sh = o3.Irreps("4x0e+2x0o+2x1o+2x1e"), o3.Irreps.spherical_harmonics(2)
+    # build in float64: e3nn stores Clebsch-Gordan constants in the default dtype, and the
+    # float32 l = 2 constants alone break equivariance at ~1e-8
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        block = InteractionBlock(irreps_in, irreps_in, irreps_sh, 5, 8, 3.0)
+    finally:
+        torch.set_default_dtype(previous)
+    source, target = intra_graph_pairs(torch.zeros(6, dtype=torch.long), 1)
+    scalars = torch.randn(source.numel(), 5, dtype=torch.float64)
+
+    def fn(h, pos):
+        sh = o3.spherical_harmonics(irreps_sh, pos[source] - pos[target], True,
+                                    normalization="component")
+        return block(h, source, target, sh, scalars)
+
+    inputs = {"h": (torch.randn(6, irreps_in.dim, dtype=torch.float64), irreps_in),
+              "pos": (torch.randn(6, 3, dtype=torch.float64), POSITION)}
+    assert block.residual
+    assert max_equivariance_error(fn, inputs, block.irreps_out) < 1e-9 * max(
+        1.0, output_scale(fn, inputs))
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_equivariant_denoiser_is_o3_and_translation_equivariant(batch, preset):
+    torch.manual_seed(0)
+    net = build_denoiser(preset, "equivariant").double()
+    fn = denoiser_fn(net, batch, torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64))
+    inputs = {"pos": (batch[keys.POS], POSITION)}
+    scale = output_scale(fn, inputs)
+    assert scale > 1e-3  # not trivially zero
+    assert max_equivariance_error(fn, inputs, "1x1o") < 1e-9 * max(1.0, scale)
+
+
+def test_unconstrained_denoiser_is_not_equivariant(batch):
+    torch.manual_seed(0)
+    net = build_denoiser("tiny", "unconstrained").double()
+    fn = denoiser_fn(net, batch, torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64))
+    inputs = {"pos": (batch[keys.POS], POSITION)}
+    assert max_equivariance_error(fn, inputs, "1x1o", translate=False) > 1e-4
+
+
+def test_exported_recm_denoiser_with_zero_gammas_is_equivariant(batch):
+    torch.manual_seed(0)
+    net = build_denoiser("tiny", "recm").double()
+    noise = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64)
+    inputs = {"pos": (batch[keys.POS], POSITION)}
+    # with gamma 1 the free branches break the symmetry ...
+    assert max_equivariance_error(denoiser_fn(net, batch, noise), inputs, "1x1o") > 1e-6
+    for state in net.recm.states:
+        state.gamma.zero_()
+    exported = export(net)
+    assert all(layer.free is None for layer in exported.recm.layers)
+    fn = denoiser_fn(exported, batch, noise)
+    assert max_equivariance_error(fn, inputs, "1x1o") < 1e-9 * max(1.0, output_scale(fn, inputs))
+
+
+def test_denoiser_is_permutation_equivariant(batch):
+    torch.manual_seed(0)
+    net = build_denoiser("tiny", "equivariant").double()
+    noise = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64)
+    out = net(batch, noise)
+    num_atoms = out.shape[0]
+    # permute atoms within each molecule so the batch vector stays sorted
+    perm = torch.cat([torch.nonzero(batch[keys.BATCH] == g).flatten()[
+        torch.randperm(int((batch[keys.BATCH] == g).sum()))] for g in range(3)])
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(num_atoms)
+    permuted = {**batch, keys.ATOM_FEATURES: batch[keys.ATOM_FEATURES][perm],
+                keys.POS: batch[keys.POS][perm], keys.BATCH: batch[keys.BATCH][perm],
+                keys.BOND_INDEX: inverse[batch[keys.BOND_INDEX]]}
+    assert torch.allclose(net(permuted, noise), out[perm], atol=1e-10)
+
+
+def test_denoiser_runs_in_float32_and_backpropagates(batch):
+    net = build_denoiser("tiny", "recm")
+    batch32 = {**batch, keys.POS: batch[keys.POS].float()}
+    out = net(batch32, torch.rand(3))
+    assert out.dtype == torch.float32 and out.shape == (batch[keys.POS].shape[0], 3)
+    out.pow(2).mean().backward()
+    assert all(len(state.pending_b) == 1 for state in net.recm.states)
+
+
+def test_build_denoiser_rejects_unknown_names():
+    with pytest.raises(ValueError, match="preset"):
+        build_denoiser("huge")
+    with pytest.raises(ValueError, match="mode"):
+        build_denoiser("tiny", "magic")
+    with pytest.raises(ValueError, match="num_layerz"):
+        build_denoiser("tiny", num_layerz=3)
