@@ -17,12 +17,14 @@ import dataclasses
 import hashlib
 import math
 import multiprocessing
+import random
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from rdkit import Chem, RDLogger
 from rdkit.Chem import rdDistGeom, rdForceFieldHelpers, rdMolAlign
+from rdkit.Chem.EnumerateStereoisomers import EnumerateStereoisomers, StereoEnumerationOptions
 from tqdm import tqdm
 
 from conformer.data import geom
@@ -88,12 +90,23 @@ def molecule_seed(run_seed: int, key: str) -> int:
     return int.from_bytes(digest[:4], "little") % (2**31 - 2) + 1
 
 
-def canonical_key(smiles: str) -> str:
-    """The GEOM key of a molecule built here: RDKit canonical isomeric SMILES, no explicit H."""
+def canonical_key(smiles: str, run_seed: int = 1) -> str:
+    """The GEOM key of a molecule built here: RDKit canonical isomeric SMILES, no explicit H.
+
+    Unassigned stereocentres and stereo double bonds are fixed to one stereoisomer, drawn with
+    a seed derived from ``run_seed`` and the SMILES: ETKDG would otherwise give each conformer
+    a random configuration, and a record's conformers must share the stereo its graph states
+    (as CREST keeps the stereo of its input in GEOM).
+    """
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         raise MoleculeBuildError("RDKit cannot parse the SMILES")
-    return Chem.MolToSmiles(mol)
+    plain = Chem.MolToSmiles(mol)
+    mol = Chem.MolFromSmiles(plain)  # canonical atom order: the isomer drawn is order-free
+    options = StereoEnumerationOptions(onlyUnassigned=True, unique=True, maxIsomers=1,
+                                       rand=random.Random(molecule_seed(run_seed, plain)))
+    isomer = next(iter(EnumerateStereoisomers(mol, options=options)), mol)
+    return Chem.MolToSmiles(isomer)
 
 
 def boltzmann_weights(relative_kcal: np.ndarray, temperature: float = geom.GEOM_TEMPERATURE_K
@@ -154,6 +167,17 @@ def _deduplicate(mol: Chem.Mol, order: list[int], threshold: float) -> list[int]
     return kept
 
 
+def _conformers_with_key_stereo(mol: Chem.Mol, conf_ids: list[int], key: str) -> list[int]:
+    """The conformers whose 3D stereochemistry gives back the isomeric SMILES ``key``."""
+    kept = []
+    for cid in conf_ids:
+        probe = Chem.Mol(mol, confId=cid)
+        Chem.AssignStereochemistryFrom3D(probe, confId=cid, replaceExistingTags=True)
+        if Chem.MolToSmiles(Chem.RemoveHs(probe)) == key:
+            kept.append(cid)
+    return kept
+
+
 def build_molecule(key: str, line_number: int, settings: BuildSettings) -> dict:
     """The GEOM molecule dict for canonical SMILES ``key`` (summary keys + smiles + conformers).
 
@@ -179,6 +203,11 @@ def build_molecule(key: str, line_number: int, settings: BuildSettings) -> dict:
     results = rdForceFieldHelpers.MMFFOptimizeMoleculeConfs(
         mol, numThreads=1, maxIters=settings.mmff_max_iters)
     energies_kcal = np.array([energy for _, energy in results], dtype=np.float64)
+    same_stereo = _conformers_with_key_stereo(mol, conf_ids, key)
+    if not same_stereo:
+        raise MoleculeBuildError("no embedded conformer has the stereochemistry of the SMILES")
+    energies_kcal = energies_kcal[[conf_ids.index(cid) for cid in same_stereo]]
+    conf_ids = same_stereo
     charge = Chem.GetFormalCharge(mol)
     if settings.xtb:
         energies_kcal = np.array([_xtb_relax(mol, cid, charge) for cid in conf_ids]
@@ -219,7 +248,7 @@ def build_molecule(key: str, line_number: int, settings: BuildSettings) -> dict:
         "lowestenergy": float(lowest / geom.HARTREE_TO_KCAL_PER_MOL),
         "poplowestpct": float(100.0 * weights.max()),
         "temperature": geom.GEOM_TEMPERATURE_K,
-        "totalconfs": len(conf_ids),
+        "totalconfs": len(conf_ids),  # embedded with the right stereo, before window/de-dup
         "uniqueconfs": len(kept),
         "conformers": conformers,
     }
@@ -300,7 +329,7 @@ def build_geom_folder(smiles_file: Path, out_dir: Path, settings: BuildSettings,
     tasks, done_keys = [], []
     for entry in entries:
         try:
-            key = canonical_key(entry.smiles)
+            key = canonical_key(entry.smiles, settings.seed)
         except MoleculeBuildError as error:
             failures.append((entry.line_number, entry.smiles, str(error)))
             continue
