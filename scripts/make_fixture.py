@@ -46,9 +46,12 @@ def main() -> None:
     args = parser.parse_args()
     lines = (REPO / "data/train_smiles/train_druglike.smi").read_text().split()
     chosen = lines[::400][:12]
+    readme = (args.out / "README.md").read_text() if (args.out / "README.md").exists() else None
     if args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
+    if readme:
+        (args.out / "README.md").write_text(readme)
     smiles_file = args.out / "input.smi"
     smiles_file.write_text("# geom_mini fixture input (see scripts/make_fixture.py)\n"
                            + "\n".join(chosen + EXTRA) + "\n")

@@ -168,3 +168,24 @@ def test_unassigned_stereo_is_fixed_once_for_all_conformers():
         mol = Chem.Mol(conformer["rd_mol"])
         Chem.AssignStereochemistryFrom3D(mol, replaceExistingTags=True)
         assert Chem.MolToSmiles(Chem.RemoveHs(mol)) == key
+
+
+def test_two_workers_build_the_same_folder_and_a_lost_pickle_is_rebuilt(built, tmp_path):
+    smiles_file, out = built
+    settings = build.BuildSettings(n_confs=6, seed=3)
+    report = build.build_geom_folder(smiles_file, tmp_path / "two", settings, workers=2,
+                                     progress=False)
+    assert report.built == 3
+    for path in geom.sorted_pickle_paths(out, "drugs"):
+        ours = geom.read_molecule_pickle(tmp_path / "two" / "drugs" / path.name)
+        theirs = geom.read_molecule_pickle(path)
+        assert [c["geom_id"] for c in ours["conformers"]] == \
+            [c["geom_id"] for c in theirs["conformers"]]
+        np.testing.assert_array_equal(ours["conformers"][-1]["rd_mol"].GetConformer().GetPositions(),
+                                      theirs["conformers"][-1]["rd_mol"].GetConformer().GetPositions())
+    assert (tmp_path / "two" / "summary_drugs.json").read_text() == \
+        (out / "summary_drugs.json").read_text()
+    lost = geom.sorted_pickle_paths(tmp_path / "two", "drugs")[0]
+    lost.unlink()
+    again = build.build_geom_folder(smiles_file, tmp_path / "two", settings, progress=False)
+    assert (again.built, again.skipped_existing) == (1, 2) and lost.exists()
