@@ -1,0 +1,228 @@
+"""The training configuration: typed dataclasses are the schema, YAML files fill them in.
+
+One YAML file per benchmark row lives in ``configs/experiment/``. A file may name a ``base``
+file (a path relative to itself) whose settings it extends; then dotted command-line overrides
+(``optim.lr=3e-4 model.overrides.num_layers=4``) are applied, each value parsed as YAML. Unknown
+keys are errors that name the key and the file, so a typo never silently trains the default.
+
+The resolved config (``to_dict``) is what every checkpoint stores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from conformer.errors import UserInputError
+
+
+@dataclass
+class DataConfig:
+    """Where the prepared records are and how batches are formed.
+
+    cache_dir: the ``conformer prepare`` output folder (``open_prepared(cache_dir, dataset, split)``).
+    max_atoms_per_batch: batches are packed up to this many atoms (hydrogens included).
+    max_molecules: use only the first N molecules of each split (0 = all); for smoke runs.
+    """
+
+    cache_dir: str = "cache/prepared"
+    dataset: str = "drugs"
+    train_split: str = "train"
+    val_split: str = "val"
+    max_atoms_per_batch: int = 1500
+    max_molecules: int = 0
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """The denoiser: ``conformer.nn.build_denoiser(preset, mode, **overrides)``."""
+
+    preset: str = "small"
+    mode: str = "recm"
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class DiffusionConfig:
+    """EDM diffusion on centred coordinates (Angstrom); see ``conformer.diffusion.edm``.
+
+    sigma_data: per-coordinate standard deviation of centred conformers (about 2 A for
+    drug-like molecules with hydrogens). p_mean, p_std: log-normal training noise levels.
+    sample_steps: Heun steps of the default sampler (2 * steps - 1 network evaluations).
+    """
+
+    sigma_data: float = 2.0
+    sigma_min: float = 0.01
+    sigma_max: float = 30.0
+    rho: float = 7.0
+    p_mean: float = -0.5
+    p_std: float = 1.5
+    sample_steps: int = 20
+    solver: str = "heun"
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr``."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning ``Trainer`` settings. Multi-node = ``num_nodes``/``devices``/``strategy``
+    (Lightning detects SLURM by itself; see ``configs/slurm/``)."""
+
+    max_steps: int = 20000
+    max_epochs: int = -1
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    val_check_interval: Any = 1.0
+    check_val_every_n_epoch: Any = 1
+    limit_val_batches: Any = 1.0
+    log_every_n_steps: int = 1
+    checkpoint_every_n_steps: int = 500
+    accumulate_grad_batches: int = 1
+    deterministic: bool = False
+
+
+@dataclass
+class LoggingConfig:
+    """CSV is always written; wandb runs offline unless WANDB_MODE says otherwise."""
+
+    run_dir: str = "runs"
+    wandb: bool = True
+    wandb_project: str = "conformer"
+    progress_bar: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    """One training run. ``name`` names the run folder ``<logging.run_dir>/<name>``."""
+
+    name: str = "experiment"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.logging.run_dir) / self.name
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise UserInputError(f"config {path}: 'base' files form a cycle")
+    if not path.is_file():
+        raise UserInputError(f"config {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UserInputError(f"config {path}: not valid YAML ({error})") from error
+    if not isinstance(data, dict):
+        raise UserInputError(f"config {path}: the top level must be a mapping")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return _deep_merge(_read_yaml_with_bases(path.parent / base, (*seen, path)), data)
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserInputError(f"override {dotted!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["optim.lr=3e-4", "trainer.devices=2"]`` -> nested dict, values parsed as YAML."""
+    data: dict = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserInputError(f"override {item!r}: expected key.sub=value")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError as error:
+            raise UserInputError(f"override {item!r}: value is not valid YAML ({error})") from error
+        _set_dotted(data, key, value)
+    return data
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise UserInputError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserInputError(f"{where}: unknown key(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{where}.{name}" if where else name)
+        else:
+            kwargs[name] = _check_type(hint, value, f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _check_type(hint, value, where: str):
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool, dict):
+        if hint is int and isinstance(value, bool):
+            raise UserInputError(f"{where}: expected int, got {value!r}")
+        if not isinstance(value, hint):
+            raise UserInputError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def config_from_dict(data: dict, where: str = "config") -> ExperimentConfig:
+    """An ``ExperimentConfig`` from a nested dict (unknown keys and wrong types are errors)."""
+    return _build(ExperimentConfig, data, where)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read ``path`` (with its ``base`` chain), apply dotted ``overrides``, validate."""
+    data = _read_yaml_with_bases(Path(path)) if path else {}
+    data = _deep_merge(data, parse_overrides(list(overrides)))
+    return config_from_dict(data, where=str(path) if path else "config")

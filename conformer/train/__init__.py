@@ -1,0 +1,1 @@
+"""Training: the LightningModule (EMA, RECM step, checkpoints), callbacks, run, export."""

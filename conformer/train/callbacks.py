@@ -1,0 +1,77 @@
+"""Training callbacks: per-layer gamma history (CSV every step) and its plot at the end."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+
+
+class GammaHistory(L.Callback):
+    """Appends ``step, gamma_0, gamma_1, ...`` to ``RUN/gammas.csv`` after every optimiser
+    step and draws ``RUN/gammas.png`` when training ends.
+
+    A resumed run appends to the same file; rows of steps redone after the resume replace the
+    earlier ones when the plot is drawn.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / "gammas.csv"
+        self._last_step = -1
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        net = pl_module.net
+        if not hasattr(net, "recm") or trainer.global_step == self._last_step:
+            return
+        self._last_step = trainer.global_step
+        gammas = net.recm.gammas()
+        new = not self.path.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(["step"] + [f"gamma_{i}" for i in range(len(gammas))])
+            writer.writerow([trainer.global_step] + [f"{g:.6g}" for g in gammas])
+
+    @rank_zero_only
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.path.exists():
+            plot_gammas(self.path, self.path.with_suffix(".png"))
+
+
+def read_gamma_history(path: str | Path) -> tuple[list[int], list[list[float]]]:
+    """(steps, per-layer gamma series) from a ``gammas.csv``; later rows win per step."""
+    rows: dict[int, list[float]] = {}
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        for row in reader:
+            if len(row) == len(header):
+                rows[int(row[0])] = [float(v) for v in row[1:]]
+    steps = sorted(rows)
+    series = [[rows[s][i] for s in steps] for i in range(len(header) - 1)]
+    return steps, series
+
+
+def plot_gammas(csv_path: str | Path, png_path: str | Path) -> None:
+    """Draw every layer's gamma against the optimiser step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, series = read_gamma_history(csv_path)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for index, values in enumerate(series):
+        ax.plot(steps, values, label=f"layer {index}")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("gamma")
+    ax.set_title("RECM per-layer gamma")
+    if series:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)

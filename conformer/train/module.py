@@ -1,0 +1,205 @@
+"""The LightningModule: a denoiser network + EDM diffusion + EMA + the RECM step.
+
+The network is built outside (``conformer.nn.build_denoiser``) and passed in: this module owns
+the training procedure, not the architecture.
+
+Per optimiser step: AdamW (gradients clipped by the Trainer), then
+``net.recm.after_optimizer_step(progress)`` (the recurrent gamma update, no gradient), then the
+EMA update. RECM's state lives in the network's buffers, so the ordinary ``state_dict`` in the
+checkpoint carries it; the EMA weights, resolved config and ``environment_info()`` are added in
+``on_save_checkpoint``. Validation uses the EMA weights and a fixed noise draw per batch, so
+val/loss values are comparable across steps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from conformer.diffusion import EDMDiffusion
+from conformer.versions import environment_info
+
+CHECKPOINT_FORMAT = "conformer-lightning/1"
+
+
+def align_dropped_branches(net: nn.Module, state_dict: dict, prefix: str = "") -> int:
+    """Drop the free branches of ``net`` that ``state_dict`` no longer has (absorbed layers
+    or an exported model), so that the state dict loads strictly. Returns how many."""
+    from conformer.recm.layer import ModulatedLayer
+
+    dropped = 0
+    for name, module in net.named_modules():
+        if isinstance(module, ModulatedLayer) and module.free is not None:
+            branch = f"{prefix}{name}.free." if name else f"{prefix}free."
+            if not any(key.startswith(branch) for key in state_dict):
+                module.drop_branch()
+                dropped += 1
+    return dropped
+
+
+class ExponentialMovingAverage:
+    """EMA of a network's floating-point parameters (buffers are taken from the live network:
+    RECM's state is not something to average)."""
+
+    def __init__(self, net: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {name: p.detach().clone() for name, p in net.named_parameters()}
+        self._backup: dict[str, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def update(self, net: nn.Module, step: int) -> None:
+        # warm-up of the decay: early weights are noise and should not linger
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for name, p in net.named_parameters():
+            shadow = self.shadow.get(name)
+            if shadow is None or shadow.shape != p.shape:
+                self.shadow[name] = p.detach().clone()
+            else:
+                shadow.lerp_(p.detach().to(shadow.dtype), 1.0 - decay)
+
+    def state_dict(self, net: nn.Module) -> dict[str, torch.Tensor]:
+        names = {name for name, _ in net.named_parameters()}
+        return {k: v for k, v in self.shadow.items() if k in names}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.shadow = {k: v.clone() for k, v in state.items()}
+
+    @torch.no_grad()
+    def swap_in(self, net: nn.Module) -> None:
+        """Put the EMA weights into ``net`` (``swap_out`` restores the live ones)."""
+        self._backup = {}
+        for name, p in net.named_parameters():
+            if name in self.shadow:
+                self._backup[name] = p.detach().clone()
+                p.copy_(self.shadow[name].to(device=p.device, dtype=p.dtype))
+
+    @torch.no_grad()
+    def swap_out(self, net: nn.Module) -> None:
+        if self._backup is None:
+            return
+        for name, p in net.named_parameters():
+            if name in self._backup:
+                p.copy_(self._backup[name])
+        self._backup = None
+
+    def to(self, device) -> None:
+        self.shadow = {k: v.to(device) for k, v in self.shadow.items()}
+
+
+class ConformerDiffusionModule(L.LightningModule):
+    """Train ``net`` (``net(batch, noise_conditioning[B]) -> [N, 3]``) as an EDM denoiser.
+
+    diffusion: the EDM object (loss and sampler). optim: ``conformer.config.OptimConfig``.
+    config: the resolved experiment config as a dict (saved in every checkpoint).
+    model_spec: ``{"preset", "mode", "overrides"}`` needed to rebuild ``net``.
+    """
+
+    def __init__(self, net: nn.Module, diffusion: EDMDiffusion, optim, config: dict | None = None,
+                 model_spec: dict | None = None, val_seed: int = 1234):
+        super().__init__()
+        self.net = net
+        self.diffusion = diffusion
+        self.optim_config = optim
+        self.config_dict = config or {}
+        self.model_spec = model_spec or {}
+        self.val_seed = val_seed
+        self.ema = ExponentialMovingAverage(net, optim.ema_decay)
+
+    # -- steps -----------------------------------------------------------------------------
+    def forward(self, batch: dict, noise_conditioning: torch.Tensor) -> torch.Tensor:
+        return self.net(batch, noise_conditioning)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.diffusion.loss(self.net, batch)
+        regularization = self.net.recm.regularization_loss() if hasattr(self.net, "recm") \
+            else loss.new_zeros(())
+        total = loss + regularization
+        size = int(batch["num_graphs"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/regularization", regularization, batch_size=size)
+        return total
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # called after the optimiser step of this batch (when there was one)
+        if not self._stepped_this_batch:
+            return
+        self._stepped_this_batch = False
+        if hasattr(self.net, "recm"):
+            for name, value in self.net.recm.log_dict().items():
+                self.log(name, value, batch_size=1)
+
+    _stepped_this_batch = False
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if hasattr(self.net, "recm"):
+            self.net.recm.after_optimizer_step(self._progress())
+        self.ema.update(self.net, self.global_step)
+        self._stepped_this_batch = True
+        self.log("lr", optimizer.param_groups[0]["lr"], batch_size=1)
+
+    def _progress(self) -> float:
+        total = self._total_steps()
+        return min(1.0, (self.global_step + 1) / total) if total else 0.0
+
+    def _total_steps(self) -> int:
+        trainer = self._trainer
+        if trainer is None:
+            return 0
+        try:
+            steps = trainer.estimated_stepping_batches
+        except Exception:  # estimation needs a dataloader; absent in some unit uses
+            steps = trainer.max_steps
+        return int(steps) if steps and math.isfinite(steps) and steps > 0 else 0
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.val_seed + batch_idx)
+        loss = self.diffusion.loss(self.net, batch, generator=generator)
+        self.log("val/loss", loss, prog_bar=True, batch_size=int(batch["num_graphs"]),
+                 sync_dist=True)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.ema.to(self.device)
+        self.ema.swap_in(self.net)
+
+    def on_validation_epoch_end(self) -> None:
+        self.ema.swap_out(self.net)
+
+    # -- optimiser ------------------------------------------------------------------------
+    def configure_optimizers(self):
+        cfg = self.optim_config
+        optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr,
+                                      weight_decay=cfg.weight_decay)
+        total = max(self._total_steps(), 1)
+        warmup = max(int(cfg.warmup_steps), 0)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            cosine = 0.5 * (1 + math.cos(math.pi * progress))
+            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoint -----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["format"] = CHECKPOINT_FORMAT
+        checkpoint["ema_state_dict"] = {k: v.detach().cpu()
+                                        for k, v in self.ema.state_dict(self.net).items()}
+        checkpoint["config"] = self.config_dict
+        checkpoint["model_spec"] = self.model_spec
+        checkpoint["diffusion_settings"] = dict(vars(self.diffusion.settings))
+        checkpoint["environment"] = environment_info()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        align_dropped_branches(self.net, checkpoint["state_dict"], prefix="net.")
+        if "ema_state_dict" in checkpoint:
+            self.ema.load_state_dict(checkpoint["ema_state_dict"])

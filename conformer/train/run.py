@@ -1,0 +1,119 @@
+"""One training run from an ``ExperimentConfig``: build the pieces, the Trainer, fit.
+
+Run folder ``<logging.run_dir>/<name>/``: ``config.yaml`` (resolved), ``checkpoints/``
+(``last.ckpt`` every ``trainer.checkpoint_every_n_steps`` steps, at the end and on an
+exception such as Ctrl-C; ``best.ckpt`` by val/loss), ``csv/version_K/`` (metrics every step; one folder per start),
+``wandb/`` (offline unless ``WANDB_MODE`` says otherwise), ``gammas.csv`` and ``gammas.png``.
+``resume=True`` continues from ``checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from pathlib import Path
+
+import lightning as L
+import yaml
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from conformer.config import ExperimentConfig
+from conformer.diffusion import EDMDiffusion, EDMSettings
+from conformer.errors import UserInputError
+from conformer.train.callbacks import GammaHistory
+from conformer.train.module import ConformerDiffusionModule
+
+
+def build_network(config: ExperimentConfig):
+    from conformer.nn import build_denoiser
+
+    try:
+        return build_denoiser(config.model.preset, config.model.mode, **config.model.overrides)
+    except (ValueError, TypeError) as error:
+        raise UserInputError(f"model settings: {error}") from error
+
+
+def build_module(config: ExperimentConfig, net=None) -> ConformerDiffusionModule:
+    """The LightningModule of ``config`` (``net`` built from ``config.model`` unless given)."""
+    net = build_network(config) if net is None else net
+    try:
+        diffusion = EDMDiffusion(EDMSettings(**dataclasses.asdict(config.diffusion)))
+    except ValueError as error:
+        raise UserInputError(f"diffusion settings: {error}") from error
+    model_spec = {"preset": config.model.preset, "mode": config.model.mode,
+                  "overrides": dict(config.model.overrides)}
+    return ConformerDiffusionModule(net, diffusion, config.optim, config=config.to_dict(),
+                                    model_spec=model_spec, val_seed=config.seed + 1)
+
+
+def _loggers(config: ExperimentConfig, run_dir: Path) -> list:
+    # a new version folder per (re)start: a resumed run never overwrites earlier metrics
+    loggers = [CSVLogger(save_dir=str(run_dir), name="csv")]
+    mode = os.environ.get("WANDB_MODE", "offline")
+    if config.logging.wandb and mode != "disabled":
+        try:
+            from lightning.pytorch.loggers import WandbLogger
+
+            os.environ.setdefault("WANDB_MODE", "offline")  # nothing needs a network
+            os.environ.setdefault("WANDB_SILENT", "true")
+            loggers.append(WandbLogger(project=config.logging.wandb_project, name=config.name,
+                                       save_dir=str(run_dir), offline=mode == "offline"))
+        except (ImportError, ModuleNotFoundError) as error:
+            warnings.warn(f"wandb logging off: {error}", stacklevel=2)
+    return loggers
+
+
+def build_trainer(config: ExperimentConfig, run_dir: Path, extra_callbacks=()) -> L.Trainer:
+    t = config.trainer
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}",
+                                  save_last=True, save_top_k=0, save_on_exception=True,
+                                  every_n_train_steps=t.checkpoint_every_n_steps,
+                                  auto_insert_metric_name=False)
+    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/loss",
+                           mode="min", save_top_k=1, enable_version_counter=False,
+                           save_on_train_epoch_end=False)
+    callbacks = [checkpoints, best, GammaHistory(run_dir), LearningRateMonitor("step"),
+                 *extra_callbacks]
+    return L.Trainer(
+        max_steps=t.max_steps, max_epochs=t.max_epochs, accelerator=t.accelerator,
+        devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
+        val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=t.check_val_every_n_epoch,
+        limit_val_batches=t.limit_val_batches, log_every_n_steps=t.log_every_n_steps,
+        accumulate_grad_batches=t.accumulate_grad_batches, deterministic=t.deterministic,
+        gradient_clip_val=config.optim.grad_clip or None, gradient_clip_algorithm="norm",
+        callbacks=callbacks, logger=_loggers(config, run_dir), default_root_dir=str(run_dir),
+        enable_progress_bar=config.logging.progress_bar,
+        use_distributed_sampler=False,  # the atom-count batch sampler shards by rank itself
+        num_sanity_val_steps=0,
+    )
+
+
+def train(config: ExperimentConfig, resume: bool = False, datamodule=None, net=None,
+          extra_callbacks=()) -> dict:
+    """Train per ``config``; returns ``{"run_dir", "last_checkpoint", "best_checkpoint",
+    "global_step"}``. ``datamodule``/``net`` replace the ones the config would build."""
+    from conformer.data.datamodule import ConformerDataModule
+
+    run_dir = config.run_path
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume and not last.exists():
+        raise UserInputError(f"--resume: no checkpoint at {last} to resume from")
+    if not resume and last.exists():
+        raise UserInputError(f"run folder {run_dir} already has a checkpoint; pass --resume to "
+                             "continue it, or choose another name / logging.run_dir")
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    module = build_module(config, net=net)
+    if datamodule is None:
+        datamodule = ConformerDataModule.from_config(config.data, seed=config.seed)
+    trainer = build_trainer(config, run_dir, extra_callbacks)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None,
+                weights_only=True)
+    best = run_dir / "checkpoints" / "best.ckpt"
+    return {"run_dir": str(run_dir), "last_checkpoint": str(last) if last.exists() else None,
+            "best_checkpoint": str(best) if best.exists() else None,
+            "global_step": trainer.global_step}
