@@ -1,0 +1,185 @@
+"""Does a generated conformer carry the input's stereochemistry? And fixing the ones that don't.
+
+What is checked (the stereo the input SMILES specifies, after RDKit's perception):
+- tetrahedral centres: the chiral tag (CW/CCW, relative to the atom's bond order) perceived from
+  the 3D coordinates by ``Chem.AssignStereochemistryFrom3D`` equals the input's tag. Because the
+  conformer is put on a copy of the same molecule, the neighbour order, and so the meaning of
+  the tag, is the same on both sides; no CIP labels are compared.
+- double bonds with E/Z (or cis/trans) set: the dihedral of the bond's two stereo atoms is
+  < 90 degrees for cis and > 90 for trans. RDKit's stereo atoms of an E/Z bond are the
+  neighbours of highest CIP rank, so E means they are trans.
+
+Correction (per conformer, never per molecule):
+- correct: kept;
+- every specified centre inverted and no double bond wrong: the conformer is the mirror image
+  of a correct one; reflecting it (x -> -x) fixes every centre and keeps every cis/trans;
+- anything else (some centres right and some wrong, a wrong double bond, a flat centre):
+  resampled, up to ``max_resamples`` rounds; resampled conformers go through the same rules.
+  A molecule with several centres is never mirrored unless all of them are inverted.
+Conformers still wrong after the last round are kept and flagged (``stereo_correct`` 0 in the
+SDF), and counted in the after-correction rate: nothing is hidden.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from rdkit import Chem
+
+_TETRAHEDRAL = (Chem.ChiralType.CHI_TETRAHEDRAL_CW, Chem.ChiralType.CHI_TETRAHEDRAL_CCW)
+_CIS = (Chem.BondStereo.STEREOZ, Chem.BondStereo.STEREOCIS)
+_TRANS = (Chem.BondStereo.STEREOE, Chem.BondStereo.STEREOTRANS)
+
+
+@dataclass(frozen=True)
+class StereoCheck:
+    """Outcome for one conformer. Indices are atom indices (centres) or bond indices."""
+
+    num_centres: int
+    num_bonds: int
+    inverted_centres: tuple[int, ...]
+    flat_centres: tuple[int, ...]  # no chirality perceivable from the coordinates
+    wrong_bonds: tuple[int, ...]
+
+    @property
+    def correct(self) -> bool:
+        return not (self.inverted_centres or self.flat_centres or self.wrong_bonds)
+
+    @property
+    def mirror_fixes(self) -> bool:
+        """True when reflecting the conformer makes it correct: every centre inverted."""
+        return (self.num_centres > 0 and len(self.inverted_centres) == self.num_centres
+                and not self.flat_centres and not self.wrong_bonds)
+
+
+def dihedral_degrees(p0, p1, p2, p3) -> float:
+    """Dihedral angle p0-p1-p2-p3 in degrees, in [-180, 180]."""
+    b0, b1, b2 = p0 - p1, p2 - p1, p3 - p2
+    b1 = b1 / (np.linalg.norm(b1) + 1e-12)
+    v = b0 - np.dot(b0, b1) * b1
+    w = b2 - np.dot(b2, b1) * b1
+    x = np.dot(v, w)
+    y = np.dot(np.cross(b1, v), w)
+    return float(np.degrees(np.arctan2(y, x)))
+
+
+class StereoChecker:
+    """Stereo of one input molecule (explicit hydrogens, RDKit atom order of the conformers).
+
+    ``checker.check(positions [N, 3] Angstrom) -> StereoCheck``.
+    """
+
+    def __init__(self, mol: Chem.Mol):
+        self.template = Chem.Mol(mol)
+        self.template.RemoveAllConformers()
+        Chem.AssignStereochemistry(self.template, cleanIt=True, force=True)
+        self.centres = {atom.GetIdx(): atom.GetChiralTag() for atom in self.template.GetAtoms()
+                        if atom.GetChiralTag() in _TETRAHEDRAL}
+        self.bonds = []  # (bond index, a, b, c, d, wants_cis)
+        for bond in self.template.GetBonds():
+            stereo = bond.GetStereo()
+            if stereo in _CIS or stereo in _TRANS:
+                a, d = list(bond.GetStereoAtoms())
+                self.bonds.append((bond.GetIdx(), a, bond.GetBeginAtomIdx(),
+                                   bond.GetEndAtomIdx(), d, stereo in _CIS))
+
+    @property
+    def has_stereo(self) -> bool:
+        return bool(self.centres or self.bonds)
+
+    def check(self, positions: np.ndarray) -> StereoCheck:
+        positions = np.asarray(positions, dtype=np.float64)
+        inverted, flat = [], []
+        if self.centres:
+            mol = Chem.Mol(self.template)
+            conformer = Chem.Conformer(mol.GetNumAtoms())
+            conformer.SetPositions(positions)
+            mol.AddConformer(conformer, assignId=True)
+            Chem.AssignStereochemistryFrom3D(mol)
+            for index, wanted in self.centres.items():
+                found = mol.GetAtomWithIdx(index).GetChiralTag()
+                if found not in _TETRAHEDRAL:
+                    flat.append(index)
+                elif found != wanted:
+                    inverted.append(index)
+        wrong = []
+        for bond_index, a, b, c, d, wants_cis in self.bonds:
+            angle = abs(dihedral_degrees(positions[a], positions[b], positions[c], positions[d]))
+            if (angle < 90.0) != wants_cis:
+                wrong.append(bond_index)
+        return StereoCheck(len(self.centres), len(self.bonds), tuple(inverted), tuple(flat),
+                           tuple(wrong))
+
+
+@dataclass
+class StereoTally:
+    """Counts over conformers of molecules that specify any stereo."""
+
+    conformers: int = 0
+    correct_before: int = 0
+    correct_after: int = 0
+    reflected: int = 0
+    resampled: int = 0
+    uncorrected: int = 0
+
+    def add(self, other: StereoTally) -> None:
+        for name in ("conformers", "correct_before", "correct_after", "reflected", "resampled",
+                     "uncorrected"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def rate_before(self) -> float | None:
+        return self.correct_before / self.conformers if self.conformers else None
+
+    def rate_after(self) -> float | None:
+        return self.correct_after / self.conformers if self.conformers else None
+
+
+@dataclass
+class CorrectedEnsemble:
+    positions: np.ndarray  # [C, N, 3]
+    correct_before: np.ndarray  # [C] bool, as first sampled
+    correct_after: np.ndarray  # [C] bool
+    tally: StereoTally = field(default_factory=StereoTally)
+
+
+def correct_ensemble(checker: StereoChecker, positions: np.ndarray,
+                     resample: Callable[[int], np.ndarray] | None,
+                     max_resamples: int = 3) -> CorrectedEnsemble:
+    """Check and correct every conformer of one molecule (see module docstring).
+
+    positions [C, N, 3] Angstrom, centred (so the reflection is x -> -x about the centroid);
+    resample(k) -> [k, N, 3] new conformers (None: no resampling).
+    """
+    positions = np.array(positions, dtype=np.float64, copy=True)
+    count = positions.shape[0]
+    if not checker.has_stereo:
+        ok = np.ones(count, dtype=bool)
+        return CorrectedEnsemble(positions, ok, ok.copy())
+    tally = StereoTally(conformers=count)
+    checks = [checker.check(p) for p in positions]
+    before = np.array([c.correct for c in checks])
+    after = before.copy()
+    tally.correct_before = int(before.sum())
+    for i, check in enumerate(checks):
+        if check.mirror_fixes:
+            positions[i] = -positions[i]
+            after[i] = True
+            tally.reflected += 1
+    for _ in range(max_resamples if resample is not None else 0):
+        todo = np.flatnonzero(~after)
+        if todo.size == 0:
+            break
+        fresh = resample(int(todo.size))
+        for i, candidate in zip(todo, fresh, strict=True):
+            check = checker.check(candidate)
+            if check.correct:
+                positions[i], after[i] = candidate, True
+                tally.resampled += 1
+            elif check.mirror_fixes:
+                positions[i], after[i] = -np.asarray(candidate), True
+                tally.resampled += 1
+    tally.correct_after = int(after.sum())
+    tally.uncorrected = count - tally.correct_after
+    return CorrectedEnsemble(positions, before, after, tally)
