@@ -16,8 +16,8 @@ Correction (per conformer, never per molecule):
 - anything else (some centres right and some wrong, a wrong double bond, a flat centre):
   resampled, up to ``max_resamples`` rounds; resampled conformers go through the same rules.
   A molecule with several centres is never mirrored unless all of them are inverted.
-Conformers still wrong after the last round are kept and flagged (``stereo_correct`` 0 in the
-SDF), and counted in the after-correction rate: nothing is hidden.
+Conformers still wrong after the last round are kept and flagged (their indices in the SDF
+property ``stereo_wrong_conformers``), and counted in the after-correction rate: nothing is hidden.
 """
 
 from __future__ import annotations

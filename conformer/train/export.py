@@ -88,16 +88,26 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> dict:
     if data["format"] != CHECKPOINT_FORMAT:
         raise UserInputError(f"checkpoint {checkpoint}: already an exported model")
     net = export(_build_net(data["model_spec"], _ema_state(data)))
+    training = {"global_step": int(data.get("global_step", 0)),
+                "source_checkpoint_sha256": file_sha256(checkpoint)}
+    return save_model(net, data["model_spec"], data["diffusion_settings"], out,
+                      config=data.get("config", {}), environment=data.get("environment", {}),
+                      training=training)
+
+
+def save_model(net, model_spec: dict, diffusion_settings: dict, out: str | Path,
+               config: dict | None = None, environment: dict | None = None,
+               training: dict | None = None) -> dict:
+    """Write ``net`` (already exported) as a model file (layout in the module docstring)."""
     model = {
         "format": MODEL_FORMAT,
-        "model_spec": data["model_spec"],
-        "diffusion_settings": data["diffusion_settings"],
+        "model_spec": dict(model_spec),
+        "diffusion_settings": dict(diffusion_settings),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
-        "config": data.get("config", {}),
-        "environment": data.get("environment", {}),
+        "config": config or {},
+        "environment": environment or {},
         "export_environment": environment_info(),
-        "training": {"global_step": int(data.get("global_step", 0)),
-                     "source_checkpoint_sha256": file_sha256(checkpoint)},
+        "training": training or {},
         "gammas": net.recm.gammas() if hasattr(net, "recm") else [],
     }
     out = Path(out)

@@ -1,0 +1,78 @@
+"""``conformer generate INPUT --out OUT.sdf``: conformers for every molecule of a SMILES/CSV file."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+HELP = "generate conformers for a SMILES/CSV file and write an SDF"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("input", help="a .smi/.txt file (SMILES and optional name per line) or a "
+                        ".csv with a 'smiles' column (optional: name, n_conformers, "
+                        "corrected_smiles; corrected_smiles is generated from when present)")
+    parser.add_argument("--out", required=True,
+                        help="output SDF; failures go to OUT.failures.csv; rerun the same "
+                        "command to resume an interrupted run")
+    parser.add_argument("--ckpt", default=None,
+                        help="model file or training checkpoint (default: the bundled model "
+                        "in conformer/assets/, which is not a GEOM-Drugs model)")
+    parser.add_argument("--method", default="model", choices=["model", "etkdg", "etkdg-mmff"],
+                        help="model (diffusion, default), etkdg (RDKit ETKDGv3) or "
+                        "etkdg-mmff (ETKDG then MMFF94 minimisation)")
+    parser.add_argument("--num-confs", type=int, default=None,
+                        help="conformers per molecule (overrides --ratio; default: ratio x "
+                        "n_conformers where the CSV has it, else 10)")
+    parser.add_argument("--ratio", type=float, default=2.0,
+                        help="conformers per molecule = ceil(RATIO x n_conformers) for CSV rows "
+                        "with n_conformers (default 2, as the GEOM protocol asks)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="sampler steps (Heun: 2 x steps - 1 network evaluations; default "
+                        "the model's, 20)")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="conformers sampled together in one batch (memory vs speed)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed (per molecule: seed and input line)")
+    parser.add_argument("--no-hydrogens", action="store_true",
+                        help="write heavy atoms only (generation always uses hydrogens)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="RDKit methods: worker processes; model: CPU threads for torch")
+    parser.add_argument("--max-atoms", type=int, default=400,
+                        help="molecules with more atoms (hydrogens included) go to the failures "
+                        "file")
+    parser.add_argument("--max-resamples", type=int, default=3,
+                        help="rounds of resampling for conformers with wrong stereo that a "
+                        "reflection cannot fix")
+    parser.add_argument("--summary", action="store_true",
+                        help="print molecules, conformers, failures, stereo-correct rates "
+                        "(before and after correction) and time")
+    parser.add_argument("--summary-json", default=None,
+                        help="also write the summary (with settings and versions) to this JSON")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (default: a bar when stderr is a terminal)")
+
+
+def run(args) -> int:
+    from conformer.generate import GenerateOptions, failures_path, generate_file
+    from conformer.versions import environment_info
+
+    options = GenerateOptions(
+        method=args.method, ckpt=args.ckpt, num_confs=args.num_confs, ratio=args.ratio,
+        steps=args.steps, batch_size=args.batch_size, device=args.device, seed=args.seed,
+        hydrogens=not args.no_hydrogens, workers=args.workers, max_atoms=args.max_atoms,
+        max_resamples=args.max_resamples, progress=False if args.no_progress else None)
+    summary = generate_file(args.input, args.out, options)
+    if args.summary:
+        print(summary.text())
+        if summary.failures:
+            print(f"failures listed in {failures_path(args.out)}")
+    if args.summary_json:
+        with open(args.summary_json, "w") as handle:
+            json.dump({"summary": summary.as_dict(), "settings": vars(options),
+                       "input": args.input, "out": args.out,
+                       "environment": environment_info()}, handle, indent=2, default=str)
+    print(f"wrote {summary.conformers} conformers of {summary.molecules} molecules to {args.out}",
+          file=sys.stderr)
+    return 0

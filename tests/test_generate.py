@@ -1,0 +1,147 @@
+"""`conformer generate`: inputs, failures file, resume, options, through the real entry point."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from rdkit import Chem
+
+from conformer import cli
+from conformer.generate import GenerateOptions, generate_file, read_inputs
+from conformer.sdf_io import completed_input_lines, read_conformer_groups
+
+SMI = """# name after the SMILES
+CCO ethanol
+C[C@H](N)C(=O)O alanine
+not_a_smiles broken
+CC(=O)[O-].[Na+] salt
+[U](F)(F)F uranium
+CC=O
+"""
+
+
+def _save_untrained(directory, mode):
+    from conformer.diffusion import EDMSettings
+    from conformer.nn import build_denoiser
+    from conformer.train.export import save_model
+
+    torch.manual_seed(0)
+    net = build_denoiser("tiny", mode)
+    path = directory / f"tiny_{mode}.pt"
+    save_model(net, {"preset": "tiny", "mode": mode, "overrides": {}},
+               vars(EDMSettings(sample_steps=3)), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """An untrained tiny recm denoiser saved as a model file (tests the plumbing, not quality)."""
+    return _save_untrained(tmp_path_factory.mktemp("model"), "recm")
+
+
+@pytest.fixture(scope="module")
+def equivariant_model_file(tmp_path_factory):
+    return _save_untrained(tmp_path_factory.mktemp("model"), "equivariant")
+
+
+def _failures(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_generate_accounts_for_every_line_and_resumes(tmp_path, model_file, capsys):
+    torch.set_num_threads(1)
+    smi = tmp_path / "in.smi"
+    smi.write_text(SMI)
+    out = tmp_path / "out.sdf"
+    argv = ["generate", str(smi), "--out", str(out), "--ckpt", str(model_file), "--num-confs",
+            "3", "--summary", "--no-progress"]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "molecules:   3" in text and "failures:    3" in text and "stereo-correct" in text
+    groups = read_conformer_groups(out)
+    assert sorted(groups) == ["alanine", "ethanol", "line7"]
+    assert all(len(v) == 3 for v in groups.values())
+    mol = groups["alanine"][0]
+    assert mol.GetNumAtoms() == 13  # hydrogens written
+    assert {p for p in ("name", "smiles", "input_line", "conformer")} <= set(mol.GetPropNames())
+    reasons = {row["line"]: row["reason"] for row in _failures(tmp_path / "out.failures.csv")}
+    assert set(reasons) == {"4", "5", "6"}
+    assert "invalid SMILES" in reasons["4"] and "fragments" in reasons["5"]
+    assert "unsupported element" in reasons["6"]
+
+    # resume: new lines are processed, done ones are not redone
+    smi.write_text(SMI + "c1ccccc1 benzene\n")
+    before = out.read_text()
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "molecules:   1 (+6 done earlier)" in text
+    assert out.read_text().startswith(before)
+    assert completed_input_lines(out) == {2, 3, 7, 8}
+    assert len(_failures(tmp_path / "out.failures.csv")) == 3
+
+
+def test_generation_is_reproducible_per_molecule_whatever_the_batch_size(
+        tmp_path, equivariant_model_file):
+    # equivariant mode: the recm free branch is normalised by a batch-wide RMS (reported), so
+    # only a network without it is batch-independent
+    model_file = equivariant_model_file
+    torch.set_num_threads(1)
+    smi = tmp_path / "in.smi"
+    smi.write_text("CCO a\nCCN b\n")
+    positions = []
+    for batch_size in (1, 4):
+        out = tmp_path / f"b{batch_size}.sdf"
+        generate_file(smi, out, GenerateOptions(ckpt=str(model_file), num_confs=3,
+                                                batch_size=batch_size, max_resamples=0,
+                                                progress=False))
+        positions.append([m.GetConformer().GetPositions() for m in
+                          read_conformer_groups(out)["b"]])
+    for a, b in zip(*positions, strict=True):
+        assert abs(a - b).max() < 1e-3
+
+
+def test_csv_uses_corrected_smiles_ratio_and_no_hydrogens(tmp_path, model_file):
+    torch.set_num_threads(1)
+    path = tmp_path / "test.csv"
+    path.write_text("smiles,n_conformers,corrected_smiles\nCC(N)O,2,C[C@H](N)O\nCCC,1,\n")
+    lines = list(read_inputs(path))
+    assert [line.smiles for line in lines] == ["C[C@H](N)O", "CCC"]
+    assert [line.line_number for line in lines] == [2, 3]
+    out = tmp_path / "out.sdf"
+    summary = generate_file(path, out, GenerateOptions(ckpt=str(model_file), ratio=1.5,
+                                                       hydrogens=False, progress=False))
+    groups = read_conformer_groups(out, key="input_line")
+    assert len(groups["2"]) == 3 and len(groups["3"]) == 2  # ceil(1.5 x n_conformers)
+    assert groups["2"][0].GetProp("smiles") == "C[C@H](N)O"
+    assert groups["2"][0].GetProp("input_smiles") == "CC(N)O"
+    assert all(a.GetAtomicNum() > 1 for a in groups["3"][0].GetAtoms())
+    assert summary.stereo.conformers == 3  # only the chiral molecule is counted
+
+
+def test_bad_inputs_are_one_clear_error(tmp_path, capsys):
+    assert cli.main(["generate", str(tmp_path / "missing.smi"), "--out",
+                     str(tmp_path / "o.sdf")]) == 2
+    assert "missing.smi" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,n_conformers\nx,3\n")
+    assert cli.main(["generate", str(bad), "--out", str(tmp_path / "o.sdf")]) == 2
+    assert "no 'smiles' column" in capsys.readouterr().err
+    smi = tmp_path / "a.smi"
+    smi.write_text("CCO\n")
+    assert cli.main(["generate", str(smi), "--out", str(tmp_path / "o.sdf"),
+                     "--num-confs", "0"]) == 2
+    assert "--num-confs" in capsys.readouterr().err
+
+
+def test_too_many_atoms_is_a_failure_line(tmp_path, model_file):
+    smi = tmp_path / "a.smi"
+    smi.write_text("CCCCCCCCCCCC big\nCO small\n")
+    out = tmp_path / "o.sdf"
+    summary = generate_file(smi, out, GenerateOptions(ckpt=str(model_file), num_confs=1,
+                                                      max_atoms=20, progress=False))
+    assert summary.molecules == 1 and summary.failures == 1
+    assert "too many atoms" in _failures(tmp_path / "o.failures.csv")[0]["reason"]
+    assert Chem.MolFromSmiles("CO") is not None
