@@ -51,3 +51,12 @@ def max_equivariance_error(fn, inputs: dict, irreps_out, *, trials: int = 3, see
 def output_scale(fn, inputs: dict) -> float:
     """Largest |fn(x)|, to make error tolerances relative."""
     return float(fn(**{name: value for name, (value, _) in inputs.items()}).abs().max())
+
+
+def single_thread():
+    """Generator for a pytest fixture: tiny tensors run fastest (and fairest on a shared
+    machine) on one thread; restores the previous setting."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

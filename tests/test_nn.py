@@ -12,9 +12,12 @@ from conformer.nn import build_denoiser
 from conformer.nn.graph import intra_graph_pairs, radius_graph
 from conformer.nn.layers import InteractionBlock
 from conformer.recm import export
-from tests.equivariance import POSITION, max_equivariance_error, output_scale
+from tests.equivariance import POSITION, max_equivariance_error, output_scale, single_thread
 
 SMILES = ("C[C@H](N)C(=O)O", "CC(=O)Nc1ccc(O)cc1", "F/C=C/Cl")
+
+
+one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
 
 
 def molecule_batch(smiles=SMILES, seed=1) -> dict:

@@ -132,7 +132,14 @@ class ModulatedLayer(nn.Module):
         scale = (_rms(y_eq) / (_rms(free_out) + _TINY)).detach()
         normalized = free_out * scale
         gamma = self.state.gamma.to(y_eq.dtype)
-        y = y_eq + gamma * normalized
+        if self.mode == "recm":
+            # value: y_eq + gamma n(f); gradient into the branch: as if gamma were 1. The branch
+            # keeps learning the direction it would take at full use while gamma is small, so
+            # b (its alignment with the descent direction) stays informative: without this a
+            # branch switched off early never learns, b stays <= 0 and gamma never recovers.
+            y = y_eq + gamma * normalized.detach() + (normalized - normalized.detach())
+        else:
+            y = y_eq + gamma * normalized
         if not (self.training and torch.is_grad_enabled()):
             return y
         if self.mode == "scheduled" or (self.mode == "recm" and self.config.reg_weight > 0):

@@ -1,0 +1,1 @@
+"""Reproducible experiments behind ``conformer reproduce`` (each a module with ``run(args)``)."""

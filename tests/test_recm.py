@@ -1,0 +1,204 @@
+"""RECM: modulated layers, Haar projection, recurrent update, absorbing zero, modes, state."""
+
+import io
+
+import pytest
+import torch
+from e3nn import o3
+from torch import nn
+
+from conformer.recm import RECMConfig, RECMController, export
+from conformer.recm.haar import random_orthogonal, wigner_d
+from conformer.recm.layer import ModulatedLayer
+from tests.equivariance import max_equivariance_error, single_thread
+
+IRREPS_IN = o3.Irreps("3x0e+1x0o+2x1o+1x1e")
+IRREPS_OUT = o3.Irreps("2x0e+2x1o+1x1e")
+
+
+one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
+
+
+class Toy(nn.Module):
+    """One modulated e3nn linear layer and a controller: [N, 3] vectors -> [N, 3] vectors."""
+
+    def __init__(self, config: RECMConfig):
+        super().__init__()
+        self.layer = ModulatedLayer(o3.Linear("1x1o", "1x1o"), "1x1o", "1x1o", config)
+        self.recm = RECMController([self.layer], config)
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+def modulated_linear(mode: str, **overrides) -> ModulatedLayer:
+    torch.manual_seed(0)
+    config = RECMConfig(mode=mode, **overrides)
+    layer = ModulatedLayer(o3.Linear(IRREPS_IN, IRREPS_OUT), IRREPS_IN, IRREPS_OUT, config)
+    RECMController([layer], config)
+    return layer.double()
+
+
+def features(n=16, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, IRREPS_IN.dim, generator=generator, dtype=torch.float64)
+
+
+def test_wigner_d_is_a_representation_matching_e3nn():
+    generator = torch.Generator().manual_seed(0)
+    irreps = o3.Irreps("0e+0o+1o+1e+2e+2o")
+    a, b = (random_orthogonal(generator) for _ in range(2))
+    assert torch.allclose(wigner_d(irreps, a @ b), wigner_d(irreps, a) @ wigner_d(irreps, b),
+                          atol=1e-13)
+    for rotation in (a, -a):
+        assert torch.allclose(wigner_d(irreps, rotation), irreps.D_from_matrix(rotation),
+                              atol=1e-5)
+
+
+def test_random_orthogonal_draws_reflections():
+    generator = torch.Generator().manual_seed(1)
+    dets = [float(torch.det(random_orthogonal(generator))) for _ in range(40)]
+    assert all(abs(abs(d) - 1) < 1e-12 for d in dets)
+    assert min(dets) < 0 < max(dets)
+
+
+@pytest.mark.parametrize("mode", ["equivariant", "recm", "scheduled", "ace"])
+def test_layer_equivariant_when_branch_is_off(mode):
+    layer = modulated_linear(mode)
+    if mode != "equivariant":
+        layer.state.gamma.zero_()
+        layer = export(layer)
+    assert layer.free is None
+    inputs = {"x": (features(), IRREPS_IN)}
+    assert max_equivariance_error(layer, inputs, IRREPS_OUT, translate=False) < 1e-12
+
+
+def test_unconstrained_layer_is_not_equivariant():
+    layer = modulated_linear("unconstrained")
+    inputs = {"x": (features(), IRREPS_IN)}
+    assert max_equivariance_error(layer, inputs, IRREPS_OUT, translate=False) > 1e-3
+
+
+def test_free_branch_is_rescaled_to_the_equivariant_output():
+    layer = modulated_linear("unconstrained")
+    x = features()
+    y_eq = layer.layer(x)
+    branch = layer(x) - y_eq  # gamma = 1: the branch alone, after n(.)
+    assert torch.allclose(branch.pow(2).mean().sqrt(), y_eq.pow(2).mean().sqrt())
+
+
+def test_haar_projection_leaves_no_residual_for_an_equivariant_branch():
+    layer = modulated_linear("recm")
+    layer.free = o3.Linear(IRREPS_IN, IRREPS_OUT).double()  # an equivariant "free" map
+    x = features()
+    assert torch.allclose(layer.projected(x), layer.free(x), atol=1e-12)
+    layer.free = nn.Linear(IRREPS_IN.dim, IRREPS_OUT.dim).double()
+    assert (layer.projected(x) - layer.free(x)).abs().max() > 1e-2
+
+
+def test_scheduled_branch_is_dropped_at_test_time_and_penalised_in_training():
+    layer = modulated_linear("scheduled")
+    layer.state.gamma.fill_(0.7)
+    x = features()
+    layer.eval()
+    assert torch.equal(layer(x), layer.layer(x))
+    layer.train()
+    assert not torch.allclose(layer(x), layer.layer(x))
+    controller = RECMController([layer], layer.config)
+    assert float(controller.regularization_loss().detach()) > 0
+    controller.after_optimizer_step(0.25)
+    assert controller.gammas() == [0.5]  # triangular 0 -> 1 -> 0
+
+
+def feed(controller, values, key="pending_b", progress=0.5):
+    for value in values:
+        for state in controller.states:
+            getattr(state, key).append(torch.tensor(float(value), dtype=torch.float64))
+        controller.after_optimizer_step(progress)
+
+
+def test_recm_update_tracks_fixed_point_and_absorbs_zero():
+    config = RECMConfig(mode="recm")
+    controller = Toy(config).recm
+    generator = torch.Generator().manual_seed(0)
+    # exact symmetry: b has mean 0 -> gamma falls, the layer is absorbed and stays at 0
+    feed(controller, (0.05 * torch.randn(1500, generator=generator)).tolist())
+    state = controller.states[0]
+    assert bool(state.dropped) and controller.gammas() == [0.0]
+    feed(controller, [0.9] * 50)  # an absorbed layer never comes back
+    assert controller.gammas() == [0.0]
+    # a useful non-equivariant direction: gamma goes to gamma_max * E[b], no absorption
+    controller = Toy(config).recm
+    feed(controller, (0.2 + 0.05 * torch.randn(1500, generator=generator)).tolist())
+    assert not bool(controller.states[0].dropped)
+    assert abs(controller.gammas()[0] - config.gamma_max * 0.2) < 0.05
+
+
+def test_ace_primal_dual_update():
+    config = RECMConfig(mode="ace")
+    controller = Toy(config).recm
+    feed(controller, [0.0] * 20, key="pending_dgamma")
+    state = controller.states[0]
+    assert 0 < float(state.gamma) < 1 and float(state.dual) > 0  # the dual pushes gamma to 0
+
+
+def train_toy(model, steps, eps, start=0, optimizer=None):
+    """Fit y = 2 x + eps * e_z on random vectors; returns the optimizer."""
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(start, start + steps):
+        generator = torch.Generator().manual_seed(step)
+        x = torch.randn(64, 3, generator=generator)
+        target = 2 * x + eps * torch.tensor([0.0, 0.0, 1.0])
+        loss = (model(x) - target).pow(2).mean() + model.recm.regularization_loss()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        model.recm.after_optimizer_step((step + 1) / 400)
+    return optimizer
+
+
+def test_gamma_grows_only_with_a_symmetry_gap():
+    gammas = {}
+    for eps in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = Toy(RECMConfig(mode="recm", beta=0.05))
+        train_toy(model, 300, eps)
+        gammas[eps] = model.recm.gammas()[0]
+    assert gammas[0.0] < 0.05 < gammas[1.0]
+
+
+def test_state_round_trips_and_resumed_run_continues_the_same_trajectory():
+    config = RECMConfig(mode="recm", beta=0.05)
+    torch.manual_seed(0)
+    straight = Toy(config)
+    train_toy(straight, 60, 1.0)
+
+    torch.manual_seed(0)
+    first = Toy(config)
+    optimizer = train_toy(first, 35, 1.0)
+    buffer = io.BytesIO()
+    torch.save({"model": first.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+    assert any(key.startswith("recm.states.0.gamma") for key in checkpoint["model"])
+
+    torch.manual_seed(123)  # a fresh process: different initial weights before loading
+    resumed = Toy(config)
+    resumed.load_state_dict(checkpoint["model"])
+    for name, value in first.recm.state_dict().items():
+        assert torch.equal(resumed.recm.state_dict()[name], value), name
+    optimizer = torch.optim.Adam(resumed.parameters(), lr=1e-2)
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    train_toy(resumed, 25, 1.0, start=35, optimizer=optimizer)
+    assert resumed.recm.gammas() == straight.recm.gammas()
+    assert int(resumed.recm.states[0].step) == 60
+
+
+def test_controller_log_dict_and_regularizer_shapes():
+    model = Toy(RECMConfig(mode="recm", reg_weight=0.1))
+    x = torch.randn(8, 3)
+    model(x).pow(2).sum().backward()
+    penalty = model.recm.regularization_loss()
+    assert penalty.shape == () and float(penalty) > 0
+    logs = model.recm.log_dict()
+    assert set(logs) >= {"recm/gamma_0", "recm/dropped_0", "recm/b_mean_0"}
