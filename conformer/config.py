@@ -197,9 +197,11 @@ def _build(cls, data: dict, where: str):
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{where}.{name}" if where else name)
+            kwargs[name] = _build(hint, value, f"{where}: {name}" if ":" not in where
+                                  else f"{where}.{name}")
         else:
-            kwargs[name] = _check_type(hint, value, f"{where}.{name}")
+            kwargs[name] = _check_type(hint, value, f"{where}: {name}" if ":" not in where
+                                       else f"{where}.{name}")
     return cls(**kwargs)
 
 
@@ -208,6 +210,11 @@ def _check_type(hint, value, where: str):
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, float, str, bool, dict):
         if hint is int and isinstance(value, bool):
             raise UserInputError(f"{where}: expected int, got {value!r}")
