@@ -203,3 +203,16 @@ def test_bad_inputs(tmp_path):
         prepare(FIXTURE, SPLIT, tmp_path, PrepareSettings(dataset="qm9"), progress=False)
     with pytest.raises(UserInputError, match="no finished prepared"):
         open_prepared(tmp_path, "drugs", "train")
+
+
+def test_two_workers_write_the_same_records(prepared, tmp_path):
+    _, full = prepared
+    report = prepare(FIXTURE, SPLIT, tmp_path, workers=2, progress=False)
+    assert report.processed_now == 14
+    for path in sorted(full.out_dir.glob("*/*.npz")):
+        with np.load(path) as a, np.load(report.out_dir / path.parent.name / path.name) as b:
+            assert a.files == b.files
+            for k in a.files:
+                np.testing.assert_array_equal(a[k], b[k])
+    assert (report.out_dir / "failures.csv").read_text() == \
+        (full.out_dir / "failures.csv").read_text()
