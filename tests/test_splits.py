@@ -73,3 +73,24 @@ def test_bad_split_files_are_refused(tmp_path):
     (tmp_path / "junk.npy").write_text("not numpy")
     with pytest.raises(UserInputError, match="junk.npy"):
         load_split(tmp_path / "junk.npy")
+
+
+def test_training_smiles_avoid_every_test_molecule():
+    """data/train_smiles holds no skeleton (InChIKey first block) of a GEOM-Drugs test molecule
+    or a Hutchison molecule; the excluded list covers both test CSV columns."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    root = GEOM.parent / "train_smiles"
+    excluded = set((root / "excluded_inchikeys.txt").read_text().split())
+    for name in ("test_smiles.csv", "test_smiles_corrected.csv"):
+        for molecule in load_test_smiles(GEOM / "drugs" / name):
+            for smiles in (molecule.smiles, molecule.corrected_smiles):
+                mol = Chem.MolFromSmiles(smiles) if smiles else None
+                if mol is not None:
+                    assert Chem.MolToInchiKey(mol) in excluded
+    skeletons = {key.split("-")[0] for key in excluded}
+    training = (root / "train_druglike.smi").read_text().split()
+    assert len(training) >= 2500
+    for smiles in training:
+        assert Chem.MolToInchiKey(Chem.MolFromSmiles(smiles)).split("-")[0] not in skeletons
