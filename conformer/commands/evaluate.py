@@ -1,0 +1,76 @@
+"""``conformer evaluate``: COV/MAT of generated conformers against reference conformers."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "COV/MAT of generated conformers against reference conformers"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--generated", type=Path, required=True,
+                        help="SDF written by `conformer generate` (one record per conformer, "
+                             "properties name and smiles)")
+    parser.add_argument("--references", type=Path, required=True,
+                        help="reference conformers: a multi-record SDF (.sdf/.sdf.gz) grouped by "
+                             "--ref-key, a GEOM rdkit_folder (with --test-csv), or a "
+                             "test_mols.pkl-style dict SMILES -> molecules")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output folder: results.json, table.md, coverage.png, rmsd.npz")
+    parser.add_argument("--ref-key", default="molecule",
+                        help="SDF property that groups reference records (default molecule)")
+    parser.add_argument("--dataset", choices=("drugs", "qm9"), default="drugs",
+                        help="sets the default threshold (drugs 0.75 A, qm9 0.5 A) and the GEOM "
+                             "summary file to read (default drugs)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="COV threshold delta in Angstrom, strict < (default from --dataset)")
+    parser.add_argument("--test-csv", type=Path, default=None,
+                        help="test molecules (smiles,n_conformers) when --references is a GEOM "
+                             "rdkit_folder")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes, one molecule at a time each (default 1)")
+    parser.add_argument("--max-matches", type=int, default=1_000_000,
+                        help="cap on symmetry matches per molecule, as GetBestRMS's maxMatches "
+                             "(default 1000000, GetBestRMS's default)")
+    parser.add_argument("--no-symmetrize-terminal-groups", action="store_true",
+                        help="do not treat the O/N of conjugated terminal groups (carboxylate, "
+                             "nitro) as interchangeable (GetBestRMS does by default)")
+    parser.add_argument("--validity-confs", type=int, default=4,
+                        help="generated conformers per molecule checked for validity (MMFF "
+                             "bonds/angles, clashes, stereo); 0 skips (default 4)")
+    parser.add_argument("--only-generated", action="store_true",
+                        help="evaluate only reference molecules that have generated records "
+                             "(partial runs); recorded in the settings")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from conformer.errors import UserInputError
+    from conformer.evaluate.evaluator import EvaluationSettings, evaluate, load_references
+    from conformer.evaluate.metrics import THRESHOLDS, format_table
+
+    if not args.generated.is_file():
+        raise UserInputError(f"--generated {args.generated}: file not found")
+    threshold = THRESHOLDS[args.dataset] if args.threshold is None else args.threshold
+    if not threshold > 0:
+        raise UserInputError(f"--threshold {threshold}: must be > 0")
+    if args.workers < 1:
+        raise UserInputError(f"--workers {args.workers}: must be >= 1")
+    if args.max_matches < 1:
+        raise UserInputError(f"--max-matches {args.max_matches}: must be >= 1")
+    settings = EvaluationSettings(
+        threshold=threshold, dataset=args.dataset, ref_key=args.ref_key,
+        max_matches=args.max_matches,
+        symmetrize_conjugated_terminal_groups=not args.no_symmetrize_terminal_groups,
+        only_generated=args.only_generated, validity_confs_per_molecule=args.validity_confs)
+    references = load_references(args.references, args.ref_key, args.test_csv, args.dataset)
+    if not references:
+        raise UserInputError(f"--references {args.references}: no reference conformers found")
+    document = evaluate(args.generated, references, args.out, settings, workers=args.workers,
+                        progress=not args.no_progress,
+                        extra_settings={"references": str(args.references),
+                                        "test_csv": str(args.test_csv) if args.test_csv else None})
+    print(format_table(document["metrics"]))
+    print(f"failures: {document['n_failures']} (listed in {args.out / 'results.json'})")
+    return 0
