@@ -1,0 +1,130 @@
+"""The vectorised RMSD equals rdMolAlign.GetBestRMS(ref, gen) and moves nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rdkit import Chem
+from rdkit.Chem import AllChem
+
+from conformer.evaluate.metrics import aggregate, molecule_scores
+from conformer.evaluate.rmsd import (
+    RMSDMatchError,
+    get_best_rms_reference,
+    kabsch_rmsd_min,
+    rmsd_matrix,
+    symmetry_matches,
+)
+from conformer.sdf_io import read_conformer_groups
+
+GOLDEN = Path(__file__).parent / "golden"
+REGENERATE = "regenerate with: PYTHONPATH=. .venv/bin/python scripts/make_golden_rmsd.py"
+
+
+@pytest.fixture(scope="module")
+def golden():
+    document = json.loads((GOLDEN / "rmsd_golden.json").read_text())
+    refs = read_conformer_groups(GOLDEN / "rmsd_refs.sdf", key="molecule")
+    gens = read_conformer_groups(GOLDEN / "rmsd_gens.sdf", key="name")
+    return document, refs, gens
+
+
+def _embed(smiles: str, n: int, seed: int) -> Chem.Mol:
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    params = AllChem.ETKDGv3()
+    params.randomSeed = seed
+    AllChem.EmbedMultipleConfs(mol, n, params)
+    return mol
+
+
+def test_matches_golden_getbestrms_matrix(golden):
+    document, refs, gens = golden
+    for name, expected in document["rmsd"].items():
+        got = rmsd_matrix(refs[name], gens[name])
+        np.testing.assert_allclose(got, np.array(expected), rtol=0, atol=1e-6,
+                                   err_msg=f"{name}: {REGENERATE}")
+
+
+def test_golden_cov_mat_to_the_last_digit(golden):
+    document, refs, gens = golden
+    scores = [molecule_scores(n, rmsd_matrix(refs[n], gens[n]), document["threshold"])
+              for n in document["rmsd"]]
+    got = aggregate(scores, document["threshold"])
+    for key, value in document["metrics"].items():
+        if key.startswith("cov") or key.startswith("n_"):
+            assert got[key] == value, key  # coverage is a count ratio: exact
+        else:
+            assert got[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_live_getbestrms_on_a_few_pairs(golden):
+    _, refs, gens = golden
+    for name in ("astex_1g9v", "omegapdb_2fm0", "omegacsd_JUVPAR"):
+        got = rmsd_matrix(refs[name][:2], gens[name][:2])
+        for i in range(2):
+            for j in range(2):
+                assert got[i, j] == pytest.approx(
+                    get_best_rms_reference(refs[name][i], gens[name][j]), abs=1e-6)
+
+
+def test_multiconformer_input_and_max_matches_cap(golden):
+    _, refs, gens = golden
+    name = "omegapdb_2fm0"  # 288 symmetry matches: a cap of 5 changes the answer
+    ref = refs[name][0]
+    gen = _embed(Chem.MolToSmiles(ref), 3, seed=5)  # one molecule, 3 conformers, with H
+    got = rmsd_matrix([ref], [gen], max_matches=5)
+    full = rmsd_matrix([ref], [gen])
+    from rdkit.Chem import rdMolAlign
+
+    for j, conf in enumerate(gen.GetConformers()):
+        probe = Chem.RemoveHs(Chem.Mol(ref))
+        target = Chem.RemoveHs(Chem.Mol(gen, confId=conf.GetId()))
+        assert got[0, j] == pytest.approx(
+            rdMolAlign.GetBestRMS(probe, target, maxMatches=5), abs=1e-6)
+    assert (got >= full - 1e-12).all()
+    assert len(symmetry_matches(Chem.RemoveHs(ref), Chem.RemoveHs(gen), max_matches=5)) == 5
+
+
+def test_inputs_are_not_moved(golden):
+    _, refs, gens = golden
+    ref, gen = refs["astex_1jje"][0], gens["astex_1jje"][0]
+    before = (ref.GetConformer().GetPositions().copy(), gen.GetConformer().GetPositions().copy())
+    n_atoms = (ref.GetNumAtoms(), gen.GetNumAtoms())
+    rmsd_matrix([ref], [gen])
+    np.testing.assert_array_equal(ref.GetConformer().GetPositions(), before[0])
+    np.testing.assert_array_equal(gen.GetConformer().GetPositions(), before[1])
+    assert (ref.GetNumAtoms(), gen.GetNumAtoms()) == n_atoms  # hydrogens not stripped in place
+    get_best_rms_reference(ref, gen)  # the reference path works on copies too
+    np.testing.assert_array_equal(ref.GetConformer().GetPositions(), before[0])
+
+
+def test_kabsch_rigid_motion_invariance_and_reflection_float64():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 12, 3))
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    rotation = q * np.sign(np.linalg.det(q))  # proper rotation
+    y = x @ rotation.T + rng.normal(size=3)
+    centre = lambda a: a - a.mean(axis=1, keepdims=True)  # noqa: E731
+    identity = np.arange(12)[None, :]
+    assert kabsch_rmsd_min(centre(x), centre(y), identity)[0, 0] < 1e-7
+    # A mirror image of a chiral point set cannot be superposed by a proper rotation.
+    mirrored = centre(x * np.array([1.0, 1.0, -1.0]))
+    assert kabsch_rmsd_min(centre(x), mirrored, identity)[0, 0] > 0.1
+    # Generated atom perm[i] is reference atom i: only the map ``perm`` superposes them.
+    perm = rng.permutation(12)
+    shuffled = np.empty_like(y)
+    shuffled[:, perm] = y
+    assert kabsch_rmsd_min(centre(x), centre(shuffled), identity)[0, 0] > 0.1
+    maps = np.stack([np.arange(12), perm])
+    assert kabsch_rmsd_min(centre(x), centre(shuffled), maps)[0, 0] < 1e-7
+
+
+def test_graph_mismatch_raises_or_marks_nan():
+    a = _embed("CCO", 1, seed=3)
+    b = _embed("CCN", 2, seed=3)
+    with pytest.raises(RMSDMatchError):
+        rmsd_matrix([a], [b])
+    assert np.isnan(rmsd_matrix([a], [b], on_mismatch="nan")).all()
