@@ -42,6 +42,18 @@ class GammaHistory(L.Callback):
             plot_gammas(self.path, self.path.with_suffix(".png"))
 
 
+class FinalCheckpoint(L.Callback):
+    """Writes ``last.ckpt`` when training ends (ModelCheckpoint only writes on its step
+    interval or at epoch ends, so a run stopping at ``max_steps`` mid-epoch would otherwise
+    leave a stale ``last.ckpt``). Called on every rank; Lightning writes on rank 0."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        trainer.save_checkpoint(self.path)
+
+
 def read_gamma_history(path: str | Path) -> tuple[list[int], list[list[float]]]:
     """(steps, per-layer gamma series) from a ``gammas.csv``; later rows win per step."""
     rows: dict[int, list[float]] = {}

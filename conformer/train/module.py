@@ -137,10 +137,34 @@ class ConformerDiffusionModule(L.LightningModule):
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         if hasattr(self.net, "recm"):
+            self._average_recm_signals_across_ranks()
             self.net.recm.after_optimizer_step(self._progress())
         self.ema.update(self.net, self.global_step)
         self._stepped_this_batch = True
         self.log("lr", optimizer.param_groups[0]["lr"], batch_size=1)
+
+    def _average_recm_signals_across_ranks(self) -> None:
+        """Under DDP, replace each layer's pending RECM signals by their mean over all ranks.
+
+        Every rank then applies the same update to the same state, so gammas, statistics and
+        absorbing decisions stay identical (a branch dropped on one rank only would desync the
+        replicas' parameters).
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        for state in getattr(self.net.recm, "states", []):
+            for name in ("pending_b", "pending_dgamma"):
+                values = getattr(state, name, None)
+                if values is None:
+                    continue
+                local = torch.zeros(2, dtype=torch.float64, device=self.device)
+                if values:
+                    local[0] = torch.stack([v.to(torch.float64) for v in values]).mean()
+                    local[1] = 1.0
+                dist.all_reduce(local)
+                setattr(state, name, [local[0] / local[1]] if local[1] > 0 else [])
 
     def _progress(self) -> float:
         total = self._total_steps()

@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import CSVLogger
 from conformer.config import ExperimentConfig
 from conformer.diffusion import EDMDiffusion, EDMSettings
 from conformer.errors import UserInputError
-from conformer.train.callbacks import GammaHistory
+from conformer.train.callbacks import FinalCheckpoint, GammaHistory
 from conformer.train.module import ConformerDiffusionModule
 
 
@@ -75,7 +75,7 @@ def build_trainer(config: ExperimentConfig, run_dir: Path, extra_callbacks=()) -
                            mode="min", save_top_k=1, enable_version_counter=False,
                            save_on_train_epoch_end=False)
     callbacks = [checkpoints, best, GammaHistory(run_dir), LearningRateMonitor("step"),
-                 *extra_callbacks]
+                 FinalCheckpoint(run_dir / "checkpoints" / "last.ckpt"), *extra_callbacks]
     return L.Trainer(
         max_steps=t.max_steps, max_epochs=t.max_epochs, accelerator=t.accelerator,
         devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
