@@ -189,3 +189,13 @@ def test_two_workers_build_the_same_folder_and_a_lost_pickle_is_rebuilt(built, t
     lost.unlink()
     again = build.build_geom_folder(smiles_file, tmp_path / "two", settings, progress=False)
     assert (again.built, again.skipped_existing) == (1, 2) and lost.exists()
+
+
+def test_impossible_stereo_draw_is_replaced_by_an_embeddable_isomer():
+    # camphorquinone: a random R/S draw at its bridgeheads can be geometrically impossible
+    key = build.canonical_key("CC12CCC(C(=O)C1=O)C2(C)C", run_seed=1)
+    isomer = Chem.AddHs(Chem.MolFromSmiles(key))
+    params = build.rdDistGeom.ETKDGv3()
+    params.randomSeed = 11
+    params.timeout = 5
+    assert build.rdDistGeom.EmbedMolecule(isomer, params) == 0

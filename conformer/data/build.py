@@ -15,9 +15,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import itertools
 import math
 import multiprocessing
 import random
+import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -32,6 +35,7 @@ from conformer.errors import UserInputError
 
 # geom_id = line_number * GEOM_ID_STRIDE + conformer index: unique, deterministic, resumable.
 GEOM_ID_STRIDE = 10_000
+STEREO_CHECK_SECONDS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +49,8 @@ class BuildSettings:
     xtb: bool = False
     name: str = "drugs"
     mmff_max_iters: int = 2000
+    embed_timeout_s: int = 120   # ETKDG wall-clock cap per molecule: one pathological molecule
+                                 # must not stall a build (only such molecules can hit it)
 
     def __post_init__(self):
         if self.n_confs < 1 or self.n_confs >= GEOM_ID_STRIDE:
@@ -103,10 +109,34 @@ def canonical_key(smiles: str, run_seed: int = 1) -> str:
         raise MoleculeBuildError("RDKit cannot parse the SMILES")
     plain = Chem.MolToSmiles(mol)
     mol = Chem.MolFromSmiles(plain)  # canonical atom order: the isomer drawn is order-free
+    seed = molecule_seed(run_seed, plain)
     options = StereoEnumerationOptions(onlyUnassigned=True, unique=True, maxIsomers=1,
-                                       rand=random.Random(molecule_seed(run_seed, plain)))
+                                       rand=random.Random(seed))
     isomer = next(iter(EnumerateStereoisomers(mol, options=options)), mol)
-    return Chem.MolToSmiles(isomer)
+    if _embeds_quickly(isomer, seed):
+        return Chem.MolToSmiles(isomer)
+    # The draw can be geometrically impossible (e.g. the bridgeheads of a bornane); then take
+    # the first embeddable isomer of a seeded shuffle of (at most 64 of) the others.
+    everything = StereoEnumerationOptions(onlyUnassigned=True, unique=True)
+    candidates = list(itertools.islice(EnumerateStereoisomers(mol, options=everything), 64))
+    random.Random(seed).shuffle(candidates)
+    for candidate in candidates:
+        if _embeds_quickly(candidate, seed):
+            return Chem.MolToSmiles(candidate)
+    raise MoleculeBuildError("no stereoisomer of the SMILES could be embedded by ETKDGv3")
+
+
+def _embeds_quickly(isomer: Chem.Mol, seed: int) -> bool:
+    """Whether ETKDGv3 embeds ``isomer`` within ``STEREO_CHECK_SECONDS``: a possible stereo
+    configuration embeds in milliseconds, an impossible one takes seconds or fails."""
+    if not any(a.GetChiralTag() != Chem.ChiralType.CHI_UNSPECIFIED for a in isomer.GetAtoms()):
+        return True  # double-bond stereo alone is always realisable
+    params = rdDistGeom.ETKDGv3()
+    params.randomSeed = seed
+    params.timeout = STEREO_CHECK_SECONDS
+    start = time.perf_counter()
+    ok = rdDistGeom.EmbedMolecule(Chem.AddHs(isomer), params) == 0
+    return ok and time.perf_counter() - start < STEREO_CHECK_SECONDS
 
 
 def boltzmann_weights(relative_kcal: np.ndarray, temperature: float = geom.GEOM_TEMPERATURE_K
@@ -191,6 +221,7 @@ def build_molecule(key: str, line_number: int, settings: BuildSettings) -> dict:
     params.randomSeed = molecule_seed(settings.seed, key)
     params.numThreads = 1
     params.pruneRmsThresh = -1.0  # de-duplication happens after minimisation, not before
+    params.timeout = settings.embed_timeout_s
     conf_ids = list(rdDistGeom.EmbedMultipleConfs(mol, numConfs=settings.n_confs, params=params))
     if not conf_ids:
         params.useRandomCoords = True  # ETKDG's documented fallback for hard ring systems
@@ -327,7 +358,7 @@ def build_geom_folder(smiles_file: Path, out_dir: Path, settings: BuildSettings,
     failures: list[tuple[int, str, str]] = []
     first_line_of: dict[str, int] = {}
     tasks, done_keys = [], []
-    for entry in entries:
+    for entry in tqdm(entries, desc="canonical SMILES", unit="mol", disable=not progress):
         try:
             key = canonical_key(entry.smiles, settings.seed)
         except MoleculeBuildError as error:
@@ -365,6 +396,12 @@ def build_geom_folder(smiles_file: Path, out_dir: Path, settings: BuildSettings,
             pool.terminate()
             pool.join()
 
+    expected = {geom.pickle_relpath(key, settings.name).split("/", 1)[1] for key in first_line_of}
+    stray = [p.name for p in geom.sorted_pickle_paths(out_dir, settings.name)
+             if p.name not in expected]
+    if stray:  # kept (they may be the user's), but they are in split.npy and not in the summary
+        print(f"build-geom: warning: {len(stray)} pickle(s) in {out_dir / settings.name} do not "
+              f"come from {smiles_file}, e.g. {stray[0]}", file=sys.stderr)
     summary = {}
     for key in sorted(first_line_of):
         path = out_dir / geom.pickle_relpath(key, settings.name)
