@@ -196,6 +196,7 @@ def test_state_round_trips_and_resumed_run_continues_the_same_trajectory():
 
 def test_controller_log_dict_and_regularizer_shapes():
     model = Toy(RECMConfig(mode="recm", reg_weight=0.1))
+    model.recm.states[0].gamma.fill_(0.5)  # the penalty scales with gamma^2
     x = torch.randn(8, 3)
     model(x).pow(2).sum().backward()
     penalty = model.recm.regularization_loss()

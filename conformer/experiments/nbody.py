@@ -46,7 +46,7 @@ class NBodyPreset:
     num_radial: int = 8
     radial_hidden: int = 16
     cutoff: float = 6.0
-    steps: int = 1000
+    steps: int = 800
     batch_size: int = 100
     learning_rate: float = 3e-3
 

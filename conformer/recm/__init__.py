@@ -28,6 +28,16 @@ not bias it. The update ``gamma <- clip((1-beta) gamma + beta gamma_max b, 0, ga
 contraction (Lipschitz 1-beta in gamma), so gamma tracks the fixed point ``gamma_max E[b]``,
 which is 0 under exact symmetry and needs no per-layer target.
 
+Two departures from recm.md v1, both found on the N-body property run (say so when citing):
+(1) gamma starts at 0, not 1. n(.) inflates the freshly initialised (random) branch to the full
+scale of the layer's output, so starting at 1 injects noise that costs part of a fixed training
+budget (N-body, eps = 0: test MSE 0.020 vs 0.0146 equivariant); the update is a contraction, so
+its fixed point does not depend on the start. (2) In ``recm`` mode the branch's parameters get
+the gradient as if gamma were 1 (the output still uses gamma): the branch learns the direction
+it would take at full use even while gamma is small. Without it, a branch whose gamma fell early
+(the initial noise makes b < 0) stopped learning, b never became positive and gamma never
+recovered at eps > 0 (every layer was absorbed at eps = 0.3 and 1.0).
+
 Absorbing zero. Under exact symmetry gamma is a random walk reflected at 0, small but rarely
 exactly 0. We keep running moments of b (window ``stats_window``); when the upper confidence
 bound of the fixed point, ``gamma_max (mean + z stderr)``, and gamma itself stay under

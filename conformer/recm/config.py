@@ -14,6 +14,8 @@ class RECMConfig:
     mode: ``equivariant`` (no free branch), ``unconstrained`` (free branch, coefficient 1),
         ``scheduled`` (triangular 0 -> 1 -> 0 coefficient + defect penalty; branch dropped at
         test/export), ``ace`` (primal-dual on the coefficient; truncated at export) or ``recm``.
+    gamma_init: starting value of gamma in ``recm`` mode (0: see the package docstring;
+        ``ace`` always starts at 1, ``unconstrained`` is fixed at 1).
     gamma_max: cap of the recurrent state (headroom above 1, see recm.md section 4).
     beta: step of the recurrent update ``gamma <- (1-beta) gamma + beta gamma_max b``.
     gamma_min: absorbing threshold on the upper confidence bound of the fixed point
@@ -32,7 +34,7 @@ class RECMConfig:
     """
 
     mode: str = "recm"
-    gamma_init: float = 1.0
+    gamma_init: float = 0.0
     gamma_max: float = 4.0
     beta: float = 0.01
     gamma_min: float = 0.05

@@ -26,8 +26,9 @@ class RECMState(nn.Module):
 
     def __init__(self, config: RECMConfig):
         super().__init__()
-        initial = {"unconstrained": 1.0, "equivariant": 0.0, "scheduled": 0.0}.get(
-            config.mode, config.gamma_init)
+        # ACE starts fully relaxed (its section 3); recm starts at gamma_init
+        initial = {"unconstrained": 1.0, "equivariant": 0.0, "scheduled": 0.0,
+                   "ace": 1.0}.get(config.mode, config.gamma_init)
         self.register_buffer("gamma", torch.tensor(float(initial)))
         self.register_buffer("b_mean", torch.tensor(0.0))
         self.register_buffer("b_sq_mean", torch.tensor(0.0))
@@ -93,8 +94,13 @@ class ModulatedLayer(nn.Module):
         if config.mode == "equivariant":
             self.free = None
         else:
-            self.free = FreeBranch(self.irreps_free_in.dim, self.irreps_out.dim,
-                                   config.free_hidden, config.free_layers, config.free_init_std)
+            # own random stream: the equivariant blocks get the same initial weights in every
+            # mode, so a comparison of modes is not confounded by their initialisation
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed + 1 + sum(map(ord, str(self.irreps_out))))
+                self.free = FreeBranch(self.irreps_free_in.dim, self.irreps_out.dim,
+                                       config.free_hidden, config.free_layers,
+                                       config.free_init_std)
         self._regularizer: torch.Tensor | None = None
 
     # -- group averaging -------------------------------------------------------------------
