@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +107,89 @@ def test_median_over_molecules_and_curves():
     assert curves["cov_r_mean"][t.index(1.05)] == pytest.approx(2 / 3)
     assert curves["cov_p_mean"][t.index(2.0)] == pytest.approx(2 / 3)  # 2.0 < 2.0 fails
     assert curves["cov_p_mean"][-1] == 1.0
+
+
+# --- the evaluate command, end to end ------------------------------------------------------
+
+from conformer.cli import main as cli_main  # noqa: E402
+from conformer.evaluate.rmsd import get_best_rms_reference  # noqa: E402
+
+GOLDEN = Path(__file__).parent / "golden"
+HUTCHISON_FEW = ("astex_1g9v", "astex_1jje", "omegacsd_JUVPAR")
+
+
+@pytest.fixture()
+def tiny_pair(tmp_path: Path):
+    """References: 3 golden molecules (3 conformers each) + one never generated; generated:
+    their golden ETKDG conformers, one renamed (must be matched by SMILES)."""
+    refs = read_conformer_groups(GOLDEN / "rmsd_refs.sdf", key="molecule")
+    gens = read_conformer_groups(GOLDEN / "rmsd_gens.sdf", key="name")
+    ref_path, gen_path = tmp_path / "refs.sdf", tmp_path / "gen.sdf"
+    writer = Chem.SDWriter(str(ref_path))
+    for name in (*HUTCHISON_FEW, "omegapdb_1hyo"):
+        for mol in refs[name]:
+            writer.write(mol)
+    writer.close()
+    with ConformerSDFWriter(gen_path) as out:
+        for line, name in enumerate(HUTCHISON_FEW, start=1):
+            records = gens[name]
+            combined = Chem.Mol(records[0])
+            for record in records[1:]:
+                combined.AddConformer(Chem.Conformer(record.GetConformer()), assignId=True)
+            out.write_molecule(combined, "renamed" if line == 2 else name,
+                               records[0].GetProp("smiles"), line)
+    return refs, gens, ref_path, gen_path
+
+
+def test_evaluate_cli_matches_pairwise_getbestrms(tiny_pair, tmp_path: Path):
+    refs, gens, ref_path, gen_path = tiny_pair
+    out = tmp_path / "eval"
+    code = cli_main(["evaluate", "--generated", str(gen_path), "--references", str(ref_path),
+                     "--out", str(out), "--ref-key", "molecule", "--no-progress",
+                     "--validity-confs", "1"])
+    assert code == 0
+    document = json.loads((out / "results.json").read_text())
+    assert (out / "table.md").read_text().startswith("## COV / MAT")
+    assert (out / "coverage.png").stat().st_size > 1000
+
+    # An independent pair-by-pair GetBestRMS computation gives the same numbers.
+    scores = []
+    for name in HUTCHISON_FEW:
+        matrix = np.array([[get_best_rms_reference(r, g) for g in gens[name]]
+                           for r in refs[name]])
+        scores.append(M.molecule_scores(name, matrix, 0.75))
+    scores.append(M.molecule_scores("omegapdb_1hyo", np.zeros((3, 0)), 0.75))
+    expected = M.aggregate(sorted(scores, key=lambda s: s.name), 0.75)
+    for key in ("cov_r_mean", "cov_r_median", "cov_p_mean", "cov_p_median"):
+        assert document["metrics"][key] == expected[key], key
+    for key in ("mat_r_mean", "mat_r_median", "mat_p_mean", "mat_p_median"):
+        assert document["metrics"][key] == pytest.approx(expected[key], abs=1e-9), key
+    per = {m["name"]: m for m in document["per_molecule"]}
+    assert per["astex_1jje"]["n_gen"] == 4  # the renamed group matched by SMILES
+    assert per["omegapdb_1hyo"]["n_gen"] == 0 and per["omegapdb_1hyo"]["cov_r"] == 0.0
+    assert any(f["name"] == "omegapdb_1hyo" for f in document["failures"])
+    assert document["metrics"]["n_empty_generation"] == 1
+    settings = document["settings"]
+    assert settings["threshold"] == 0.75 and settings["max_matches"] == 1_000_000
+    assert settings["environment"]["libraries"]["rdkit"]
+    assert document["validity"]["n_conformers"] == 3
+    assert len(document["curves"]["threshold"]) == 60
+
+
+def test_evaluate_cli_bad_input_is_one_clear_line(tmp_path: Path, capsys):
+    code = cli_main(["evaluate", "--generated", str(tmp_path / "missing.sdf"), "--references",
+                     str(tmp_path), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "--generated" in capsys.readouterr().err
+
+
+def test_evaluate_two_workers_same_result(tiny_pair, tmp_path: Path):
+    from conformer.evaluate.evaluator import EvaluationSettings, evaluate, load_references
+
+    _, _, ref_path, gen_path = tiny_pair
+    references = load_references(ref_path, "molecule")
+    settings = EvaluationSettings(validity_confs_per_molecule=0)
+    one = evaluate(gen_path, references, tmp_path / "a", settings, workers=1, progress=False)
+    two = evaluate(gen_path, references, tmp_path / "b", settings, workers=2, progress=False)
+    assert one["metrics"] == two["metrics"]
+    assert one["per_molecule"] == two["per_molecule"]

@@ -143,9 +143,18 @@ def _group_smiles(name: str, mols: list[Chem.Mol]) -> str | None:
     return name if Chem.MolFromSmiles(name) is not None else None
 
 
+# RDKit pickles coordinates as float32 by default; workers must see the exact float64 values.
+_BINARY_OPTIONS = Chem.PropertyPickleOptions.AllProps | Chem.PropertyPickleOptions.CoordsAsDouble
+
+
+def _to_bytes(mols: list[Chem.Mol]) -> list[bytes]:
+    return [mol.ToBinary(_BINARY_OPTIONS) for mol in mols]
+
+
 def evaluate_molecule(task: tuple) -> dict:
     """Worker: RMSD matrix, scores and validity of one molecule (picklable in and out)."""
     name, refs, gens, settings_dict = task
+    refs, gens = [Chem.Mol(b) for b in refs], [Chem.Mol(b) for b in gens]
     RDLogger.DisableLog("rdApp.*")
     settings = EvaluationSettings(**settings_dict)
     out: dict = {"name": name, "n_gen_mismatched": 0, "error": None, "validity": None}
@@ -184,7 +193,8 @@ def evaluate(generated_path: Path, references: dict[str, list[Chem.Mol]], out_di
     if settings.only_generated:
         names = [n for n in names if n in matched]
     settings_dict = asdict(settings)
-    tasks = [(n, references[n], matched.get(n, []), settings_dict) for n in names]
+    tasks = [(n, _to_bytes(references[n]), _to_bytes(matched.get(n, [])), settings_dict)
+             for n in names]
     results = []
     iterator = _run_tasks(tasks, workers)
     for result in tqdm(iterator, total=len(tasks), desc="evaluate", disable=not progress):

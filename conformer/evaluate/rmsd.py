@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from rdkit import Chem
+from rdkit.Chem import rdMolDescriptors
 
 DEFAULT_MAX_MATCHES = 1_000_000  # GetBestRMS's default
 _TERMINAL_SMARTS = Chem.MolFromSmarts(
@@ -77,59 +78,137 @@ def symmetry_matches(ref_heavy: Chem.Mol, gen_heavy: Chem.Mol, max_matches: int 
 
 
 def _graph_key(mol: Chem.Mol) -> tuple:
-    """Identifies a heavy-atom graph *with its atom order*: equal keys give equal maps."""
-    atoms = tuple((a.GetAtomicNum(), a.GetFormalCharge(), a.GetIsAromatic(), a.GetTotalNumHs(),
-                   a.GetNumRadicalElectrons(), a.GetIsotope()) for a in mol.GetAtoms())
-    bonds = tuple(sorted((b.GetBeginAtomIdx(), b.GetEndAtomIdx(), str(b.GetBondType()))
-                         for b in mol.GetBonds()))
-    return atoms, bonds
+    """Identifies a molecular graph *with its atom order* (equal keys give equal maps).
+
+    Built from C++-side arrays to stay cheap per record: the bond-order adjacency matrix and the
+    per-atom connectivity invariants (atomic number, degree, H count, charge, isotope, ...).
+    """
+    adjacency = Chem.GetAdjacencyMatrix(mol, useBO=True, force=True)
+    invariants = tuple(rdMolDescriptors.GetConnectivityInvariants(mol,
+                                                                  includeRingMembership=False))
+    return mol.GetNumAtoms(), adjacency.tobytes(), invariants, Chem.GetFormalCharge(mol)
 
 
-def _coordinates(mol: Chem.Mol) -> np.ndarray:
-    """(n_conformers, n_atoms, 3) float64 coordinates in Angstrom (a new array)."""
-    return np.stack([np.asarray(c.GetPositions(), dtype=np.float64) for c in mol.GetConformers()])
+def _heavy_template(mol: Chem.Mol) -> tuple[Chem.Mol, np.ndarray]:
+    """``RemoveHs`` copy of ``mol`` and the indices (into ``mol``) of the atoms it kept."""
+    tagged = Chem.Mol(mol)
+    tagged.RemoveAllConformers()
+    for atom in tagged.GetAtoms():
+        atom.SetIntProp("_rmsd_source_idx", atom.GetIdx())
+    heavy = Chem.RemoveHs(tagged)
+    kept = np.array([a.GetIntProp("_rmsd_source_idx") for a in heavy.GetAtoms()], dtype=np.int64)
+    return heavy, kept
 
 
 @dataclass
 class _ConformerSet:
-    """Heavy-atom conformers grouped by graph: per group, its template and centred coordinates."""
+    """Conformers grouped by graph: per group, its heavy-atom template and centred coordinates.
+
+    ``index[g]`` gives the caller's conformer numbers (rows/columns) of group g, in order.
+    """
 
     templates: list[Chem.Mol]
-    coords: list[np.ndarray]  # per group (n_conf, n, 3), centred
-    index: list[np.ndarray]  # per group: positions of its conformers in the caller's list
+    coords: list[np.ndarray]  # per group (n_conf, n_heavy, 3), centred, Angstrom
+    index: list[np.ndarray]
+    n_conformers: int
 
 
 def _group_conformers(mols: list[Chem.Mol]) -> _ConformerSet:
     keys: dict[tuple, int] = {}
-    templates, coords, index = [], [], []
-    for position, mol in enumerate(mols):
-        heavy = heavy_atom_copy(mol)
-        key = _graph_key(heavy)
-        if key not in keys:
-            keys[key] = len(templates)
-            templates.append(heavy)
-            coords.append([])
-            index.append([])
-        group = keys[key]
-        for xyz in _coordinates(heavy):
-            coords[group].append(xyz - xyz.mean(axis=0))
-            index[group].append(position)
-    return _ConformerSet(templates, [np.stack(c) for c in coords],
-                         [np.asarray(i) for i in index])
-
-
-def _expand(mols: list[Chem.Mol]) -> list[Chem.Mol]:
-    """One entry per conformer: multi-conformer molecules are split, order preserved."""
-    out = []
+    templates, kept_atoms, coords, index = [], [], [], []
+    position = 0
     for mol in mols:
         if mol.GetNumConformers() == 0:
             raise ValueError("a molecule without conformers was given for RMSD")
+        key = _graph_key(mol)
+        if key not in keys:
+            keys[key] = len(templates)
+            heavy, kept = _heavy_template(mol)
+            templates.append(heavy)
+            kept_atoms.append(kept)
+            coords.append([])
+            index.append([])
+        group = keys[key]
+        if mol.GetNumConformers() == 1:  # the common case (one SDF record), without iterating
+            coords[group].append(mol.GetConformer().GetPositions()[kept_atoms[group]])
+            index[group].append(position)
+            position += 1
+            continue
         for conf in mol.GetConformers():
-            single = Chem.Mol(mol)
-            single.RemoveAllConformers()
-            single.AddConformer(Chem.Conformer(conf), assignId=True)
-            out.append(single)
-    return out
+            coords[group].append(conf.GetPositions()[kept_atoms[group]])
+            index[group].append(position)
+            position += 1
+    centred = []
+    for group_coords in coords:
+        xyz = np.asarray(group_coords, dtype=np.float64)
+        centred.append(xyz - xyz.mean(axis=1, keepdims=True))
+    return _ConformerSet(templates, centred, [np.asarray(i) for i in index], position)
+
+
+def _det4(k: np.ndarray) -> np.ndarray:
+    """Determinants of (..., 4, 4) matrices by 2x2-minor expansion (elementwise, vectorised)."""
+    a = k
+    s0 = a[..., 0, 0] * a[..., 1, 1] - a[..., 1, 0] * a[..., 0, 1]
+    s1 = a[..., 0, 0] * a[..., 1, 2] - a[..., 1, 0] * a[..., 0, 2]
+    s2 = a[..., 0, 0] * a[..., 1, 3] - a[..., 1, 0] * a[..., 0, 3]
+    s3 = a[..., 0, 1] * a[..., 1, 2] - a[..., 1, 1] * a[..., 0, 2]
+    s4 = a[..., 0, 1] * a[..., 1, 3] - a[..., 1, 1] * a[..., 0, 3]
+    s5 = a[..., 0, 2] * a[..., 1, 3] - a[..., 1, 2] * a[..., 0, 3]
+    c5 = a[..., 2, 2] * a[..., 3, 3] - a[..., 3, 2] * a[..., 2, 3]
+    c4 = a[..., 2, 1] * a[..., 3, 3] - a[..., 3, 1] * a[..., 2, 3]
+    c3 = a[..., 2, 1] * a[..., 3, 2] - a[..., 3, 1] * a[..., 2, 2]
+    c2 = a[..., 2, 0] * a[..., 3, 3] - a[..., 3, 0] * a[..., 2, 3]
+    c1 = a[..., 2, 0] * a[..., 3, 2] - a[..., 3, 0] * a[..., 2, 2]
+    c0 = a[..., 2, 0] * a[..., 3, 1] - a[..., 3, 0] * a[..., 2, 1]
+    return s0 * c5 - s1 * c4 + s2 * c3 + s3 * c2 - s4 * c1 + s5 * c0
+
+
+def max_rotation_overlap(cov: np.ndarray, upper: np.ndarray, iterations: int = 60) -> np.ndarray:
+    """max over proper rotations R of trace(R cov) for (..., 3, 3) covariances (float64).
+
+    Equals s1 + s2 + sign(det cov) s3 (singular values s, the reflection-safe Kabsch optimum):
+    the largest eigenvalue of Horn's 4x4 quaternion matrix, found by Newton's method on its
+    characteristic polynomial from ``upper`` (>= the root, e.g. (|X|^2 + |Y|^2) / 2), which
+    converges monotonically from above (QCP, Theobald 2005). Entries that have not converged
+    after ``iterations`` steps are finished with an SVD, so the result never depends on it.
+    """
+    sxx, sxy, sxz = cov[..., 0, 0], cov[..., 0, 1], cov[..., 0, 2]
+    syx, syy, syz = cov[..., 1, 0], cov[..., 1, 1], cov[..., 1, 2]
+    szx, szy, szz = cov[..., 2, 0], cov[..., 2, 1], cov[..., 2, 2]
+    horn = np.empty(cov.shape[:-2] + (4, 4))
+    horn[..., 0, 0] = sxx + syy + szz
+    horn[..., 1, 1] = sxx - syy - szz
+    horn[..., 2, 2] = -sxx + syy - szz
+    horn[..., 3, 3] = -sxx - syy + szz
+    horn[..., 0, 1] = horn[..., 1, 0] = syz - szy
+    horn[..., 0, 2] = horn[..., 2, 0] = szx - sxz
+    horn[..., 0, 3] = horn[..., 3, 0] = sxy - syx
+    horn[..., 1, 2] = horn[..., 2, 1] = sxy + syx
+    horn[..., 1, 3] = horn[..., 3, 1] = szx + sxz
+    horn[..., 2, 3] = horn[..., 3, 2] = syz + szy
+    # det(lambda I - K) = lambda^4 + c2 lambda^2 + c1 lambda + c0 (K is traceless, symmetric)
+    c2 = -2.0 * np.einsum("...ij,...ij->...", cov, cov)
+    c1 = -8.0 * np.linalg.det(cov) if cov.size else np.zeros(cov.shape[:-2])
+    c0 = _det4(horn)
+    lam = np.broadcast_to(upper, c0.shape).copy()
+    tolerance = 1e-14 * np.maximum(np.abs(lam), 1.0)
+    done = np.zeros(lam.shape, dtype=bool)
+    for _ in range(iterations):
+        lam2 = lam * lam
+        value = (lam2 + c2) * lam2 + c1 * lam + c0
+        slope = 4.0 * lam2 * lam + 2.0 * c2 * lam + c1
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step = np.where(slope != 0.0, value / slope, 0.0)
+        lam = lam - step
+        done = np.abs(step) <= tolerance
+        if done.all():
+            break
+    if not done.all():  # (near-)degenerate top eigenvalues: Newton is slow there
+        rest = cov[~done]
+        sing = np.linalg.svd(rest, compute_uv=False)
+        sign = np.where(np.linalg.det(rest) < 0, -1.0, 1.0)
+        lam[~done] = sing[:, 0] + sing[:, 1] + sign * sing[:, 2]
+    return lam
 
 
 def kabsch_rmsd_min(ref_xyz: np.ndarray, gen_xyz: np.ndarray, maps: np.ndarray) -> np.ndarray:
@@ -150,12 +229,12 @@ def kabsch_rmsd_min(ref_xyz: np.ndarray, gen_xyz: np.ndarray, maps: np.ndarray) 
         for r0 in range(0, n_ref, per_ref):
             x = ref_xyz[r0:r0 + per_ref]
             cov = np.einsum("rni,gmnj->rgmij", x, permuted, optimize=True)  # (R', G, M', 3, 3)
-            sing = np.linalg.svd(cov, compute_uv=False)
-            sign = np.sign(np.linalg.det(cov))
-            sign[sign == 0] = 1.0
-            trace = sing[..., 0] + sing[..., 1] + sign * sing[..., 2]
-            msd = (ref_sq[r0:r0 + per_ref, None, None] + gen_sq[None, :, None] - 2.0 * trace)
-            msd = np.maximum(msd / n_atoms, 0.0).min(axis=2)
+            total = ref_sq[r0:r0 + per_ref, None, None] + gen_sq[None, :, None]
+            # Two upper bounds of the optimum: (|X|^2+|Y|^2)/2 and the nuclear-norm bound
+            # sqrt(3) |cov|_F; Newton starts from the smaller (fewer steps).
+            frobenius = np.sqrt(3.0 * np.einsum("...ij,...ij->...", cov, cov))
+            overlap = max_rotation_overlap(cov, np.minimum(0.5 * total, frobenius))
+            msd = np.maximum((total - 2.0 * overlap) / n_atoms, 0.0).min(axis=2)
             np.minimum(best_msd[r0:r0 + per_ref], msd, out=best_msd[r0:r0 + per_ref])
     return np.sqrt(best_msd)
 
@@ -171,11 +250,8 @@ def rmsd_matrix(refs: list[Chem.Mol], gens: list[Chem.Mol],
     :class:`RMSDMatchError` (``on_mismatch="raise"``) or fills those entries with NaN
     (``on_mismatch="nan"``). The inputs are not modified.
     """
-    ref_set, gen_set = _group_conformers(_expand(refs)), _group_conformers(_expand(gens))
-    n_ref = sum(len(i) for i in ref_set.index)
-    n_gen = sum(len(i) for i in gen_set.index)
-    out = np.empty((n_ref, n_gen))
-    # _expand gives one entry per conformer, so a group's entry positions are its rows/columns.
+    ref_set, gen_set = _group_conformers(refs), _group_conformers(gens)
+    out = np.empty((ref_set.n_conformers, gen_set.n_conformers))
     ref_rows, gen_cols = ref_set.index, gen_set.index
     for ri, ref_template in enumerate(ref_set.templates):
         for gi, gen_template in enumerate(gen_set.templates):
