@@ -193,3 +193,38 @@ def test_evaluate_two_workers_same_result(tiny_pair, tmp_path: Path):
     two = evaluate(gen_path, references, tmp_path / "b", settings, workers=2, progress=False)
     assert one["metrics"] == two["metrics"]
     assert one["per_molecule"] == two["per_molecule"]
+
+
+def test_geom_folder_references_drop_reacted_conformers_and_pickle_layout(tmp_path: Path):
+    from conformer.baselines import generate_rdkit
+    from conformer.data.geom import read_molecule_pickle, read_summary
+    from conformer.evaluate.evaluator import EvaluationSettings, evaluate, load_references
+
+    geom = Path(__file__).parent / "fixtures" / "geom_mini"
+    summary = read_summary(geom, "drugs")
+    first, second = list(summary)[0], "CCOC(=O)c1ccc(OC)cc1"
+    csv = tmp_path / "test_smiles.csv"
+    csv.write_text(f"smiles,n_conformers\n{first},5\n{second},3\n")
+    references = load_references(geom, test_csv=csv, dataset="drugs")
+    pickled = read_molecule_pickle(geom / summary[first]["pickle_path"])["conformers"]
+    ids = [c["geom_id"] for c in pickled]
+    assert 999999999 in ids  # the fixture's reacted conformer ...
+    assert len(references[first]) == len(ids) - 1  # ... is not a reference
+    gen_path = tmp_path / "gen.sdf"
+    with ConformerSDFWriter(gen_path) as writer:
+        for line, smiles in enumerate((first, second), start=1):
+            mol = generate_rdkit(Chem.MolFromSmiles(smiles), 2 * len(references[smiles]), seed=9)
+            writer.write_molecule(mol, smiles, smiles, line)
+    settings = EvaluationSettings(validity_confs_per_molecule=0)
+    document = evaluate(gen_path, references, tmp_path / "out", settings, progress=False)
+    n_ref = {m["name"]: m["n_ref"] for m in document["per_molecule"]}
+    assert n_ref == {first: len(references[first]), second: len(references[second])}
+    assert all(m["n_gen"] == 2 * m["n_ref"] for m in document["per_molecule"])
+
+    # The same references as a test_mols.pkl-style dict give the same numbers.
+    import pickle
+
+    pkl = tmp_path / "test_mols.pkl"
+    pkl.write_bytes(pickle.dumps(references))
+    again = evaluate(gen_path, load_references(pkl), tmp_path / "out2", settings, progress=False)
+    assert again["metrics"] == document["metrics"]

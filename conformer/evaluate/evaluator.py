@@ -60,7 +60,10 @@ def canonical(smiles_or_mol, isomeric: bool) -> str | None:
     mol = Chem.MolFromSmiles(smiles_or_mol) if isinstance(smiles_or_mol, str) else smiles_or_mol
     if mol is None:
         return None
-    return Chem.MolToSmiles(Chem.RemoveHs(Chem.Mol(mol)), isomericSmiles=isomeric)
+    try:
+        return Chem.MolToSmiles(Chem.RemoveHs(Chem.Mol(mol)), isomericSmiles=isomeric)
+    except (RuntimeError, ValueError):  # RDKit sanitisation errors (e.g. a reacted conformer)
+        return None
 
 
 def load_references(path: Path, ref_key: str = "molecule", test_csv: Path | None = None,
