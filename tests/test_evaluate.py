@@ -228,3 +228,42 @@ def test_geom_folder_references_drop_reacted_conformers_and_pickle_layout(tmp_pa
     pkl.write_bytes(pickle.dumps(references))
     again = evaluate(gen_path, load_references(pkl), tmp_path / "out2", settings, progress=False)
     assert again["metrics"] == document["metrics"]
+
+
+def test_interrupted_evaluation_resumes_from_the_per_molecule_cache(tiny_pair, tmp_path, monkeypatch):
+    import conformer.evaluate.evaluator as evaluator
+
+    _, _, ref_path, gen_path = tiny_pair
+    references = evaluator.load_references(ref_path, "molecule")
+    settings = evaluator.EvaluationSettings(validity_confs_per_molecule=0)
+    calls = []
+    real = evaluator.evaluate_molecule
+
+    def interrupted(task):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(task[0])
+        return real(task)
+
+    monkeypatch.setattr(evaluator, "evaluate_molecule", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluator.evaluate(gen_path, references, tmp_path / "out", settings, progress=False)
+    monkeypatch.setattr(evaluator, "evaluate_molecule", real)
+    done_first = list(calls)
+    calls.clear()
+
+    def counting(task):
+        calls.append(task[0])
+        return real(task)
+
+    monkeypatch.setattr(evaluator, "evaluate_molecule", counting)
+    resumed = evaluator.evaluate(gen_path, references, tmp_path / "out", settings, progress=False)
+    assert len(done_first) == 2 and sorted(calls) == sorted(set(references) - set(done_first))
+    fresh = evaluator.evaluate(gen_path, references, tmp_path / "fresh", settings, progress=False)
+    assert resumed["metrics"] == fresh["metrics"]
+    # A changed setting invalidates the cache.
+    calls.clear()
+    evaluator.evaluate(gen_path, references, tmp_path / "out",
+                       evaluator.EvaluationSettings(threshold=0.5, validity_confs_per_molecule=0),
+                       progress=False)
+    assert len(calls) == len(references)

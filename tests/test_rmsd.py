@@ -128,3 +128,14 @@ def test_graph_mismatch_raises_or_marks_nan():
     with pytest.raises(RMSDMatchError):
         rmsd_matrix([a], [b])
     assert np.isnan(rmsd_matrix([a], [b], on_mismatch="nan")).all()
+
+
+def test_chunked_kernel_equals_unchunked(golden, monkeypatch):
+    import conformer.evaluate.rmsd as rmsd_module
+
+    _, refs, gens = golden
+    name = "omegapdb_2fm0"  # many maps: the chunks split maps and references
+    whole = rmsd_matrix(refs[name], gens[name])
+    monkeypatch.setattr(rmsd_module, "_CHUNK_ELEMENTS", 7)
+    monkeypatch.setattr(rmsd_module, "_PERMUTED_ELEMENTS", 500)
+    np.testing.assert_allclose(rmsd_matrix(refs[name], gens[name]), whole, rtol=0, atol=1e-12)

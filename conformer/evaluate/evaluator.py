@@ -14,6 +14,7 @@ canonical SMILES when that is unambiguous. Generated groups matching no referenc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 from collections import defaultdict
@@ -30,7 +31,7 @@ from conformer.evaluate.rmsd import DEFAULT_MAX_MATCHES, rmsd_matrix
 from conformer.evaluate.validity import SETTINGS as VALIDITY_SETTINGS
 from conformer.evaluate.validity import summarize, validity_report
 from conformer.sdf_io import read_conformer_groups
-from conformer.versions import environment_info, file_sha256
+from conformer.versions import environment_info, file_sha256, stable_hash
 
 
 @dataclass
@@ -198,9 +199,15 @@ def evaluate(generated_path: Path, references: dict[str, list[Chem.Mol]], out_di
     settings_dict = asdict(settings)
     tasks = [(n, _to_bytes(references[n]), _to_bytes(matched.get(n, [])), settings_dict)
              for n in names]
-    results = []
-    iterator = _run_tasks(tasks, workers)
-    for result in tqdm(iterator, total=len(tasks), desc="evaluate", disable=not progress):
+    out_dir = Path(out_dir)
+    cache = _MoleculeCache(out_dir / "per_molecule_cache", {
+        "settings": settings_dict, "generated_sha256": file_sha256(generated_path),
+        "references": _references_digest(references, names)})
+    results = [r for r in (cache.load(n) for n in names) if r is not None]
+    todo = [t for t in tasks if not cache.has(t[0])]
+    iterator = _run_tasks(todo, workers)
+    for result in tqdm(iterator, total=len(todo), desc="evaluate", disable=not progress):
+        cache.save(result)
         results.append(result)
     results.sort(key=lambda r: r["name"])
 
@@ -222,8 +229,6 @@ def evaluate(generated_path: Path, references: dict[str, list[Chem.Mol]], out_di
 
     table_metrics = M.aggregate(scores, settings.threshold)
     curves = M.coverage_curves(matrices)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     per_molecule = [s.as_dict() | {"n_gen_mismatched": r["n_gen_mismatched"]}
                     for s, r in zip(scores, results, strict=True)]
     document = {
@@ -244,6 +249,55 @@ def evaluate(generated_path: Path, references: dict[str, list[Chem.Mol]], out_di
     (out_dir / "table.md").write_text(_table_markdown(document))
     plot_coverage(curves, out_dir / "coverage.png", settings.threshold)
     return document
+
+
+def _references_digest(references: dict[str, list[Chem.Mol]], names: list[str]) -> str:
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(name.encode())
+        for blob in _to_bytes(references[name]):
+            digest.update(blob)
+    return digest.hexdigest()[:16]
+
+
+class _MoleculeCache:
+    """Per-molecule results on disk, so an interrupted evaluation resumes (rerun the command).
+
+    One NPZ per molecule (arrays and a JSON string; no pickles) under ``folder``; the folder
+    holds ``key.json`` (settings, generated-file hash, references hash) and is emptied when the
+    key changes, so stale results are never mixed in.
+    """
+
+    def __init__(self, folder: Path, key: dict):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        key_path = self.folder / "key.json"
+        text = json.dumps(key, sort_keys=True, default=str)
+        if not key_path.exists() or key_path.read_text() != text:
+            for old in self.folder.glob("*.npz"):
+                old.unlink()
+            key_path.write_text(text)
+
+    def _path(self, name: str) -> Path:
+        return self.folder / f"{stable_hash(name, 24)}.npz"
+
+    def has(self, name: str) -> bool:
+        return self._path(name).exists()
+
+    def load(self, name: str) -> dict | None:
+        path = self._path(name)
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            return meta | {"rmsd": data["rmsd"]}
+
+    def save(self, result: dict) -> None:
+        meta = {k: v for k, v in result.items() if k != "rmsd"}
+        path = self._path(result["name"])
+        partial = path.with_suffix(".tmp.npz")
+        np.savez(partial, rmsd=result["rmsd"], meta=np.array(json.dumps(meta)))
+        partial.replace(path)  # atomic: a killed run never leaves half a file
 
 
 def _run_tasks(tasks: list, workers: int):

@@ -38,6 +38,7 @@ _TERMINAL_SMARTS = Chem.MolFromSmarts(
 _SINGLE_OR_DOUBLE = Chem.MolFromSmarts("*-,=*").GetBondWithIdx(0)
 # Pairs x maps x 9 float64 held at once while aligning; bounds memory (~ 8 bytes * 9 * this).
 _CHUNK_ELEMENTS = 400_000
+_PERMUTED_ELEMENTS = 4_000_000  # (G, M', n, 3) float64 copy: at most ~32 MB
 
 
 class RMSDMatchError(ValueError):
@@ -224,6 +225,8 @@ def kabsch_rmsd_min(ref_xyz: np.ndarray, gen_xyz: np.ndarray, maps: np.ndarray) 
     best_msd = np.full((n_ref, n_gen), np.inf)
     per_ref = max(1, _CHUNK_ELEMENTS // max(1, n_gen * len(maps)))
     map_chunk = max(1, _CHUNK_ELEMENTS // max(1, n_gen * min(per_ref, n_ref)))
+    # the permuted copy of the generated coordinates is (G, M', n, 3): bound it as well
+    map_chunk = max(1, min(map_chunk, _PERMUTED_ELEMENTS // max(1, n_gen * n_atoms * 3)))
     for m0 in range(0, len(maps), map_chunk):
         permuted = gen_xyz[:, maps[m0:m0 + map_chunk], :]  # (G, M', n, 3)
         for r0 in range(0, n_ref, per_ref):
