@@ -42,11 +42,11 @@ class NBodyPreset:
     integration_steps: int = 100
     softening: float = 0.1
     hidden_irreps: str = "16x0e+4x0o+8x1o+8x1e"
-    num_layers: int = 2
+    num_layers: int = 1
     num_radial: int = 8
     radial_hidden: int = 16
     cutoff: float = 6.0
-    steps: int = 800
+    steps: int = 600
     batch_size: int = 100
     learning_rate: float = 3e-3
 
@@ -54,7 +54,7 @@ class NBodyPreset:
 PRESETS = {
     "tiny": NBodyPreset(),
     "small": NBodyPreset(num_train=10000, hidden_irreps="32x0e+8x0o+16x1o+16x1e",
-                         num_layers=3, radial_hidden=32, steps=5000),
+                         num_layers=2, radial_hidden=32, steps=3000),
 }
 
 

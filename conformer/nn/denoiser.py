@@ -50,7 +50,9 @@ PRESETS: dict[str, DenoiserConfig] = {
     "tiny": DenoiserConfig(num_layers=2, scalar_channels=8, vector_channels=4,
                            pseudoscalar_channels=2, num_radial=8, radial_hidden=16,
                            edge_embedding_dim=4),
-    "small": DenoiserConfig(),
+    # sized for CPU training (see benchmarks/bench_denoiser.py): 4 A cutoff, narrow channels
+    "small": DenoiserConfig(scalar_channels=16, vector_channels=8, pseudoscalar_channels=4,
+                            cutoff=4.0, num_radial=8, radial_hidden=16),
     "base": DenoiserConfig(num_layers=6, scalar_channels=128, vector_channels=32,
                            pseudoscalar_channels=16, lmax=2, num_radial=16, radial_hidden=64,
                            edge_embedding_dim=16),

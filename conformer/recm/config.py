@@ -40,8 +40,8 @@ class RECMConfig:
     gamma_min: float = 0.05
     confidence_z: float = 2.0
     stats_window: int = 500
-    min_samples: int = 300
-    patience: int = 200
+    min_samples: int = 200
+    patience: int = 100
     num_group_samples: int = 2
     free_hidden: int = 64
     free_layers: int = 2
