@@ -43,7 +43,7 @@ class OracleNet(nn.Module):
         self.calls += 1
         sigma = (4 * noise_conditioning).exp()[batch[keys.BATCH]].unsqueeze(1)
         sd = self.sd
-        x = batch[keys.POS] * (sigma ** 2 + sd ** 2).sqrt()  # undo c_in
+        x = batch[keys.POS] * (sigma ** 2 + sd ** 2).sqrt() / sd  # undo sd * c_in
         c_skip = sd ** 2 / (sigma ** 2 + sd ** 2)
         c_out = sigma * sd / (sigma ** 2 + sd ** 2).sqrt()
         return (self.target - c_skip * x) / c_out

@@ -16,8 +16,9 @@ Loss: lambda(sigma) ||D(x + n; sigma) - x||^2 with lambda = (sigma^2 + sd^2) / (
 i.e. ||F - (x - c_skip (x + n)) / c_out||^2, averaged over atoms and coordinates of each
 molecule then over molecules.
 
-The network receives ``c_in x`` as positions: it works at unit scale. Its radius graph cutoff
-therefore applies to scaled coordinates; bonds are always edges, so the graph is connected.
+The network receives ``sigma_data * c_in * x`` as positions: the data's own scale (Angstrom) at
+low noise, shrunk to that scale at high noise, so the radius-graph cutoff and radial basis (made
+for Angstrom) keep their meaning. Bonds are always edges, so the graph stays connected.
 """
 
 from __future__ import annotations
@@ -111,7 +112,9 @@ class EDMDiffusion:
         c_in = 1.0 / (sigma ** 2 + sd ** 2).sqrt()
         c_noise = sigma.log() / 4.0
         net_batch = dict(batch)
-        net_batch[keys.POS] = x_noisy * c_in[graph].unsqueeze(1)
+        # c_in x has unit variance; times sd it has the data's scale, so at low noise the
+        # network sees distances in Angstrom, which its radial basis and cutoff are made for
+        net_batch[keys.POS] = x_noisy * (sd * c_in)[graph].unsqueeze(1)
         out = net(net_batch, c_noise)
         out = center(out, graph, num_graphs)
         return c_skip[graph].unsqueeze(1) * x_noisy + c_out[graph].unsqueeze(1) * out

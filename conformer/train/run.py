@@ -35,6 +35,18 @@ def build_network(config: ExperimentConfig):
         raise UserInputError(f"model settings: {error}") from error
 
 
+def resolved_model_spec(net, config: ExperimentConfig) -> dict:
+    """``{"preset", "mode", "overrides"}`` with every size and RECM setting spelled out, so a
+    checkpoint still rebuilds its network after a preset's definition changes."""
+    overrides = dict(config.model.overrides)
+    for attribute in ("config", "recm_config"):
+        settings = getattr(net, attribute, None)
+        if dataclasses.is_dataclass(settings):
+            overrides.update(dataclasses.asdict(settings))
+    overrides.pop("mode", None)
+    return {"preset": config.model.preset, "mode": config.model.mode, "overrides": overrides}
+
+
 def build_module(config: ExperimentConfig, net=None) -> ConformerDiffusionModule:
     """The LightningModule of ``config`` (``net`` built from ``config.model`` unless given)."""
     net = build_network(config) if net is None else net
@@ -42,8 +54,7 @@ def build_module(config: ExperimentConfig, net=None) -> ConformerDiffusionModule
         diffusion = EDMDiffusion(EDMSettings(**dataclasses.asdict(config.diffusion)))
     except ValueError as error:
         raise UserInputError(f"diffusion settings: {error}") from error
-    model_spec = {"preset": config.model.preset, "mode": config.model.mode,
-                  "overrides": dict(config.model.overrides)}
+    model_spec = resolved_model_spec(net, config)
     return ConformerDiffusionModule(net, diffusion, config.optim, config=config.to_dict(),
                                     model_spec=model_spec, val_seed=config.seed + 1)
 
