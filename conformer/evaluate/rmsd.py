@@ -15,10 +15,12 @@ this module reproduces for every (reference, generated) pair of a molecule at on
 
 Both molecules are taken heavy-atom only (``RemoveHs``), as the field's evaluation does. The
 maps depend only on the two molecular graphs and their atom orders, so they are enumerated once
-per distinct (reference graph, generated graph) pair, then every pair x map is aligned in one
-vectorised float64 Kabsch step: for centred X (reference) and Y (generated, permuted by the
-map), MSD = (|X|^2 + |Y|^2 - 2 (s1 + s2 + d s3)) / n with s the singular values of X^T Y and
-d = sign(det(X^T Y)), the determinant correction that forbids a reflection.
+per distinct (reference graph, generated graph) pair; then every pair x map is aligned at once
+in float64: one matrix product gives all covariances C = X^T Y (centred X reference, Y generated
+permuted by the map), and MSD = (|X|^2 + |Y|^2 - 2 lambda) / n, where lambda = max over proper
+rotations of trace(R C) = s1 + s2 + sign(det C) s3 (the reflection-safe Kabsch optimum) is the
+top eigenvalue of Horn's quaternion matrix, found by vectorised Newton steps on its
+characteristic polynomial (QCP), with an SVD for the rare entries that do not converge.
 
 Inputs are never modified: coordinates are read into new arrays.
 """
@@ -146,68 +148,82 @@ def _group_conformers(mols: list[Chem.Mol]) -> _ConformerSet:
     return _ConformerSet(templates, centred, [np.asarray(i) for i in index], position)
 
 
-def _det4(k: np.ndarray) -> np.ndarray:
-    """Determinants of (..., 4, 4) matrices by 2x2-minor expansion (elementwise, vectorised)."""
-    a = k
-    s0 = a[..., 0, 0] * a[..., 1, 1] - a[..., 1, 0] * a[..., 0, 1]
-    s1 = a[..., 0, 0] * a[..., 1, 2] - a[..., 1, 0] * a[..., 0, 2]
-    s2 = a[..., 0, 0] * a[..., 1, 3] - a[..., 1, 0] * a[..., 0, 3]
-    s3 = a[..., 0, 1] * a[..., 1, 2] - a[..., 1, 1] * a[..., 0, 2]
-    s4 = a[..., 0, 1] * a[..., 1, 3] - a[..., 1, 1] * a[..., 0, 3]
-    s5 = a[..., 0, 2] * a[..., 1, 3] - a[..., 1, 2] * a[..., 0, 3]
-    c5 = a[..., 2, 2] * a[..., 3, 3] - a[..., 3, 2] * a[..., 2, 3]
-    c4 = a[..., 2, 1] * a[..., 3, 3] - a[..., 3, 1] * a[..., 2, 3]
-    c3 = a[..., 2, 1] * a[..., 3, 2] - a[..., 3, 1] * a[..., 2, 2]
-    c2 = a[..., 2, 0] * a[..., 3, 3] - a[..., 3, 0] * a[..., 2, 3]
-    c1 = a[..., 2, 0] * a[..., 3, 2] - a[..., 3, 0] * a[..., 2, 2]
-    c0 = a[..., 2, 0] * a[..., 3, 1] - a[..., 3, 0] * a[..., 2, 1]
-    return s0 * c5 - s1 * c4 + s2 * c3 + s3 * c2 - s4 * c1 + s5 * c0
-
-
 def max_rotation_overlap(cov: np.ndarray, upper: np.ndarray, iterations: int = 60) -> np.ndarray:
     """max over proper rotations R of trace(R cov) for (..., 3, 3) covariances (float64).
 
     Equals s1 + s2 + sign(det cov) s3 (singular values s, the reflection-safe Kabsch optimum):
-    the largest eigenvalue of Horn's 4x4 quaternion matrix, found by Newton's method on its
-    characteristic polynomial from ``upper`` (>= the root, e.g. (|X|^2 + |Y|^2) / 2), which
-    converges monotonically from above (QCP, Theobald 2005). Entries that have not converged
-    after ``iterations`` steps are finished with an SVD, so the result never depends on it.
+    the largest eigenvalue of Horn's 4x4 quaternion matrix K, found by Newton's method on its
+    characteristic polynomial from ``upper`` (>= the root), which converges monotonically from
+    above (QCP, Theobald 2005). Entries still moving after the loop are finished with an SVD,
+    so the result does not depend on the iteration count.
     """
-    sxx, sxy, sxz = cov[..., 0, 0], cov[..., 0, 1], cov[..., 0, 2]
-    syx, syy, syz = cov[..., 1, 0], cov[..., 1, 1], cov[..., 1, 2]
-    szx, szy, szz = cov[..., 2, 0], cov[..., 2, 1], cov[..., 2, 2]
-    horn = np.empty(cov.shape[:-2] + (4, 4))
-    horn[..., 0, 0] = sxx + syy + szz
-    horn[..., 1, 1] = sxx - syy - szz
-    horn[..., 2, 2] = -sxx + syy - szz
-    horn[..., 3, 3] = -sxx - syy + szz
-    horn[..., 0, 1] = horn[..., 1, 0] = syz - szy
-    horn[..., 0, 2] = horn[..., 2, 0] = szx - sxz
-    horn[..., 0, 3] = horn[..., 3, 0] = sxy - syx
-    horn[..., 1, 2] = horn[..., 2, 1] = sxy + syx
-    horn[..., 1, 3] = horn[..., 3, 1] = szx + sxz
-    horn[..., 2, 3] = horn[..., 3, 2] = syz + szy
-    # det(lambda I - K) = lambda^4 + c2 lambda^2 + c1 lambda + c0 (K is traceless, symmetric)
-    c2 = -2.0 * np.einsum("...ij,...ij->...", cov, cov)
-    c1 = -8.0 * np.linalg.det(cov) if cov.size else np.zeros(cov.shape[:-2])
-    c0 = _det4(horn)
-    lam = np.broadcast_to(upper, c0.shape).copy()
+    components = [cov[..., i, j] for i in range(3) for j in range(3)]
+    return overlap_from_components(components, upper)
+
+
+def overlap_from_components(components: list[np.ndarray], upper: np.ndarray,
+                            iterations: int = 60) -> np.ndarray:
+    """:func:`max_rotation_overlap` from the nine covariance entries (equal-shape arrays, row
+    major: xx, xy, xz, yx, ...), which may be strided views of a larger product."""
+    (sxx, sxy, sxz, syx, syy, syz, szx, szy, szz) = components
+    shape = sxx.shape
+    # K's independent entries
+    k00, k11 = sxx + syy + szz, sxx - syy - szz
+    k22, k33 = -sxx + syy - szz, -sxx - syy + szz
+    k01, k02, k03 = syz - szy, szx - sxz, sxy - syx
+    k12, k13, k23 = sxy + syx, szx + sxz, syz + szy
+    # det(K) by 2x2 minors of rows (0, 1) and (2, 3); K is symmetric
+    m01 = k00 * k11 - k01 * k01
+    m02 = k00 * k12 - k01 * k02
+    m03 = k00 * k13 - k01 * k03
+    m12 = k01 * k12 - k11 * k02
+    m13 = k01 * k13 - k11 * k03
+    m23 = k02 * k13 - k12 * k03
+    n23 = k22 * k33 - k23 * k23
+    n13 = k12 * k33 - k13 * k23
+    n12 = k12 * k23 - k13 * k22
+    n03 = k02 * k33 - k03 * k23
+    n02 = k02 * k23 - k03 * k22
+    n01 = k02 * k13 - k03 * k12
+    c0 = m01 * n23 - m02 * n13 + m03 * n12 + m12 * n03 - m13 * n02 + m23 * n01
+    # det(lambda I - K) = lambda^4 + c2 lambda^2 + c1 lambda + c0 (K traceless, symmetric)
+    c2 = -2.0 * (sxx * sxx + sxy * sxy + sxz * sxz + syx * syx + syy * syy + syz * syz
+                 + szx * szx + szy * szy + szz * szz)
+    det3 = (sxx * (syy * szz - syz * szy) - sxy * (syx * szz - syz * szx)
+            + sxz * (syx * szy - syy * szx))
+    c1 = -8.0 * det3
+    # start: the smaller of ``upper`` and sqrt(3) |cov|_F (>= the nuclear norm >= the root)
+    lam = np.minimum(np.broadcast_to(upper, shape), np.sqrt(-1.5 * c2))
     tolerance = 1e-14 * np.maximum(np.abs(lam), 1.0)
+    two_c2 = 2.0 * c2
+    lam2, value, slope = np.empty_like(lam), np.empty_like(lam), np.empty_like(lam)
     done = np.zeros(lam.shape, dtype=bool)
-    for _ in range(iterations):
-        lam2 = lam * lam
-        value = (lam2 + c2) * lam2 + c1 * lam + c0
-        slope = 4.0 * lam2 * lam + 2.0 * c2 * lam + c1
-        with np.errstate(divide="ignore", invalid="ignore"):
-            step = np.where(slope != 0.0, value / slope, 0.0)
-        lam = lam - step
-        done = np.abs(step) <= tolerance
-        if done.all():
-            break
-    if not done.all():  # (near-)degenerate top eigenvalues: Newton is slow there
-        rest = cov[~done]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for iteration in range(iterations):
+            # value = (lam^2 + c2) lam^2 + c1 lam + c0;  slope = (4 lam^2 + 2 c2) lam + c1
+            np.multiply(lam, lam, out=lam2)
+            np.add(lam2, c2, out=value)
+            value *= lam2
+            np.multiply(lam2, 4.0, out=slope)
+            slope += two_c2
+            slope *= lam
+            slope += c1
+            np.multiply(c1, lam, out=lam2)  # lam2 reused as scratch
+            value += lam2
+            value += c0
+            value /= slope  # the Newton step; a zero slope gives inf/nan -> SVD below
+            lam -= value
+            if iteration >= 4:
+                np.less_equal(np.abs(value), tolerance, out=done)
+                # Entries stalling at round-off (or converging linearly at a double root)
+                # must not keep every entry iterating: past 12 steps the last 1% go to SVD.
+                if done.all() or (iteration >= 12 and done.mean() > 0.99):
+                    break
+    done &= np.isfinite(lam)
+    if not done.all():
+        rest = np.stack([c[~done] for c in components], axis=-1).reshape(-1, 3, 3)
         sing = np.linalg.svd(rest, compute_uv=False)
-        sign = np.where(np.linalg.det(rest) < 0, -1.0, 1.0)
+        sign = np.where(det3[~done] < 0, -1.0, 1.0)
         lam[~done] = sing[:, 0] + sing[:, 1] + sign * sing[:, 2]
     return lam
 
@@ -227,17 +243,22 @@ def kabsch_rmsd_min(ref_xyz: np.ndarray, gen_xyz: np.ndarray, maps: np.ndarray) 
     map_chunk = max(1, _CHUNK_ELEMENTS // max(1, n_gen * min(per_ref, n_ref)))
     # the permuted copy of the generated coordinates is (G, M', n, 3): bound it as well
     map_chunk = max(1, min(map_chunk, _PERMUTED_ELEMENTS // max(1, n_gen * n_atoms * 3)))
+    # One GEMM per chunk: (R'*3, n) @ (n, M'*G*3) gives every covariance X_r^T Y_{g,m}.
+    gen_by_atom = np.ascontiguousarray(gen_xyz.transpose(1, 0, 2))  # (n, G, 3)
     for m0 in range(0, len(maps), map_chunk):
-        permuted = gen_xyz[:, maps[m0:m0 + map_chunk], :]  # (G, M', n, 3)
+        chunk = maps[m0:m0 + map_chunk]
+        permuted = gen_by_atom[chunk.T].reshape(n_atoms, -1)  # (n, M'*G*3)
         for r0 in range(0, n_ref, per_ref):
             x = ref_xyz[r0:r0 + per_ref]
-            cov = np.einsum("rni,gmnj->rgmij", x, permuted, optimize=True)  # (R', G, M', 3, 3)
-            total = ref_sq[r0:r0 + per_ref, None, None] + gen_sq[None, :, None]
-            # Two upper bounds of the optimum: (|X|^2+|Y|^2)/2 and the nuclear-norm bound
-            # sqrt(3) |cov|_F; Newton starts from the smaller (fewer steps).
-            frobenius = np.sqrt(3.0 * np.einsum("...ij,...ij->...", cov, cov))
-            overlap = max_rotation_overlap(cov, np.minimum(0.5 * total, frobenius))
-            msd = np.maximum((total - 2.0 * overlap) / n_atoms, 0.0).min(axis=2)
+            n_r = x.shape[0]
+            product = (x.transpose(0, 2, 1).reshape(n_r * 3, n_atoms) @ permuted)
+            product = product.reshape(n_r, 3, len(chunk), n_gen, 3)  # (R', i, M', G, j)
+            # one copy into (i, j, R', M', G): contiguous entries make the elementwise work fast
+            by_entry = np.ascontiguousarray(product.transpose(1, 4, 0, 2, 3))
+            components = [by_entry[i, j] for i in range(3) for j in range(3)]
+            total = (ref_sq[r0:r0 + per_ref, None, None] + gen_sq[None, None, :])  # (R', 1, G)
+            overlap = overlap_from_components(components, 0.5 * total)
+            msd = np.maximum((total - 2.0 * overlap) / n_atoms, 0.0).min(axis=1)
             np.minimum(best_msd[r0:r0 + per_ref], msd, out=best_msd[r0:r0 + per_ref])
     return np.sqrt(best_msd)
 
