@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--references", type=Path, required=True,
                         help="reference conformers: a multi-record SDF (.sdf/.sdf.gz) grouped by "
                              "--ref-key, a GEOM rdkit_folder (with --test-csv), or a "
-                             "test_mols.pkl-style dict SMILES -> molecules")
+                             "test_mols.pkl-style dict SMILES -> molecules (a pickle: trusted files only)")
     parser.add_argument("--out", type=Path, required=True,
                         help="output folder: results.json, table.md, coverage.png, rmsd.npz")
     parser.add_argument("--ref-key", default="molecule",
