@@ -162,18 +162,25 @@ def completed_input_lines(path: str | Path) -> set[int]:
     return {line for line, n in counts.items() if n >= expected[line]}
 
 
-def read_conformer_groups(path: str | Path, key: str = "name",
-                          remove_hs: bool = False) -> dict[str, list[Chem.Mol]]:
+def read_conformer_groups(path: str | Path, key: str = "name", remove_hs: bool = False,
+                          errors: list[dict] | None = None) -> dict[str, list[Chem.Mol]]:
     """Group the records of an SDF by property ``key`` (records keep their file order).
 
-    Unreadable records and records without ``key`` raise :class:`UserInputError` naming the
-    record, since silently dropping a conformer would change COV/MAT.
+    An unreadable record, or one without ``key``, raises :class:`UserInputError` naming the
+    record; when an ``errors`` list is given, it is appended there instead (``{"record": n,
+    "reason": ...}``, 1-based) and reading goes on, so callers can list it as a failure.
     """
     groups: dict[str, list[Chem.Mol]] = defaultdict(list)
     for index, mol in iter_sdf(path, remove_hs=remove_hs):
+        reason = None
         if mol is None:
-            raise UserInputError(f"{path}: record {index + 1} cannot be read by RDKit")
-        if not mol.HasProp(key):
-            raise UserInputError(f"{path}: record {index + 1} has no property '{key}'")
+            reason = "cannot be read by RDKit"
+        elif not mol.HasProp(key):
+            reason = f"has no property '{key}'"
+        if reason is not None:
+            if errors is None:
+                raise UserInputError(f"{path}: record {index + 1} {reason}")
+            errors.append({"record": index + 1, "reason": f"{path}: record {reason}"})
+            continue
         groups[mol.GetProp(key)].append(mol)
     return dict(groups)

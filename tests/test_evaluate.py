@@ -267,3 +267,22 @@ def test_interrupted_evaluation_resumes_from_the_per_molecule_cache(tiny_pair, t
                        evaluator.EvaluationSettings(threshold=0.5, validity_confs_per_molecule=0),
                        progress=False)
     assert len(calls) == len(references)
+
+
+def test_unreadable_generated_record_is_listed_not_fatal(tiny_pair, tmp_path: Path):
+    from conformer.evaluate.evaluator import EvaluationSettings, evaluate, load_references
+
+    _, _, ref_path, gen_path = tiny_pair
+    broken = tmp_path / "broken.sdf"
+    records = gen_path.read_text().split("$$$$\n")
+    # Corrupt the atom count line of the first record: RDKit cannot read it.
+    lines = records[0].split("\n")
+    lines[3] = "garbage" + lines[3][7:]
+    records[0] = "\n".join(lines)
+    broken.write_text("$$$$\n".join(records))
+    settings = EvaluationSettings(validity_confs_per_molecule=0)
+    document = evaluate(broken, load_references(ref_path, "molecule"), tmp_path / "o", settings,
+                        progress=False)
+    assert any(f.get("record") == 1 for f in document["failures"])
+    per = {m["name"]: m for m in document["per_molecule"]}
+    assert per["astex_1g9v"]["n_gen"] == 3  # the other three records of that molecule count

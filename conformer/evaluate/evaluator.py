@@ -186,9 +186,10 @@ def evaluate(generated_path: Path, references: dict[str, list[Chem.Mol]], out_di
              settings: EvaluationSettings, workers: int = 1, progress: bool = True,
              extra_settings: dict | None = None) -> dict:
     """Evaluate and write ``results.json``, ``table.md``, ``coverage.png``, ``rmsd.npz``."""
-    generated = read_conformer_groups(generated_path, key="name")
+    unreadable: list[dict] = []
+    generated = read_conformer_groups(generated_path, key="name", errors=unreadable)
     matched, unmatched = match_generated(references, generated)
-    failures: list[dict] = list(unmatched)
+    failures: list[dict] = unreadable + list(unmatched)
     names = sorted(references)
     skipped_no_refs = [n for n in names if not references[n]]
     for name in skipped_no_refs:
