@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 GEOM_DIR=${GEOM_DIR:-/work/bundled_geom}
 CACHE=${CACHE:-cache/bundled}
-MODES=${MODES:-"recm equivariant"}
+MODES=${MODES:-"equivariant recm"}
 EXTRA=${EXTRA:-}
 PY=${PY:-.venv/bin/python}
 export PYTHONPATH=${PYTHONPATH:-.}
@@ -22,6 +22,10 @@ export WANDB_MODE=${WANDB_MODE:-disabled}
 
 # 1. the GEOM-layout folder (helper A's command, recorded here for provenance)
 #    conformer build-geom data/train_smiles/train_druglike.smi --out "$GEOM_DIR" --confs 12 --seed 1
+#    The shipped model used only the 1,024 molecules finished when training had to start:
+#    a folder of links to those pickles, its summary_drugs.json from
+#    conformer.data.build.summary_entry and a 0.9/0.1/0 split from write_split(seed 1), prepared
+#    into cache/bundled_partial (GEOM_DIR=/work/bundled_partial CACHE=cache/bundled_partial).
 # 2. featurised records, split as build-geom wrote it
 nice -n 10 $PY -m conformer.cli prepare "$GEOM_DIR" --split "$GEOM_DIR/split.npy" \
     --out "$CACHE" --workers 1 --no-progress
@@ -32,8 +36,9 @@ for MODE in $MODES; do
     if [ -f "$RUN/checkpoints/last.ckpt" ]; then RESUME="--resume"; fi
     nice -n 10 $PY -m conformer.cli train --config configs/bundled/small_$MODE.yaml $RESUME \
         data.cache_dir="$CACHE" $EXTRA
+    # the shipped model.pt is the equivariant one: the recm run diverged (see assets/README.md)
     OUT=conformer/assets/model.pt
-    if [ "$MODE" != recm ]; then OUT=runs/bundled_small_$MODE/model.pt; fi
+    if [ "$MODE" != equivariant ]; then OUT=runs/bundled_small_$MODE/model.pt; fi
     $PY -c "from conformer.train.export import export_checkpoint as e; import sys; \
 print(e(sys.argv[1], sys.argv[2])['training'])" "$RUN/checkpoints/last.ckpt" "$OUT"
 done
