@@ -203,3 +203,9 @@ def test_controller_log_dict_and_regularizer_shapes():
     assert penalty.shape == () and float(penalty) > 0
     logs = model.recm.log_dict()
     assert set(logs) >= {"recm/gamma_0", "recm/dropped_0", "recm/b_mean_0"}
+
+
+def test_export_after_a_training_step_with_a_penalty():
+    model = Toy(RECMConfig(mode="scheduled"))
+    train_toy(model, 2, 1.0)
+    assert export(model).layer.free is None

@@ -17,6 +17,9 @@ def export(net: nn.Module) -> nn.Module:
     absorbed branches and branches whose gamma is exactly 0; ``unconstrained`` keeps all.
     A layer without a branch is exactly its equivariant block.
     """
+    for module in net.modules():  # the last forward's penalty is part of an autograd graph,
+        if isinstance(module, ModulatedLayer):  # which deepcopy cannot copy
+            module._regularizer = None
     exported = copy.deepcopy(net)
     for module in exported.modules():
         if not isinstance(module, ModulatedLayer) or module.free is None:
