@@ -18,6 +18,9 @@ from typing import Any
 
 import yaml
 
+from conformer.diffusion.edm import (
+    EDMSettings as DiffusionConfig,  # the schema is the settings class
+)
 from conformer.errors import UserInputError
 
 
@@ -46,25 +49,6 @@ class ModelConfig:
     preset: str = "small"
     mode: str = "recm"
     overrides: dict = field(default_factory=dict)
-
-
-@dataclass
-class DiffusionConfig:
-    """EDM diffusion on centred coordinates (Angstrom); see ``conformer.diffusion.edm``.
-
-    sigma_data: per-coordinate standard deviation of centred conformers (about 2 A for
-    drug-like molecules with hydrogens). p_mean, p_std: log-normal training noise levels.
-    sample_steps: Heun steps of the default sampler (2 * steps - 1 network evaluations).
-    """
-
-    sigma_data: float = 2.0
-    sigma_min: float = 0.01
-    sigma_max: float = 30.0
-    rho: float = 7.0
-    p_mean: float = -0.5
-    p_std: float = 1.5
-    sample_steps: int = 20
-    solver: str = "heun"
 
 
 @dataclass
@@ -202,7 +186,10 @@ def _build(cls, data: dict, where: str):
         else:
             kwargs[name] = _check_type(hint, value, f"{where}: {name}" if ":" not in where
                                        else f"{where}.{name}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as error:  # a settings class's own validation (e.g. an unknown solver)
+        raise UserInputError(f"{where}: {error}") from error
 
 
 def _check_type(hint, value, where: str):

@@ -32,7 +32,12 @@ from conformer.data import keys
 
 @dataclass(frozen=True)
 class EDMSettings:
-    """See ``conformer.config.DiffusionConfig`` (same fields)."""
+    """EDM diffusion on centred coordinates (Angstrom); also the ``diffusion`` section of configs.
+
+    sigma_data: per-coordinate standard deviation of centred conformers (about 2 A for
+    drug-like molecules with hydrogens). p_mean, p_std: log-normal training noise levels.
+    sample_steps: Heun steps of the default sampler (2 * steps - 1 network evaluations).
+    """
 
     sigma_data: float = 2.0
     sigma_min: float = 0.01

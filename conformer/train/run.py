@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from conformer.config import ExperimentConfig
-from conformer.diffusion import EDMDiffusion, EDMSettings
+from conformer.diffusion import EDMDiffusion
 from conformer.errors import UserInputError
 from conformer.train.callbacks import FinalCheckpoint, GammaHistory
 from conformer.train.module import ConformerDiffusionModule
@@ -51,7 +51,7 @@ def build_module(config: ExperimentConfig, net=None) -> ConformerDiffusionModule
     """The LightningModule of ``config`` (``net`` built from ``config.model`` unless given)."""
     net = build_network(config) if net is None else net
     try:
-        diffusion = EDMDiffusion(EDMSettings(**dataclasses.asdict(config.diffusion)))
+        diffusion = EDMDiffusion(config.diffusion)
     except ValueError as error:
         raise UserInputError(f"diffusion settings: {error}") from error
     model_spec = resolved_model_spec(net, config)
