@@ -209,3 +209,42 @@ def test_export_after_a_training_step_with_a_penalty():
     model = Toy(RECMConfig(mode="scheduled"))
     train_toy(model, 2, 1.0)
     assert export(model).layer.free is None
+
+
+def test_outputs_do_not_depend_on_the_rest_of_the_batch():
+    layer = modulated_linear("unconstrained")
+    layer.train()
+    for seed in range(3):  # a few training forwards set the running normalisation
+        layer(features(seed=seed))
+    layer.eval()
+    x = features(n=16, seed=7)
+    with torch.no_grad():
+        alone = layer(x[:4])
+        together = layer(torch.cat([x[:4], 10 * x[4:]]))[:4]
+    assert torch.allclose(alone, together, atol=1e-12)
+
+
+def test_recm_trunk_gradient_is_the_true_gradient_of_the_output():
+    """The branch's surrogate gradient (as if gamma = 1) must not reach the layers below:
+    what flows into the input is gamma times the branch's gradient."""
+    x = features().requires_grad_(True)
+    target = torch.randn(16, IRREPS_OUT.dim, dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(3))
+    layer = modulated_linear("recm")
+    layer.train()
+    layer.state.gamma.fill_(0.25)
+    (layer(x) - target).pow(2).sum().backward()
+    surrogate = x.grad.clone()
+    # the same value computed plainly, with the branch's normalisation frozen
+    x.grad = None
+    scale = layer.free_scale.clone()
+    layer.eval()
+    y = layer.layer(x) + 0.25 * layer.free(x) * scale
+    (y - target).pow(2).sum().backward()
+    assert torch.allclose(surrogate, x.grad, atol=1e-10)
+    # and the branch's own parameters still learn at gamma = 0
+    layer.train()
+    layer.state.gamma.zero_()
+    layer.zero_grad()
+    (layer(x) - target).pow(2).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.free.parameters())

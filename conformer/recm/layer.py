@@ -70,13 +70,29 @@ def _rms(t: torch.Tensor) -> torch.Tensor:
     return t.pow(2).mean().sqrt()
 
 
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; backward multiplies the incoming gradient by ``factor``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(factor)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (factor,) = ctx.saved_tensors
+        return grad * factor.to(grad.dtype), None
+
+
 class ModulatedLayer(nn.Module):
     """``y = layer(x, *args) + gamma * n(free(z))`` with ``z = free_input`` or ``x``.
 
     layer: a strictly equivariant module whose output has ``irreps_out`` (shape [N, dim_out]).
     irreps_free_in: irreps of the free branch's input ``z`` [N, dim] (default ``irreps_in``).
-    n(.) rescales the free output to the RMS of the layer's output, the scale detached, so
-    that gamma alone carries the free branch's magnitude.
+    n(.) rescales the free output to the RMS of the layer's output, so that gamma alone
+    carries the free branch's magnitude. The factor is a running average over training
+    batches (buffer ``free_scale``), not the current batch's ratio: a molecule's output must
+    not depend on which other molecules share its batch, in training or at inference.
     """
 
     def __init__(self, layer: nn.Module, irreps_in, irreps_out, config: RECMConfig,
@@ -101,7 +117,25 @@ class ModulatedLayer(nn.Module):
                 self.free = FreeBranch(self.irreps_free_in.dim, self.irreps_out.dim,
                                        config.free_hidden, config.free_layers,
                                        config.free_init_std)
+            # running RMS(f_eq) / RMS(f_free); 0 = not yet measured
+            self.register_buffer("free_scale", torch.tensor(0.0))
         self._regularizer: torch.Tensor | None = None
+
+    _SCALE_MOMENTUM = 0.05
+
+    def _normalization(self, y_eq: torch.Tensor, free_out: torch.Tensor) -> torch.Tensor:
+        """The detached factor of n(.): the running ratio, updated by training forwards."""
+        update = self.training and torch.is_grad_enabled()
+        with torch.no_grad():
+            batch_ratio = (_rms(y_eq) / (_rms(free_out) + _TINY)).to(self.free_scale.dtype)
+            if update:
+                if float(self.free_scale) == 0.0:
+                    self.free_scale.copy_(batch_ratio)
+                else:
+                    self.free_scale.lerp_(batch_ratio, self._SCALE_MOMENTUM)
+            elif float(self.free_scale) == 0.0:  # an untrained network: nothing to reuse
+                return batch_ratio.to(y_eq.dtype)
+            return self.free_scale.to(y_eq.dtype).clone()
 
     # -- group averaging -------------------------------------------------------------------
     def _group_samples(self, dtype, device):
@@ -134,15 +168,21 @@ class ModulatedLayer(nn.Module):
         if not self.branch_active():
             return y_eq
         z = x if free_input is None else free_input
-        free_out = self.free(z)
-        scale = (_rms(y_eq) / (_rms(free_out) + _TINY)).detach()
-        normalized = free_out * scale
         gamma = self.state.gamma.to(y_eq.dtype)
+        if self.mode == "recm" and torch.is_grad_enabled():
+            # the layers below get the true gradient of gamma * n(f(z)): gamma times the
+            # gradient the branch passes back (see the value/gradient split below)
+            z = _ScaleGradient.apply(z, gamma.detach())
+        free_out = self.free(z)
+        scale = self._normalization(y_eq, free_out)
+        normalized = free_out * scale
         if self.mode == "recm":
-            # value: y_eq + gamma n(f); gradient into the branch: as if gamma were 1. The branch
-            # keeps learning the direction it would take at full use while gamma is small, so
-            # b (its alignment with the descent direction) stays informative: without this a
-            # branch switched off early never learns, b stays <= 0 and gamma never recovers.
+            # value: y_eq + gamma n(f); gradient into the branch's own parameters: as if gamma
+            # were 1. The branch keeps learning the direction it would take at full use while
+            # gamma is small, so b (its alignment with the descent direction) stays
+            # informative: without this a branch switched off early never learns, b stays <= 0
+            # and gamma never recovers. Only the branch gets this surrogate: the rest of the
+            # network is trained on the loss as computed (gradient scaling of z above).
             y = y_eq + gamma * normalized.detach() + (normalized - normalized.detach())
         else:
             y = y_eq + gamma * normalized
