@@ -166,11 +166,14 @@ class EDMDiffusion:
     @torch.no_grad()
     def sample(self, net, batch: dict, steps: int | None = None,
                generator: torch.Generator | None = None, solver: str | None = None,
-               x_init: torch.Tensor | None = None) -> torch.Tensor:
+               x_init: torch.Tensor | None = None, guidance=None) -> torch.Tensor:
         """Sample one conformer per molecule of ``batch``: [N, 3] Angstrom, centred.
 
         The deterministic EDM ODE from sigma_max to 0; ``heun`` uses 2 * steps - 1 network
         evaluations (the last step is Euler), ``euler`` uses ``steps``. batch[POS] is ignored.
+        ``guidance(denoised [N, 3], sigma: float) -> [N, 3]`` (optional, e.g.
+        ``conformer.diffusion.guidance.StereoGuidance``) adjusts every denoised estimate before
+        the ODE uses it; None leaves the sampler unchanged.
         """
         s = self.settings
         steps = steps or s.sample_steps
@@ -184,12 +187,17 @@ class EDMDiffusion:
             x_init = torch.randn(graph.shape[0], 3, generator=generator, dtype=dtype)
         x = center(x_init.to(device=device, dtype=dtype), graph, num_graphs) * float(sigmas[0])
         ones = torch.ones(num_graphs, dtype=dtype, device=device)
+
+        def estimate(x_noisy, sigma):
+            denoised = self.denoise(net, batch, x_noisy, ones * sigma)
+            return denoised if guidance is None else guidance(denoised, sigma)
+
         for i in range(steps):
             sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-            d = (x - self.denoise(net, batch, x, ones * sigma)) / sigma
+            d = (x - estimate(x, sigma)) / sigma
             x_next = x + (sigma_next - sigma) * d
             if solver == "heun" and sigma_next > 0:
-                d_next = (x_next - self.denoise(net, batch, x_next, ones * sigma_next)) / sigma_next
+                d_next = (x_next - estimate(x_next, sigma_next)) / sigma_next
                 x_next = x + (sigma_next - sigma) * 0.5 * (d + d_next)
             x = x_next
         return center(x, graph, num_graphs)
