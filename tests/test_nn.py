@@ -97,10 +97,11 @@ def test_interaction_block_is_equivariant():
         1.0, output_scale(fn, inputs))
 
 
-@pytest.mark.parametrize("preset", ["tiny", "small"])
-def test_equivariant_denoiser_is_o3_and_translation_equivariant(batch, preset):
+@pytest.mark.parametrize("preset,overrides", [("tiny", {}), ("small", {}),
+                                               ("small", {"fine_radial": 16})])
+def test_equivariant_denoiser_is_o3_and_translation_equivariant(batch, preset, overrides):
     torch.manual_seed(0)
-    net = build_denoiser(preset, "equivariant").double()
+    net = build_denoiser(preset, "equivariant", **overrides).double()
     fn = denoiser_fn(net, batch, torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64))
     inputs = {"pos": (batch[keys.POS], POSITION)}
     scale = output_scale(fn, inputs)
@@ -166,3 +167,14 @@ def test_build_denoiser_rejects_unknown_names():
         build_denoiser("tiny", "magic")
     with pytest.raises(ValueError, match="num_layerz"):
         build_denoiser("tiny", num_layerz=3)
+
+
+def test_fine_radial_basis_resolves_bond_length_changes():
+    from conformer.nn.layers import GaussianRadialBasis
+
+    coarse = GaussianRadialBasis(4.0, 8)
+    fine = GaussianRadialBasis(2.0, 16, start=0.8)
+    lengths = torch.tensor([1.40, 1.45], dtype=torch.float64)
+    change = (fine(lengths)[1] - fine(lengths)[0]).abs().max()
+    assert float(fine.centers[0]) == pytest.approx(0.8) and fine.width == pytest.approx(0.08)
+    assert change > 3 * (coarse(lengths)[1] - coarse(lengths)[0]).abs().max()

@@ -13,12 +13,13 @@ from conformer.nn.graph import scatter_sum
 
 
 class GaussianRadialBasis(nn.Module):
-    """Gaussians of the edge length: [E] (Angstrom) -> [E, num_basis]."""
+    """Gaussians of the edge length, centres evenly from ``start`` to ``cutoff``, width the
+    spacing: [E] (Angstrom) -> [E, num_basis]."""
 
-    def __init__(self, cutoff: float, num_basis: int):
+    def __init__(self, cutoff: float, num_basis: int, start: float = 0.0):
         super().__init__()
-        self.register_buffer("centers", torch.linspace(0.0, cutoff, num_basis))
-        self.width = cutoff / max(num_basis - 1, 1)
+        self.register_buffer("centers", torch.linspace(start, cutoff, num_basis))
+        self.width = (cutoff - start) / max(num_basis - 1, 1)
 
     def forward(self, length: torch.Tensor) -> torch.Tensor:
         centers = self.centers.to(length.dtype)
