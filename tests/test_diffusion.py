@@ -129,3 +129,37 @@ def test_outputs_are_centred_and_loss_is_seeded():
     first = diffusion.loss(net, batch, generator=torch.Generator().manual_seed(5))
     second = diffusion.loss(net, batch, generator=torch.Generator().manual_seed(5))
     assert torch.equal(first, second) and torch.isfinite(first)
+
+
+def test_stochastic_sampler_is_exact_for_the_oracle_and_batch_independent():
+    """With churn the sampler still lands on an oracle's target, keeps the evaluation count,
+    and with one noise generator per molecule a molecule's sample ignores its batch mates."""
+    settings = EDMSettings(sample_steps=10, churn=20.0)
+    diffusion = EDMDiffusion(settings)
+    batch = toy_batch()
+    target = center(batch[keys.POS], batch[keys.BATCH], 2)
+    net = OracleNet(target, settings)
+    sample = diffusion.sample(net, batch, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(sample, target, atol=1e-9) and net.calls == 19
+
+    class Wobbly(nn.Module):  # not an oracle: the added noise changes the result
+        def __init__(self):
+            super().__init__()
+            self.dummy = nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+        def forward(self, batch, noise_conditioning):
+            return torch.tanh(batch[keys.POS]) * 0.3
+
+    x_init = torch.randn(8, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    def run(churn, seeds):
+        d = EDMDiffusion(EDMSettings(sample_steps=10, churn=churn))
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        return d.sample(Wobbly(), batch, x_init=x_init, noise_generators=gens)
+
+    first = run(20.0, [5, 6])
+    assert torch.equal(first, run(20.0, [5, 6]))  # reproducible
+    other = run(20.0, [5, 7])  # molecule 1's noise changed, molecule 0's not
+    assert torch.allclose(first[:5], other[:5], atol=1e-12)
+    assert not torch.allclose(first[5:], other[5:], atol=1e-6)
+    assert not torch.allclose(first, run(0.0, [5, 6]), atol=1e-6)  # churn does something

@@ -37,6 +37,11 @@ class EDMSettings:
     sigma_data: per-coordinate standard deviation of centred conformers (about 2 A for
     drug-like molecules with hydrogens). p_mean, p_std: log-normal training noise levels.
     sample_steps: Heun steps of the default sampler (2 * steps - 1 network evaluations).
+    churn: EDM's S_churn (Karras et al. 2022, algorithm 2): at each step with
+    churn_sigma_min <= sigma <= churn_sigma_max, noise is added to raise sigma by the factor
+    1 + min(churn / steps, sqrt(2) - 1) before the step. 0 = the deterministic ODE. Fresh noise
+    lets the sampler correct errors of earlier steps instead of carrying them to the end, which
+    matters for local structure (bond lengths). churn_noise: EDM's S_noise.
     """
 
     sigma_data: float = 2.0
@@ -47,6 +52,10 @@ class EDMSettings:
     p_std: float = 1.5
     sample_steps: int = 20
     solver: str = "heun"
+    churn: float = 0.0
+    churn_sigma_min: float = 0.01
+    churn_sigma_max: float = 10.0
+    churn_noise: float = 1.0
 
     def __post_init__(self) -> None:
         if self.solver not in ("heun", "euler"):
@@ -55,6 +64,8 @@ class EDMSettings:
             raise ValueError("need 0 < sigma_min < sigma_max")
         if self.sample_steps < 1:
             raise ValueError("sample_steps must be at least 1")
+        if self.churn < 0 or self.churn_noise < 0:
+            raise ValueError("churn and churn_noise must be >= 0")
 
 
 def scatter_mean(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
@@ -166,7 +177,8 @@ class EDMDiffusion:
     @torch.no_grad()
     def sample(self, net, batch: dict, steps: int | None = None,
                generator: torch.Generator | None = None, solver: str | None = None,
-               x_init: torch.Tensor | None = None, guidance=None) -> torch.Tensor:
+               x_init: torch.Tensor | None = None, guidance=None,
+               noise_generators: list[torch.Generator] | None = None) -> torch.Tensor:
         """Sample one conformer per molecule of ``batch``: [N, 3] Angstrom, centred.
 
         The deterministic EDM ODE from sigma_max to 0; ``heun`` uses 2 * steps - 1 network
@@ -174,6 +186,9 @@ class EDMDiffusion:
         ``guidance(denoised [N, 3], sigma: float) -> [N, 3]`` (optional, e.g.
         ``conformer.diffusion.guidance.StereoGuidance``) adjusts every denoised estimate before
         the ODE uses it; None leaves the sampler unchanged.
+        With ``settings.churn > 0`` the sampler is stochastic (EDM algorithm 2); its noise
+        comes from ``noise_generators`` (one CPU generator per molecule, so a molecule's sample
+        does not depend on the batch it shares) or else from ``generator``.
         """
         s = self.settings
         steps = steps or s.sample_steps
@@ -192,8 +207,24 @@ class EDMDiffusion:
             denoised = self.denoise(net, batch, x_noisy, ones * sigma)
             return denoised if guidance is None else guidance(denoised, sigma)
 
+        counts = torch.bincount(graph, minlength=num_graphs).tolist()
+
+        def fresh_noise():
+            if noise_generators is not None:
+                parts = [torch.randn(n, 3, generator=g, dtype=dtype)
+                         for n, g in zip(counts, noise_generators, strict=True)]
+                noise = torch.cat(parts)
+            else:
+                noise = torch.randn(graph.shape[0], 3, generator=generator, dtype=dtype)
+            return center(noise.to(device), graph, num_graphs)
+
+        churn_factor = min(s.churn / steps, 2 ** 0.5 - 1)
         for i in range(steps):
             sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+            if churn_factor > 0 and s.churn_sigma_min <= sigma <= s.churn_sigma_max:
+                raised = sigma * (1 + churn_factor)
+                x = x + (raised ** 2 - sigma ** 2) ** 0.5 * s.churn_noise * fresh_noise()
+                sigma = raised
             d = (x - estimate(x, sigma)) / sigma
             x_next = x + (sigma_next - sigma) * d
             if solver == "heun" and sigma_next > 0:
