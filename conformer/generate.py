@@ -249,7 +249,12 @@ class ModelSampler:
             batch = self._batch(features, copies)
             # one draw per conformer, so the result does not depend on the batch size
             x_init = torch.cat([torch.randn(n, 3, generator=generator) for _ in range(copies)])
-            x = self.diffusion.sample(self.net, batch, steps=self.steps, x_init=x_init)
+            noise_generators = None
+            if self.diffusion.settings.churn > 0:  # the stochastic sampler: a stream per conformer
+                seeds = torch.randint(0, 2 ** 62, (copies,), generator=generator).tolist()
+                noise_generators = [torch.Generator().manual_seed(s) for s in seeds]
+            x = self.diffusion.sample(self.net, batch, steps=self.steps, x_init=x_init,
+                                      noise_generators=noise_generators)
             out.append(x.detach().cpu().double().numpy().reshape(copies, n, 3))
         return np.concatenate(out)
 
