@@ -248,11 +248,14 @@ class ModelSampler:
             copies = min(per_batch, count - start)
             batch = self._batch(features, copies)
             # one draw per conformer, so the result does not depend on the batch size
-            x_init = torch.cat([torch.randn(n, 3, generator=generator) for _ in range(copies)])
-            noise_generators = None
-            if self.diffusion.settings.churn > 0:  # the stochastic sampler: a stream per conformer
-                seeds = torch.randint(0, 2 ** 62, (copies,), generator=generator).tolist()
-                noise_generators = [torch.Generator().manual_seed(s) for s in seeds]
+            stochastic = self.diffusion.settings.churn > 0
+            starts, noise_generators = [], [] if stochastic else None
+            for _ in range(copies):  # in conformer order, so batch size changes nothing
+                starts.append(torch.randn(n, 3, generator=generator))
+                if stochastic:  # the stochastic sampler's own stream for this conformer
+                    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+                    noise_generators.append(torch.Generator().manual_seed(seed))
+            x_init = torch.cat(starts)
             x = self.diffusion.sample(self.net, batch, steps=self.steps, x_init=x_init,
                                       noise_generators=noise_generators)
             out.append(x.detach().cpu().double().numpy().reshape(copies, n, 3))
