@@ -170,3 +170,14 @@ def test_export_and_load_model_round_trip(tmp_path, store):
     with torch.no_grad():
         assert torch.allclose(diffusion.denoise(net_a, batch, batch[keys.POS], sigma),
                               diffusion.denoise(net_b, batch, batch[keys.POS], sigma), atol=1e-6)
+    # sampler settings may be chosen at export; settings that define the model may not
+    tuned = tmp_path / "tuned.pt"
+    meta = export_checkpoint(result["last_checkpoint"], tuned, sampler_overrides={"churn": 10.0})
+    assert meta["training"]["sampler_overrides"] == {"churn": 10.0}
+    assert load_model(tuned)[1].settings.churn == 10.0 and diffusion.settings.churn == 0.0
+    from conformer.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="sigma_data"):
+        export_checkpoint(result["last_checkpoint"], tuned, sampler_overrides={"sigma_data": 1})
+    with pytest.raises(UserInputError, match="churn"):
+        export_checkpoint(result["last_checkpoint"], tuned, sampler_overrides={"churn": -1})

@@ -80,17 +80,33 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     return net, diffusion, meta
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path) -> dict:
-    """Write the exported EMA model of a training checkpoint to ``out``; returns its meta."""
+def export_checkpoint(checkpoint: str | Path, out: str | Path,
+                      sampler_overrides: dict | None = None) -> dict:
+    """Write the exported EMA model of a training checkpoint to ``out``; returns its meta.
+
+    sampler_overrides: EDMSettings fields that only affect sampling (e.g. ``{"churn": 10}``),
+    chosen after training; recorded in the file's ``training.sampler_overrides``.
+    """
     from conformer.recm import export
 
     data = _read(checkpoint)
     if data["format"] != CHECKPOINT_FORMAT:
         raise UserInputError(f"checkpoint {checkpoint}: already an exported model")
     net = export(_build_net(data["model_spec"], _ema_state(data)))
+    overrides = dict(sampler_overrides or {})
+    training_only = {"sigma_data", "p_mean", "p_std"} & set(overrides)
+    if training_only:
+        raise UserInputError(f"sampler overrides: {', '.join(sorted(training_only))} "
+                             "define the trained model and cannot change at export")
+    diffusion_settings = {**data["diffusion_settings"], **overrides}
+    try:
+        EDMSettings(**diffusion_settings)
+    except (TypeError, ValueError) as error:
+        raise UserInputError(f"sampler overrides {overrides}: {error}") from error
     training = {"global_step": int(data.get("global_step", 0)),
-                "source_checkpoint_sha256": file_sha256(checkpoint)}
-    return save_model(net, data["model_spec"], data["diffusion_settings"], out,
+                "source_checkpoint_sha256": file_sha256(checkpoint),
+                "sampler_overrides": overrides}
+    return save_model(net, data["model_spec"], diffusion_settings, out,
                       config=data.get("config", {}), environment=data.get("environment", {}),
                       training=training)
 
