@@ -12,9 +12,12 @@ from rdkit.Chem import AllChem
 
 from conformer.evaluate.metrics import aggregate, molecule_scores
 from conformer.evaluate.rmsd import (
+    ForkedRMSDPool,
     RMSDMatchError,
     get_best_rms_reference,
     kabsch_rmsd_min,
+    max_rotation_overlap,
+    rmsd_matrices,
     rmsd_matrix,
     symmetry_matches,
 )
@@ -134,8 +137,98 @@ def test_chunked_kernel_equals_unchunked(golden, monkeypatch):
     import conformer.evaluate.rmsd as rmsd_module
 
     _, refs, gens = golden
-    name = "omegapdb_2fm0"  # many maps: the chunks split maps and references
+    name = "omegapdb_2fm0"  # many maps: the chunks split maps, references and kernel calls
     whole = rmsd_matrix(refs[name], gens[name])
-    monkeypatch.setattr(rmsd_module, "_CHUNK_ELEMENTS", 7)
+    monkeypatch.setattr(rmsd_module, "_GEMM_PAIRS", 7)
     monkeypatch.setattr(rmsd_module, "_PERMUTED_ELEMENTS", 500)
+    monkeypatch.setattr(rmsd_module, "_KERNEL_ELEMENTS", 5)
     np.testing.assert_allclose(rmsd_matrix(refs[name], gens[name]), whole, rtol=0, atol=1e-12)
+
+
+def _svd_overlap(cov: np.ndarray) -> np.ndarray:
+    singular = np.linalg.svd(cov, compute_uv=False)
+    sign = np.where(np.linalg.det(cov) < 0, -1.0, 1.0)
+    return singular[..., 0] + singular[..., 1] + sign * singular[..., 2]
+
+
+def _horn_matrix(cov: np.ndarray) -> np.ndarray:
+    (sxx, sxy, sxz), (syx, syy, syz), (szx, szy, szz) = np.moveaxis(cov, (-2, -1), (0, 1))
+    rows = [[sxx + syy + szz, syz - szy, szx - sxz, sxy - syx],
+            [syz - szy, sxx - syy - szz, sxy + syx, szx + sxz],
+            [szx - sxz, sxy + syx, -sxx + syy - szz, syz + szy],
+            [sxy - syx, szx + sxz, syz + szy, -sxx - syy + szz]]
+    return np.moveaxis(np.array(rows), (0, 1), (-2, -1))
+
+
+def test_closed_form_overlap_equals_svd_and_horn_eigenvalue_float64(monkeypatch):
+    svd = np.linalg.svd
+    fallbacks = []
+
+    def counting_svd(a, *args, **kwargs):
+        fallbacks.append(len(a))
+        return svd(a, *args, **kwargs)
+
+    rng = np.random.default_rng(11)
+    generic = rng.normal(size=(2000, 3, 3)) * rng.uniform(0.01, 300.0, size=(2000, 1, 1))
+    # covariances of real point sets: centred X (n, 3), Y = X rotated / mirrored + noise
+    points = rng.normal(size=(300, 20, 3)) * np.array([4.0, 2.0, 0.3])  # elongated, flat
+    points -= points.mean(axis=1, keepdims=True)
+    q, _ = np.linalg.qr(rng.normal(size=(300, 3, 3)))
+    moved = points @ q + rng.normal(scale=0.5, size=points.shape)
+    aligned = np.einsum("bni,bnj->bij", points, moved)
+    cov = np.concatenate([generic, aligned])
+    monkeypatch.setattr(np.linalg, "svd", counting_svd)
+    got = max_rotation_overlap(cov)
+    monkeypatch.undo()
+    assert sum(fallbacks) < 0.01 * len(cov)  # the closed form itself, not its SVD safety net
+    assert got.shape == (len(cov),) and got.dtype == np.float64
+    np.testing.assert_allclose(got, _svd_overlap(cov), rtol=1e-11, atol=1e-11)
+    top = np.linalg.eigvalsh(_horn_matrix(cov))[:, -1]
+    np.testing.assert_allclose(got, top, rtol=1e-11, atol=1e-11)
+    assert (np.linalg.det(cov) < 0).sum() > 100  # the reflection-safe branch was exercised
+
+
+def test_degenerate_covariances_take_the_svd_path():
+    rng = np.random.default_rng(5)
+    line = rng.normal(size=(50, 3, 1)) @ rng.normal(size=(50, 1, 3))  # rank 1: collinear atoms
+    plane = rng.normal(size=(50, 3, 2)) @ rng.normal(size=(50, 2, 3))  # rank 2: planar
+    q, _ = np.linalg.qr(rng.normal(size=(50, 3, 3)))
+    isotropic = 7.0 * q  # all singular values equal: the closed form's cubic has a triple root
+    cov = np.concatenate([line, plane, isotropic, np.zeros((1, 3, 3))])
+    np.testing.assert_allclose(max_rotation_overlap(cov), _svd_overlap(cov), rtol=1e-9,
+                               atol=1e-9)
+
+
+def test_atom_order_variants_are_grouped_apart(golden):
+    """A generated record with the same graph in another atom order gets its own maps."""
+    _, refs, gens = golden
+    name = "astex_1jje"
+    ref_list, gen_list = refs[name][:3], list(gens[name][:4])
+    order = list(range(gen_list[1].GetNumAtoms()))[::-1]
+    gen_list[1] = Chem.RenumberAtoms(gen_list[1], order)
+    with_h = Chem.AddHs(gen_list[2], addCoords=True)  # same heavy graph, hydrogens explicit
+    gen_list[2] = with_h
+    got = rmsd_matrix(ref_list, gen_list)
+    for i, ref in enumerate(ref_list):
+        for j, gen in enumerate(gen_list):
+            assert got[i, j] == pytest.approx(get_best_rms_reference(ref, gen), abs=1e-6)
+
+
+def test_workers_equal_single_process_and_keep_order(golden):
+    _, refs, gens = golden
+    names = sorted(refs)[:6]
+    problems = [(refs[n], gens[n]) for n in names]
+    single = [rmsd_matrix(r, g) for r, g in problems]
+    before = [m.GetConformer().GetPositions().copy() for r, g in problems for m in r + g]
+    done = []
+    parallel = rmsd_matrices(problems, workers=2, progress=done.append)
+    assert sum(done) == len(problems)
+    for a, b in zip(single, parallel, strict=True):
+        np.testing.assert_array_equal(a, b)
+    after = [m.GetConformer().GetPositions() for r, g in problems for m in r + g]
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with ForkedRMSDPool(problems, workers=2, chunk_pairs=1) as pool:
+        assert len(pool.chunks) == len(problems)  # one molecule per chunk at this size
+        for a, b in zip(single, pool.map(), strict=True):
+            np.testing.assert_array_equal(a, b)

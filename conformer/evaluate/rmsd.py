@@ -19,8 +19,10 @@ per distinct (reference graph, generated graph) pair; then every pair x map is a
 in float64: one matrix product gives all covariances C = X^T Y (centred X reference, Y generated
 permuted by the map), and MSD = (|X|^2 + |Y|^2 - 2 lambda) / n, where lambda = max over proper
 rotations of trace(R C) = s1 + s2 + sign(det C) s3 (the reflection-safe Kabsch optimum) is the
-top eigenvalue of Horn's quaternion matrix, found by vectorised Newton steps on its
-characteristic polynomial (QCP), with an SVD for the rare entries that do not converge.
+top eigenvalue of Horn's quaternion matrix. It comes in closed form from three invariants of C
+(see :func:`overlap_from_entries`), polished by one Newton step on the quaternion matrix's
+characteristic polynomial (as in QCP, Theobald 2005), with an SVD for the rare degenerate
+entries; only the best map per pair is kept.
 
 Inputs are never modified: coordinates are read into new arrays.
 """
@@ -38,9 +40,12 @@ _TERMINAL_SMARTS = Chem.MolFromSmarts(
     "[O,N;D1;$([O,N;D1]-[*]=[O,N;D1]),$([O,N;D1]=[*]-[O,N;D1])]~[*]"
 )
 _SINGLE_OR_DOUBLE = Chem.MolFromSmarts("*-,=*").GetBondWithIdx(0)
-# Pairs x maps x 9 float64 held at once while aligning; bounds memory (~ 8 bytes * 9 * this).
-_CHUNK_ELEMENTS = 400_000
-_PERMUTED_ELEMENTS = 4_000_000  # (G, M', n, 3) float64 copy: at most ~32 MB
+# Memory bounds while aligning (float64): covariances per GEMM (9 * 8 bytes each, ~4.7 MB),
+# the permuted generated coordinates (G, M', n, 3) (~32 MB), and covariances per closed-form
+# call, small enough that its ~30 temporaries stay in a core's L2 cache.
+_GEMM_PAIRS = 65_536
+_PERMUTED_ELEMENTS = 4_000_000
+_KERNEL_ELEMENTS = 4_096
 
 
 class RMSDMatchError(ValueError):
@@ -48,12 +53,16 @@ class RMSDMatchError(ValueError):
 
 
 def symmetrize_terminal_groups(mol: Chem.Mol) -> Chem.Mol:
-    """A copy of ``mol`` where conjugated terminal O/N groups match either bond order.
+    """A copy of ``mol`` where conjugated terminal O/N groups match either bond order
+    (``mol`` itself when it has none).
 
     Mirrors RDKit's ``MolAlign::details::symmetrizeTerminalAtoms`` (used by GetBestRMS).
     """
+    terminal = mol.GetSubstructMatches(_TERMINAL_SMARTS)
+    if not terminal:
+        return mol
     rw = Chem.RWMol(mol)
-    for atom_idx, neighbour_idx in mol.GetSubstructMatches(_TERMINAL_SMARTS):
+    for atom_idx, neighbour_idx in terminal:
         rw.GetAtomWithIdx(atom_idx).SetFormalCharge(0)
         bond = rw.GetBondBetweenAtoms(atom_idx, neighbour_idx)
         rw.ReplaceBond(bond.GetIdx(), _SINGLE_OR_DOUBLE)
@@ -80,20 +89,34 @@ def symmetry_matches(ref_heavy: Chem.Mol, gen_heavy: Chem.Mol, max_matches: int 
     return np.asarray(matches, dtype=np.int64)
 
 
-def _graph_key(mol: Chem.Mol) -> tuple:
-    """Identifies a molecular graph *with its atom order* (equal keys give equal maps).
+def _graph_signature(mol: Chem.Mol) -> tuple[tuple, bytes]:
+    """Identifies a molecular graph *with its atom order* (equal signatures give equal maps).
 
-    Built from C++-side arrays to stay cheap per record: the bond-order adjacency matrix and the
-    per-atom connectivity invariants (atomic number, degree, H count, charge, isotope, ...).
+    Built from C++-side arrays to stay cheap per record: a hashable part (total charge and the
+    per-atom connectivity invariants: atomic number, degree, H count, charge, isotope, ...; its
+    length is the atom count) and the bond-order adjacency matrix as bytes, compared for
+    equality rather than hashed (hashing its n^2 entries would cost more than building them).
     """
-    adjacency = Chem.GetAdjacencyMatrix(mol, useBO=True, force=True)
-    invariants = tuple(rdMolDescriptors.GetConnectivityInvariants(mol,
-                                                                  includeRingMembership=False))
-    return mol.GetNumAtoms(), adjacency.tobytes(), invariants, Chem.GetFormalCharge(mol)
+    invariants = rdMolDescriptors.GetConnectivityInvariants(mol, includeRingMembership=False)
+    return ((Chem.GetFormalCharge(mol), *invariants),
+            Chem.GetAdjacencyMatrix(mol, useBO=True, force=True).tobytes())
+
+
+_NOT_HYDROGEN = Chem.MolFromSmarts("[!#1]")
 
 
 def _heavy_template(mol: Chem.Mol) -> tuple[Chem.Mol, np.ndarray]:
     """``RemoveHs`` copy of ``mol`` and the indices (into ``mol``) of the atoms it kept."""
+    heavy = Chem.RemoveHs(mol)  # a new molecule: the input keeps its hydrogens
+    n_kept = heavy.GetNumAtoms()
+    if n_kept == mol.GetNumAtoms():
+        return heavy, np.arange(n_kept)
+    if n_kept == mol.GetNumHeavyAtoms():
+        # RemoveHs drops only hydrogens and keeps atom order: it kept exactly the atoms with
+        # atomic number > 1 (the count rules out kept hydrogens and dummies).
+        kept = mol.GetSubstructMatches(_NOT_HYDROGEN, uniquify=False, maxMatches=n_kept + 1)
+        return heavy, np.sort(np.fromiter((k[0] for k in kept), dtype=np.int64, count=n_kept))
+    # some hydrogens or dummy atoms were kept: track indices through RemoveHs
     tagged = Chem.Mol(mol)
     tagged.RemoveAllConformers()
     for atom in tagged.GetAtoms():
@@ -117,115 +140,126 @@ class _ConformerSet:
 
 
 def _group_conformers(mols: list[Chem.Mol]) -> _ConformerSet:
-    keys: dict[tuple, int] = {}
-    templates, kept_atoms, coords, index = [], [], [], []
-    position = 0
+    groups: dict[tuple, list[tuple[bytes, int]]] = {}  # hashable part -> (adjacency, group)
+    templates, kept_atoms, positions, group_of = [], [], [], []
     for mol in mols:
-        if mol.GetNumConformers() == 0:
-            raise ValueError("a molecule without conformers was given for RMSD")
-        key = _graph_key(mol)
-        if key not in keys:
-            keys[key] = len(templates)
+        hashable, adjacency = _graph_signature(mol)
+        candidates = groups.setdefault(hashable, [])
+        group = next((g for a, g in candidates if a == adjacency), None)
+        if group is None:
+            group = len(templates)
+            candidates.append((adjacency, group))
             heavy, kept = _heavy_template(mol)
             templates.append(heavy)
             kept_atoms.append(kept)
-            coords.append([])
-            index.append([])
-        group = keys[key]
-        if mol.GetNumConformers() == 1:  # the common case (one SDF record), without iterating
-            coords[group].append(mol.GetConformer().GetPositions()[kept_atoms[group]])
-            index[group].append(position)
-            position += 1
-            continue
-        for conf in mol.GetConformers():
-            coords[group].append(conf.GetPositions()[kept_atoms[group]])
-            index[group].append(position)
-            position += 1
+            positions.append([])
+        n_confs = mol.GetNumConformers()
+        if n_confs == 1:  # the common case (one SDF record), without iterating conformers
+            positions[group].append(mol.GetConformer().GetPositions())
+        elif n_confs == 0:
+            raise ValueError("a molecule without conformers was given for RMSD")
+        else:
+            positions[group].extend(conf.GetPositions() for conf in mol.GetConformers())
+        group_of.extend([group] * n_confs)
+    group_of = np.asarray(group_of, dtype=np.int64)
+    index = [np.flatnonzero(group_of == g) for g in range(len(templates))]
     centred = []
-    for group_coords in coords:
-        xyz = np.asarray(group_coords, dtype=np.float64)
-        centred.append(xyz - xyz.mean(axis=1, keepdims=True))
-    return _ConformerSet(templates, centred, [np.asarray(i) for i in index], position)
+    for group_positions, kept in zip(positions, kept_atoms, strict=True):
+        xyz = np.asarray(group_positions, dtype=np.float64)  # a new array: inputs stay put
+        if len(kept) != xyz.shape[1]:
+            xyz = xyz[:, kept]
+        xyz -= xyz.mean(axis=1, keepdims=True)
+        centred.append(xyz)
+    return _ConformerSet(templates, centred, index, len(group_of))
 
 
-def max_rotation_overlap(cov: np.ndarray, upper: np.ndarray, iterations: int = 60) -> np.ndarray:
-    """max over proper rotations R of trace(R cov) for (..., 3, 3) covariances (float64).
+# Cyclic index shifts: row/column k of a 3x3 matrix's cofactor uses k+1 and k+2 (mod 3).
+_NEXT, _AFTER_NEXT = [1, 2, 0], [2, 0, 1]
+_TWO_PI_OVER_3 = 2.0943951023931953
 
-    Equals s1 + s2 + sign(det cov) s3 (singular values s, the reflection-safe Kabsch optimum):
-    the largest eigenvalue of Horn's 4x4 quaternion matrix K, found by Newton's method on its
-    characteristic polynomial from ``upper`` (>= the root), which converges monotonically from
-    above (QCP, Theobald 2005). Entries still moving after the loop are finished with an SVD,
-    so the result does not depend on the iteration count.
+
+def max_rotation_overlap(cov: np.ndarray) -> np.ndarray:
+    """max over proper rotations R of trace(R C) for covariances C (..., 3, 3), float64.
+
+    Equals s1 + s2 + sign(det C) s3 (singular values s1 >= s2 >= s3): the largest eigenvalue
+    of Horn's 4x4 quaternion key matrix, i.e. the Kabsch optimum without reflections.
     """
-    components = [cov[..., i, j] for i in range(3) for j in range(3)]
-    return overlap_from_components(components, upper)
+    cov = np.asarray(cov, dtype=np.float64)
+    entries = np.ascontiguousarray(np.moveaxis(cov.reshape(-1, 9), -1, 0))
+    return overlap_from_entries(entries).reshape(cov.shape[:-2])
 
 
-def overlap_from_components(components: list[np.ndarray], upper: np.ndarray,
-                            iterations: int = 60) -> np.ndarray:
-    """:func:`max_rotation_overlap` from the nine covariance entries (equal-shape arrays, row
-    major: xx, xy, xz, yx, ...), which may be strided views of a larger product."""
-    (sxx, sxy, sxz, syx, syy, syz, szx, szy, szz) = components
-    shape = sxx.shape
-    # K's independent entries
-    k00, k11 = sxx + syy + szz, sxx - syy - szz
-    k22, k33 = -sxx + syy - szz, -sxx - syy + szz
-    k01, k02, k03 = syz - szy, szx - sxz, sxy - syx
-    k12, k13, k23 = sxy + syx, szx + sxz, syz + szy
-    # det(K) by 2x2 minors of rows (0, 1) and (2, 3); K is symmetric
-    m01 = k00 * k11 - k01 * k01
-    m02 = k00 * k12 - k01 * k02
-    m03 = k00 * k13 - k01 * k03
-    m12 = k01 * k12 - k11 * k02
-    m13 = k01 * k13 - k11 * k03
-    m23 = k02 * k13 - k12 * k03
-    n23 = k22 * k33 - k23 * k23
-    n13 = k12 * k33 - k13 * k23
-    n12 = k12 * k23 - k13 * k22
-    n03 = k02 * k33 - k03 * k23
-    n02 = k02 * k23 - k03 * k22
-    n01 = k02 * k13 - k03 * k12
-    c0 = m01 * n23 - m02 * n13 + m03 * n12 + m12 * n03 - m13 * n02 + m23 * n01
-    # det(lambda I - K) = lambda^4 + c2 lambda^2 + c1 lambda + c0 (K traceless, symmetric)
-    c2 = -2.0 * (sxx * sxx + sxy * sxy + sxz * sxz + syx * syx + syy * syy + syz * syz
-                 + szx * szx + szy * szy + szz * szz)
-    det3 = (sxx * (syy * szz - syz * szy) - sxy * (syx * szz - syz * szx)
-            + sxz * (syx * szy - syy * szx))
-    c1 = -8.0 * det3
-    # start: the smaller of ``upper`` and sqrt(3) |cov|_F (>= the nuclear norm >= the root)
-    lam = np.minimum(np.broadcast_to(upper, shape), np.sqrt(-1.5 * c2))
-    tolerance = 1e-14 * np.maximum(np.abs(lam), 1.0)
-    two_c2 = 2.0 * c2
-    lam2, value, slope = np.empty_like(lam), np.empty_like(lam), np.empty_like(lam)
-    done = np.zeros(lam.shape, dtype=bool)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for iteration in range(iterations):
-            # value = (lam^2 + c2) lam^2 + c1 lam + c0;  slope = (4 lam^2 + 2 c2) lam + c1
-            np.multiply(lam, lam, out=lam2)
-            np.add(lam2, c2, out=value)
-            value *= lam2
-            np.multiply(lam2, 4.0, out=slope)
-            slope += two_c2
-            slope *= lam
-            slope += c1
-            np.multiply(c1, lam, out=lam2)  # lam2 reused as scratch
-            value += lam2
-            value += c0
-            value /= slope  # the Newton step; a zero slope gives inf/nan -> SVD below
-            lam -= value
-            if iteration >= 4:
-                np.less_equal(np.abs(value), tolerance, out=done)
-                # Entries stalling at round-off (or converging linearly at a double root)
-                # must not keep every entry iterating: past 12 steps the last 1% go to SVD.
-                if done.all() or (iteration >= 12 and done.mean() > 0.99):
-                    break
-    done &= np.isfinite(lam)
-    if not done.all():
-        rest = np.stack([c[~done] for c in components], axis=-1).reshape(-1, 3, 3)
+def overlap_from_entries(entries: np.ndarray) -> np.ndarray:
+    """:func:`max_rotation_overlap` for covariances given entry-major: (9, L) rows xx, xy, xz,
+    yx, ..., zz (row-major 3x3), each row contiguous (a row slice of a larger array is fine).
+
+    Closed form, no iteration over the pairs: with a = |C|_F^2, b = the sum of squared 2x2
+    minors of C and d = det C, the squared singular values are the roots of
+    mu^3 - a mu^2 + b mu - d^2 (solved by the trigonometric method), s3 = d / (s1 s2) carries
+    the sign, and Horn's key matrix has the characteristic polynomial
+    lambda^4 - 2a lambda^2 - 8d lambda + a^2 - 4b, whose largest root is the answer. One
+    Newton step on that quartic polishes the closed form to float64 round-off; entries whose
+    step is not tiny (degenerate spectra: collinear or all-zero covariances) get an SVD.
+    Returns (L,) in the units of C.
+    """
+    n = entries.shape[-1]
+    cov = entries.reshape(3, 3, n)
+    rolled, rolled2 = cov[_NEXT], cov[_AFTER_NEXT]  # rows k+1 and k+2
+    cofactor = rolled[:, _NEXT] * rolled2[:, _AFTER_NEXT]
+    cofactor -= rolled[:, _AFTER_NEXT] * rolled2[:, _NEXT]
+    det = np.einsum("jk,jk->k", cov[0], cofactor[0])
+    flat_cof = cofactor.reshape(9, n)
+    a = np.einsum("ik,ik->k", entries, entries)
+    b = np.einsum("ik,ik->k", flat_cof, flat_cof)
+    # depressed cubic in mu - a/3:  t^3 + p t + q = 0 with p = b - a^2/3 <= 0
+    third = a / 3.0
+    minus_p_third = third * third - b / 3.0
+    q = third * (b - 2.0 * a * third / 3.0)
+    q -= det * det
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        radius = np.sqrt(minus_p_third)  # round-off can make it slightly negative -> NaN -> SVD
+        cos3 = q / (minus_p_third * radius)
+        cos3 *= -0.5
+        np.clip(cos3, -1.0, 1.0, out=cos3)  # NaN (all mu equal) stays NaN -> SVD below
+        angle = np.arccos(cos3)
+        angle /= 3.0
+        radius *= 2.0
+        mu1 = np.cos(angle)
+        mu1 *= radius
+        mu1 += third
+        angle -= _TWO_PI_OVER_3
+        mu2 = np.cos(angle)
+        mu2 *= radius
+        mu2 += third
+        s1, s2 = np.sqrt(mu1), np.sqrt(mu2)
+        lam = det / (s1 * s2)
+        lam += s1
+        lam += s2
+        # one Newton step on P(lam) = lam^4 - 2a lam^2 - 8d lam + a^2 - 4b
+        lam_sq = lam * lam
+        det *= 8.0
+        value = lam_sq - 2.0 * a
+        value *= lam_sq
+        value -= det * lam
+        value += a * a
+        value -= 4.0 * b
+        slope = lam_sq - a
+        slope *= 4.0 * lam
+        slope -= det
+        value /= slope
+        lam -= value
+        good = np.abs(value) <= _POLISH_TOLERANCE * np.maximum(lam, 1.0)
+    if not good.all():
+        bad = ~good
+        rest = entries[:, bad].T.reshape(-1, 3, 3)
         sing = np.linalg.svd(rest, compute_uv=False)
-        sign = np.where(det3[~done] < 0, -1.0, 1.0)
-        lam[~done] = sing[:, 0] + sing[:, 1] + sign * sing[:, 2]
+        sign = np.where(np.linalg.det(rest) < 0, -1.0, 1.0)
+        lam[bad] = sing[:, 0] + sing[:, 1] + sign * sing[:, 2]
     return lam
+
+
+# A closed-form value this close to a simple root is exact to round-off after the Newton step.
+_POLISH_TOLERANCE = 1e-9
 
 
 def kabsch_rmsd_min(ref_xyz: np.ndarray, gen_xyz: np.ndarray, maps: np.ndarray) -> np.ndarray:
@@ -234,33 +268,42 @@ def kabsch_rmsd_min(ref_xyz: np.ndarray, gen_xyz: np.ndarray, maps: np.ndarray) 
     ref_xyz: (R, n, 3) centred reference coordinates; gen_xyz: (G, n, 3) centred generated
     coordinates; maps: (M, n) generated atom for each reference atom. Returns (R, G) in Angstrom.
     """
+    ref_xyz = np.asarray(ref_xyz, dtype=np.float64)
+    gen_xyz = np.asarray(gen_xyz, dtype=np.float64)
+    maps = np.asarray(maps)
     n_ref, n_atoms, _ = ref_xyz.shape
-    n_gen = gen_xyz.shape[0]
+    n_gen, n_maps = gen_xyz.shape[0], len(maps)
     ref_sq = np.einsum("rni,rni->r", ref_xyz, ref_xyz)
     gen_sq = np.einsum("gni,gni->g", gen_xyz, gen_xyz)  # permutation-invariant
-    best_msd = np.full((n_ref, n_gen), np.inf)
-    per_ref = max(1, _CHUNK_ELEMENTS // max(1, n_gen * len(maps)))
-    map_chunk = max(1, _CHUNK_ELEMENTS // max(1, n_gen * min(per_ref, n_ref)))
-    # the permuted copy of the generated coordinates is (G, M', n, 3): bound it as well
-    map_chunk = max(1, min(map_chunk, _PERMUTED_ELEMENTS // max(1, n_gen * n_atoms * 3)))
-    # One GEMM per chunk: (R'*3, n) @ (n, M'*G*3) gives every covariance X_r^T Y_{g,m}.
+    best = np.full((n_ref, n_gen), -np.inf)  # max over maps of the rotation overlap
+    # Chunks: the permuted copy of the generated coordinates is (n, M', G, 3); each GEMM
+    # output (R' * 3, M' * G * 3) holds R' * M' * G covariances.
+    map_chunk = max(1, min(n_maps, _PERMUTED_ELEMENTS // max(1, n_gen * n_atoms * 3),
+                           _GEMM_PAIRS // max(1, n_gen)))
+    per_ref = max(1, min(n_ref, _GEMM_PAIRS // max(1, n_gen * map_chunk)))
     gen_by_atom = np.ascontiguousarray(gen_xyz.transpose(1, 0, 2))  # (n, G, 3)
-    for m0 in range(0, len(maps), map_chunk):
+    ref_rows = np.ascontiguousarray(ref_xyz.transpose(0, 2, 1)).reshape(n_ref * 3, n_atoms)
+    for m0 in range(0, n_maps, map_chunk):
         chunk = maps[m0:m0 + map_chunk]
-        permuted = gen_by_atom[chunk.T].reshape(n_atoms, -1)  # (n, M'*G*3)
+        n_m = len(chunk)
+        permuted = gen_by_atom[chunk.T].reshape(n_atoms, n_m * n_gen * 3)
         for r0 in range(0, n_ref, per_ref):
-            x = ref_xyz[r0:r0 + per_ref]
-            n_r = x.shape[0]
-            product = (x.transpose(0, 2, 1).reshape(n_r * 3, n_atoms) @ permuted)
-            product = product.reshape(n_r, 3, len(chunk), n_gen, 3)  # (R', i, M', G, j)
-            # one copy into (i, j, R', M', G): contiguous entries make the elementwise work fast
-            by_entry = np.ascontiguousarray(product.transpose(1, 4, 0, 2, 3))
-            components = [by_entry[i, j] for i in range(3) for j in range(3)]
-            total = (ref_sq[r0:r0 + per_ref, None, None] + gen_sq[None, None, :])  # (R', 1, G)
-            overlap = overlap_from_components(components, 0.5 * total)
-            msd = np.maximum((total - 2.0 * overlap) / n_atoms, 0.0).min(axis=1)
-            np.minimum(best_msd[r0:r0 + per_ref], msd, out=best_msd[r0:r0 + per_ref])
-    return np.sqrt(best_msd)
+            n_r = min(per_ref, n_ref - r0)
+            product = ref_rows[3 * r0:3 * (r0 + n_r)] @ permuted  # (r, i) x (m, g, j)
+            # one copy to entry-major (i, j, r, m, g): contiguous rows for the closed form
+            entries = np.ascontiguousarray(
+                product.reshape(n_r, 3, n_m * n_gen, 3).transpose(1, 3, 0, 2)).reshape(9, -1)
+            overlap = np.empty(entries.shape[1])
+            for e0 in range(0, entries.shape[1], _KERNEL_ELEMENTS):
+                overlap[e0:e0 + _KERNEL_ELEMENTS] = overlap_from_entries(
+                    entries[:, e0:e0 + _KERNEL_ELEMENTS])
+            block = best[r0:r0 + n_r]
+            np.maximum(block, overlap.reshape(n_r, n_m, n_gen).max(axis=1), out=block)
+    msd = ref_sq[:, None] + gen_sq[None, :]
+    msd -= 2.0 * best
+    msd /= n_atoms
+    np.maximum(msd, 0.0, out=msd)
+    return np.sqrt(msd, out=msd)
 
 
 def rmsd_matrix(refs: list[Chem.Mol], gens: list[Chem.Mol],
@@ -275,23 +318,136 @@ def rmsd_matrix(refs: list[Chem.Mol], gens: list[Chem.Mol],
     (``on_mismatch="nan"``). The inputs are not modified.
     """
     ref_set, gen_set = _group_conformers(refs), _group_conformers(gens)
+    if len(ref_set.templates) == 1 and len(gen_set.templates) == 1:  # one graph each: no scatter
+        return _group_block(ref_set, gen_set, 0, 0, max_matches, symmetrize, on_mismatch)
     out = np.empty((ref_set.n_conformers, gen_set.n_conformers))
-    ref_rows, gen_cols = ref_set.index, gen_set.index
-    for ri, ref_template in enumerate(ref_set.templates):
-        for gi, gen_template in enumerate(gen_set.templates):
-            try:
-                if ref_template.GetNumAtoms() != gen_template.GetNumAtoms():
-                    raise RMSDMatchError(
-                        f"reference has {ref_template.GetNumAtoms()} heavy atoms, generated "
-                        f"{gen_template.GetNumAtoms()}")
-                maps = symmetry_matches(ref_template, gen_template, max_matches, symmetrize)
-            except RMSDMatchError:
-                if on_mismatch != "nan":
-                    raise
-                out[np.ix_(ref_rows[ri], gen_cols[gi])] = np.nan
-                continue
-            block = kabsch_rmsd_min(ref_set.coords[ri], gen_set.coords[gi], maps)
-            out[np.ix_(ref_rows[ri], gen_cols[gi])] = block
+    for ri, rows in enumerate(ref_set.index):
+        for gi, cols in enumerate(gen_set.index):
+            out[np.ix_(rows, cols)] = _group_block(ref_set, gen_set, ri, gi, max_matches,
+                                                   symmetrize, on_mismatch)
+    return out
+
+
+def _group_block(ref_set: _ConformerSet, gen_set: _ConformerSet, ri: int, gi: int,
+                 max_matches: int, symmetrize: bool, on_mismatch: str) -> np.ndarray:
+    """RMSD block of reference group ``ri`` x generated group ``gi`` (NaN if they cannot match
+    and ``on_mismatch="nan"``)."""
+    ref_template, gen_template = ref_set.templates[ri], gen_set.templates[gi]
+    try:
+        if ref_template.GetNumAtoms() != gen_template.GetNumAtoms():
+            raise RMSDMatchError(f"reference has {ref_template.GetNumAtoms()} heavy atoms, "
+                                 f"generated {gen_template.GetNumAtoms()}")
+        maps = symmetry_matches(ref_template, gen_template, max_matches, symmetrize)
+    except RMSDMatchError:
+        if on_mismatch != "nan":
+            raise
+        return np.full((len(ref_set.index[ri]), len(gen_set.index[gi])), np.nan)
+    return kabsch_rmsd_min(ref_set.coords[ri], gen_set.coords[gi], maps)
+
+
+# Molecules of the running parallel evaluation, inherited by forked workers (never pickled).
+_FORKED_PROBLEMS: list[tuple[list[Chem.Mol], list[Chem.Mol]]] | None = None
+
+
+def _matrices_of_chunk(task: tuple) -> tuple[int, list[np.ndarray]]:
+    start, stop, max_matches, symmetrize, on_mismatch = task
+    problems = _FORKED_PROBLEMS
+    assert problems is not None, "worker started without the parent's molecules"
+    return start, [rmsd_matrix(refs, gens, max_matches, symmetrize, on_mismatch)
+                   for refs, gens in problems[start:stop]]
+
+
+class ForkedRMSDPool:
+    """Worker processes that compute :func:`rmsd_matrix` for many molecules.
+
+    The workers are forked after ``problems`` (a list of ``(refs, gens)``, one per molecule) is
+    in memory, so they read the molecules copy-on-write: nothing is serialised on the way in,
+    only the (K, G) matrices come back. Work goes out in chunks of consecutive molecules, at
+    most ``chunk_pairs`` reference x generated pairs each (bounding each worker's memory).
+    Needs the ``fork`` start method (Linux); use as a context manager, one pool at a time.
+    """
+
+    def __init__(self, problems: list[tuple[list[Chem.Mol], list[Chem.Mol]]], workers: int,
+                 chunk_pairs: int = 20_000):
+        import multiprocessing as mp
+
+        global _FORKED_PROBLEMS
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if "fork" not in mp.get_all_start_methods():
+            raise RuntimeError("ForkedRMSDPool needs the fork start method (not available here)")
+        if _FORKED_PROBLEMS is not None:
+            raise RuntimeError("another ForkedRMSDPool is open in this process")
+        self.problems = problems
+        _FORKED_PROBLEMS = problems
+        self.chunks = self._chunk(problems, chunk_pairs, workers)
+        self._pool = mp.get_context("fork").Pool(workers)
+
+    @staticmethod
+    def _chunk(problems, chunk_pairs: int, workers: int) -> list[tuple[int, int]]:
+        sizes = [max(1, sum(m.GetNumConformers() for m in refs)
+                     * sum(m.GetNumConformers() for m in gens)) for refs, gens in problems]
+        # at least ~4 chunks per worker so that uneven molecules still share the work out
+        limit = max(1, min(chunk_pairs, sum(sizes) // (4 * workers) + 1))
+        chunks, start, total = [], 0, 0
+        for i, size in enumerate(sizes):
+            total += size
+            if total >= limit:
+                chunks.append((start, i + 1))
+                start, total = i + 1, 0
+        if start < len(problems):
+            chunks.append((start, len(problems)))
+        return chunks
+
+    def map(self, max_matches: int = DEFAULT_MAX_MATCHES, symmetrize: bool = True,
+            on_mismatch: str = "raise", progress=None) -> list[np.ndarray]:
+        """All RMSD matrices, in the order of ``problems``; ``progress(n_molecules_done)`` is
+        called as chunks finish (e.g. a tqdm ``update``)."""
+        out: list[np.ndarray | None] = [None] * len(self.problems)
+        tasks = [(a, b, max_matches, symmetrize, on_mismatch) for a, b in self.chunks]
+        for start, matrices in self._pool.imap_unordered(_matrices_of_chunk, tasks):
+            out[start:start + len(matrices)] = matrices
+            if progress is not None:
+                progress(len(matrices))
+        return out  # type: ignore[return-value]
+
+    def close(self) -> None:
+        global _FORKED_PROBLEMS
+        self._pool.close()
+        self._pool.join()
+        _FORKED_PROBLEMS = None
+
+    def __enter__(self) -> ForkedRMSDPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _FORKED_PROBLEMS
+        if exc[0] is None:
+            self.close()
+            return
+        self._pool.terminate()
+        self._pool.join()
+        _FORKED_PROBLEMS = None
+
+
+def rmsd_matrices(problems: list[tuple[list[Chem.Mol], list[Chem.Mol]]], workers: int = 1,
+                  max_matches: int = DEFAULT_MAX_MATCHES, symmetrize: bool = True,
+                  on_mismatch: str = "raise", progress=None) -> list[np.ndarray]:
+    """:func:`rmsd_matrix` for many molecules: ``problems`` is a list of ``(refs, gens)``.
+
+    ``workers > 1`` forks that many processes (:class:`ForkedRMSDPool`; Linux) and includes
+    their start-up; with one worker, or without fork, it runs in this process.
+    """
+    import multiprocessing as mp
+
+    if workers > 1 and len(problems) > 1 and "fork" in mp.get_all_start_methods():
+        with ForkedRMSDPool(problems, workers) as pool:
+            return pool.map(max_matches, symmetrize, on_mismatch, progress)
+    out = []
+    for refs, gens in problems:
+        out.append(rmsd_matrix(refs, gens, max_matches, symmetrize, on_mismatch))
+        if progress is not None:
+            progress(1)
     return out
 
 
