@@ -27,6 +27,7 @@ from rdkit import Chem, RDLogger
 
 from conformer.data import keys
 from conformer.data.features import FeaturizationError, featurize_mol
+from conformer.diffusion.guidance import GuidanceSettings, StereoGuidance, StereoTargets
 from conformer.errors import UserInputError
 from conformer.stereo import StereoChecker, StereoTally, correct_ensemble
 
@@ -63,6 +64,10 @@ class GenerateOptions:
     workers: int = 1
     max_atoms: int = 400
     max_resamples: int = 3
+    # model method: steer sampling towards the input's tetrahedral and E/Z stereo (see
+    # conformer/diffusion/guidance.py); off gives the raw model's samples
+    stereo_guidance: bool = True
+    guidance: GuidanceSettings = field(default_factory=GuidanceSettings)
     progress: bool | None = None  # None: a bar only on a terminal
 
     def __post_init__(self) -> None:
@@ -93,6 +98,7 @@ class GenerateSummary:
     skipped_done: int = 0
     failure_reasons: Counter = field(default_factory=Counter)
     stereo: StereoTally = field(default_factory=StereoTally)
+    stereo_guidance: bool | None = None  # None: not a model run (no guidance to speak of)
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -100,7 +106,9 @@ class GenerateSummary:
             "molecules": self.molecules, "conformers": self.conformers,
             "failures": self.failures, "skipped_already_done": self.skipped_done,
             "failure_reasons": dict(self.failure_reasons),
+            "stereo_guidance": self.stereo_guidance,
             "stereo_conformers_checked": self.stereo.conformers,
+            # as sampled (after guidance when it is on), before reflection/resampling
             "stereo_correct_before": self.stereo.rate_before(),
             "stereo_correct_after": self.stereo.rate_after(),
             "stereo_reflected": self.stereo.reflected, "stereo_resampled": self.stereo.resampled,
@@ -114,13 +122,15 @@ class GenerateSummary:
             return "n/a (no stereo specified)" if v is None else f"{100 * v:.1f}%"
 
         reasons = ", ".join(f"{k}: {v}" for k, v in self.failure_reasons.most_common())
+        sampled = {None: "", True: ", sampled with stereo guidance",
+                   False: ", sampled without stereo guidance"}[self.stereo_guidance]
         lines = [
             f"molecules:   {self.molecules}" + (f" (+{self.skipped_done} done earlier)"
                                                  if self.skipped_done else ""),
             f"conformers:  {self.conformers}",
             f"failures:    {self.failures}" + (f" ({reasons})" if reasons else ""),
             f"stereo-correct before correction: {pct(self.stereo.rate_before())} "
-            f"of {self.stereo.conformers} conformers with specified stereo",
+            f"of {self.stereo.conformers} conformers with specified stereo{sampled}",
             f"stereo-correct after correction:  {pct(self.stereo.rate_after())} "
             f"({self.stereo.reflected} reflected, {self.stereo.resampled} resampled)",
             f"time:        {self.seconds:.1f} s"
@@ -240,7 +250,11 @@ class ModelSampler:
         batch[keys.POS] = torch.zeros(n * copies, 3, device=self.device)
         return batch
 
-    def sample(self, features: dict, count: int, generator: torch.Generator) -> np.ndarray:
+    def sample(self, features: dict, count: int, generator: torch.Generator,
+               targets: StereoTargets | None = None,
+               guidance: GuidanceSettings | None = None) -> np.ndarray:
+        """[count, N, 3] Angstrom, centred. With ``targets`` (the molecule's stereo, see
+        ``StereoChecker.targets``) the sampler is guided towards it."""
         n = features[keys.ATOMIC_NUMBERS].shape[0]
         per_batch = max(1, self.batch_size)
         out = []
@@ -256,8 +270,11 @@ class ModelSampler:
                     seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
                     noise_generators.append(torch.Generator().manual_seed(seed))
             x_init = torch.cat(starts)
+            steer = None
+            if targets is not None and not targets.empty:
+                steer = StereoGuidance(targets.tile(copies, n), guidance, device=self.device)
             x = self.diffusion.sample(self.net, batch, steps=self.steps, x_init=x_init,
-                                      noise_generators=noise_generators)
+                                      noise_generators=noise_generators, guidance=steer)
             out.append(x.detach().cpu().double().numpy().reshape(copies, n, 3))
         return np.concatenate(out)
 
@@ -378,11 +395,13 @@ def _fail(line, reason, failures, summary) -> None:
     summary.failure_reasons[reason.split(" (")[0]] += 1
 
 
-def _finish(mol, positions, line, options, writer, summary, resample) -> None:
-    checker = StereoChecker(mol)
+def _finish(mol, positions, line, options, writer, summary, resample, checker=None) -> None:
+    checker = checker or StereoChecker(mol)
     result = correct_ensemble(checker, positions, resample, options.max_resamples)
     summary.stereo.add(result.tally)
     extra = {"method": options.method}
+    if options.method == "model":
+        extra["stereo_guidance"] = "on" if options.stereo_guidance else "off"
     if line.input_smiles != line.smiles:
         extra["input_smiles"] = line.input_smiles
     if checker.has_stereo:
@@ -399,6 +418,7 @@ def _run_model(todo, options, writer, failures, summary, bar) -> None:
     if options.workers and options.workers > 0:
         torch.set_num_threads(options.workers)
     sampler = ModelSampler(options.ckpt, options.device, options.steps, options.batch_size)
+    summary.stereo_guidance = options.stereo_guidance
     for line in todo:
         try:
             mol = prepare_molecule(line, options.max_atoms)
@@ -409,12 +429,14 @@ def _run_model(todo, options, writer, failures, summary, bar) -> None:
             continue
         generator = torch.Generator().manual_seed(_molecule_seed(options.seed, line.line_number))
         count = options.conformer_count(line)
-        positions = sampler.sample(features, count, generator)
+        checker = StereoChecker(mol)
+        targets = checker.targets() if options.stereo_guidance else None
+        positions = sampler.sample(features, count, generator, targets, options.guidance)
 
-        def resample(k, features=features, generator=generator):
-            return sampler.sample(features, k, generator)
+        def resample(k, features=features, generator=generator, targets=targets):
+            return sampler.sample(features, k, generator, targets, options.guidance)
 
-        _finish(mol, positions, line, options, writer, summary, resample)
+        _finish(mol, positions, line, options, writer, summary, resample, checker)
         bar.update(1)
 
 

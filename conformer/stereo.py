@@ -9,7 +9,12 @@ What is checked (the stereo the input SMILES specifies, after RDKit's perception
   < 90 degrees for cis and > 90 for trans. RDKit's stereo atoms of an E/Z bond are the
   neighbours of highest CIP rank, so E means they are trans.
 
-Correction (per conformer, never per molecule):
+Prevention comes first: the model sampler is guided towards these same targets
+(``StereoChecker.targets``, used by ``conformer.diffusion.guidance.StereoGuidance``), so
+"before correction" means as sampled (with guidance when it is on; the raw model's rate is
+measured on a separate unguided run, ``--no-stereo-guidance``).
+
+Correction (per conformer, never per molecule), the last resort:
 - correct: kept;
 - every specified centre inverted and no double bond wrong: the conformer is the mirror image
   of a correct one; reflecting it (x -> -x) fixes every centre and keeps every cis/trans;
@@ -27,6 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from rdkit import Chem
+
+from conformer.diffusion.guidance import StereoTargets
 
 _TETRAHEDRAL = (Chem.ChiralType.CHI_TETRAHEDRAL_CW, Chem.ChiralType.CHI_TETRAHEDRAL_CCW)
 _CIS = (Chem.BondStereo.STEREOZ, Chem.BondStereo.STEREOCIS)
@@ -88,6 +95,22 @@ class StereoChecker:
     @property
     def has_stereo(self) -> bool:
         return bool(self.centres or self.bonds)
+
+    def targets(self) -> StereoTargets:
+        """What sampler guidance must enforce: each centre with its first three neighbours in
+        RDKit bond order (the order its chiral tag refers to) and the sign of their normalised
+        signed volume, which is positive exactly for CCW; each E/Z bond's stereo dihedral."""
+        centres, signs = [], []
+        for index, tag in self.centres.items():
+            atom = self.template.GetAtomWithIdx(index)
+            neighbours = [bond.GetOtherAtomIdx(index) for bond in atom.GetBonds()]
+            centres.append([index, *neighbours[:3]])
+            signs.append(1.0 if tag == Chem.ChiralType.CHI_TETRAHEDRAL_CCW else -1.0)
+        bonds = [[a, b, c, d] for _, a, b, c, d, _ in self.bonds]
+        bond_signs = [1.0 if wants_cis else -1.0 for *_, wants_cis in self.bonds]
+        molecule_bonds = [(bond.GetBeginAtomIdx(), bond.GetEndAtomIdx())
+                          for bond in self.template.GetBonds()]
+        return StereoTargets.build(centres, signs, bonds, bond_signs, molecule_bonds)
 
     def check(self, positions: np.ndarray) -> StereoCheck:
         positions = np.asarray(positions, dtype=np.float64)

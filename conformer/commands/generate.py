@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import sys
 
@@ -45,6 +47,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-resamples", type=int, default=3,
                         help="rounds of resampling for conformers with wrong stereo that a "
                         "reflection cannot fix")
+    parser.add_argument("--stereo-guidance", action=argparse.BooleanOptionalAction, default=True,
+                        help="model method: steer the sampler towards the input's tetrahedral "
+                        "and E/Z stereo (default on); --no-stereo-guidance gives the raw "
+                        "model's samples (reflection/resampling still apply afterwards). "
+                        "Recorded in each SDF record and in the summary")
     parser.add_argument("--summary", action="store_true",
                         help="print molecules, conformers, failures, stereo-correct rates "
                         "(before and after correction) and time")
@@ -62,7 +69,8 @@ def run(args) -> int:
         method=args.method, ckpt=args.ckpt, num_confs=args.num_confs, ratio=args.ratio,
         steps=args.steps, batch_size=args.batch_size, device=args.device, seed=args.seed,
         hydrogens=not args.no_hydrogens, workers=args.workers, max_atoms=args.max_atoms,
-        max_resamples=args.max_resamples, progress=False if args.no_progress else None)
+        max_resamples=args.max_resamples, stereo_guidance=args.stereo_guidance,
+        progress=False if args.no_progress else None)
     summary = generate_file(args.input, args.out, options)
     if args.summary:
         print(summary.text())
@@ -70,7 +78,7 @@ def run(args) -> int:
             print(f"failures listed in {failures_path(args.out)}")
     if args.summary_json:
         with open(args.summary_json, "w") as handle:
-            json.dump({"summary": summary.as_dict(), "settings": vars(options),
+            json.dump({"summary": summary.as_dict(), "settings": dataclasses.asdict(options),
                        "input": args.input, "out": args.out,
                        "environment": environment_info()}, handle, indent=2, default=str)
     print(f"wrote {summary.conformers} conformers of {summary.molecules} molecules to {args.out}",
