@@ -262,7 +262,8 @@ class ModelSampler:
             copies = min(per_batch, count - start)
             batch = self._batch(features, copies)
             # one draw per conformer, so the result does not depend on the batch size
-            stochastic = self.diffusion.settings.churn > 0
+            settings = self.diffusion.settings
+            stochastic = settings.churn > 0 or settings.refine_steps > 0
             starts, noise_generators = [], [] if stochastic else None
             for _ in range(copies):  # in conformer order, so batch size changes nothing
                 starts.append(torch.randn(n, 3, generator=generator))

@@ -134,13 +134,17 @@ def test_outputs_are_centred_and_loss_is_seeded():
 def test_stochastic_sampler_is_exact_for_the_oracle_and_batch_independent():
     """With churn the sampler still lands on an oracle's target, keeps the evaluation count,
     and with one noise generator per molecule a molecule's sample ignores its batch mates."""
-    settings = EDMSettings(sample_steps=10, churn=20.0)
+    settings = EDMSettings(sample_steps=10, churn=20.0, refine_steps=6)
     diffusion = EDMDiffusion(settings)
     batch = toy_batch()
     target = center(batch[keys.POS], batch[keys.BATCH], 2)
     net = OracleNet(target, settings)
     sample = diffusion.sample(net, batch, generator=torch.Generator().manual_seed(1))
-    assert torch.allclose(sample, target, atol=1e-9) and net.calls == 19
+    assert torch.allclose(sample, target, atol=1e-9)
+    assert net.calls == 25 == diffusion.num_evaluations()
+    ladder = settings.refine_sigmas()
+    assert len(ladder) == 6 and ladder[0] == 0.5 and abs(ladder[-1] - 0.02) < 1e-12
+    assert all(a > b for a, b in zip(ladder, ladder[1:]))
 
     class Wobbly(nn.Module):  # not an oracle: the added noise changes the result
         def __init__(self):
@@ -152,8 +156,8 @@ def test_stochastic_sampler_is_exact_for_the_oracle_and_batch_independent():
 
     x_init = torch.randn(8, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
 
-    def run(churn, seeds):
-        d = EDMDiffusion(EDMSettings(sample_steps=10, churn=churn))
+    def run(churn, seeds, refine_steps=3):
+        d = EDMDiffusion(EDMSettings(sample_steps=10, churn=churn, refine_steps=refine_steps))
         gens = [torch.Generator().manual_seed(s) for s in seeds]
         return d.sample(Wobbly(), batch, x_init=x_init, noise_generators=gens)
 
@@ -163,3 +167,6 @@ def test_stochastic_sampler_is_exact_for_the_oracle_and_batch_independent():
     assert torch.allclose(first[:5], other[:5], atol=1e-12)
     assert not torch.allclose(first[5:], other[5:], atol=1e-6)
     assert not torch.allclose(first, run(0.0, [5, 6]), atol=1e-6)  # churn does something
+    assert not torch.allclose(first, run(20.0, [5, 6], refine_steps=0), atol=1e-6)
+    with pytest.raises(ValueError):
+        EDMSettings(refine_steps=2, refine_sigma_min=0.6)
