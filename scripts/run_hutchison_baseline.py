@@ -1,12 +1,16 @@
-"""RDKit ETKDG baseline on the Hutchison conformer benchmark (COV/MAT at delta 0.75 A).
+"""RDKit ETKDG baseline or a model on the Hutchison conformer benchmark (COV/MAT, delta 0.75 A).
 
 For each of the 699 molecules (grouped by the ``molecule`` property of
 ``data/hutchison/hutchison_conformers.sdf.gz``), generate 2K ETKDGv3 conformers (K = number of
 reference conformers) from the isomeric SMILES of its first reference conformer (stereo read
 from the 3D coordinates; hydrogens added), write them with :mod:`conformer.sdf_io`, then run
 ``conformer evaluate`` against the references. Rerunning resumes the generation where it stopped.
+With ``--method model`` the same SMILES and counts go through ``conformer generate`` (the model
+of ``--ckpt``, default the bundled one; failures in ``generated.failures.csv``).
 
     PYTHONPATH=. nice .venv/bin/python scripts/run_hutchison_baseline.py --out runs/hutchison_etkdg
+    PYTHONPATH=. nice .venv/bin/python scripts/run_hutchison_baseline.py --method model \
+        --out runs/hutchison_bundled
 """
 
 from __future__ import annotations
@@ -29,8 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/hutchison_etkdg"),
                         help="output folder (generated.sdf, failures.jsonl, eval/)")
-    parser.add_argument("--method", default="etkdg", choices=("etkdg", "etkdg-mmff"),
-                        help="RDKit baseline (default etkdg)")
+    parser.add_argument("--method", default="etkdg", choices=("etkdg", "etkdg-mmff", "model"),
+                        help="RDKit baseline or model (default etkdg)")
+    parser.add_argument("--ckpt", default=None,
+                        help="with --method model: model file (default: the bundled model)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (model)")
     parser.add_argument("--seed", type=int, default=1, help="base seed; molecule i uses seed+i")
     parser.add_argument("--limit", type=int, default=None, help="only the first N molecules")
     parser.add_argument("--workers", type=int, default=1, help="evaluation workers (default 1)")
@@ -44,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     generated = args.out / "generated.sdf"
     failures_path = args.out / "generation_failures.jsonl"
     stereo_mixed = []
-    if not args.skip_generation:
+    if args.method == "model" and not args.skip_generation:
+        _generate_with_model(groups, names, args, generated)
+    elif not args.skip_generation:
         done = completed_input_lines(generated)
         with ConformerSDFWriter(generated, append=True) as writer, \
                 open(failures_path, "a") as failures:
@@ -76,6 +85,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         evaluate_args += ["--only-generated"]
     return cli_main(evaluate_args)
+
+
+def _generate_with_model(groups: dict, names: list[str], args, generated: Path) -> None:
+    """2K model conformers per molecule through ``conformer generate`` (resumable)."""
+    import csv
+
+    import torch
+
+    from conformer.generate import GenerateOptions, generate_file
+
+    torch.set_num_threads(args.threads)
+    inputs = args.out / "inputs.csv"
+    with open(inputs, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["smiles", "name", "n_conformers"])
+        for name in names:
+            writer.writerow([Chem.MolToSmiles(groups[name][0]), name, len(groups[name])])
+    summary = generate_file(inputs, generated, GenerateOptions(
+        method="model", ckpt=args.ckpt, ratio=2.0, seed=args.seed, progress=True))
+    print(summary.text())
 
 
 if __name__ == "__main__":
