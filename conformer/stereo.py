@@ -108,9 +108,7 @@ class StereoChecker:
             signs.append(1.0 if tag == Chem.ChiralType.CHI_TETRAHEDRAL_CCW else -1.0)
         bonds = [[a, b, c, d] for _, a, b, c, d, _ in self.bonds]
         bond_signs = [1.0 if wants_cis else -1.0 for *_, wants_cis in self.bonds]
-        molecule_bonds = [(bond.GetBeginAtomIdx(), bond.GetEndAtomIdx())
-                          for bond in self.template.GetBonds()]
-        return StereoTargets.build(centres, signs, bonds, bond_signs, molecule_bonds)
+        return StereoTargets.build(centres, signs, bonds, bond_signs)
 
     def check(self, positions: np.ndarray) -> StereoCheck:
         positions = np.asarray(positions, dtype=np.float64)

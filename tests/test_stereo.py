@@ -139,7 +139,6 @@ def test_tiled_targets_index_every_copy():
     assert len(tiled.centres) == 3 * len(targets.centres)
     assert (tiled.centres[len(targets.centres):2 * len(targets.centres)] == targets.centres + n).all()
     assert (tiled.bonds[-len(targets.bonds):] == targets.bonds + 2 * n).all()
-    assert (tiled.nearby_bonds[: len(targets.nearby_bonds)] == targets.nearby_bonds).all()
 
 
 def _guide(checker, positions, dtype=None, **settings):

@@ -41,8 +41,6 @@ class GuidanceSettings:
     volume_margin: wanted |normalised signed volume| (ideal sp3: 0.77).
     dihedral_margin: wanted distance (radians) of an E/Z bond's stereo dihedral from 90 degrees.
     step_size: gradient step on the penalty (Angstrom^2, the penalty being dimensionless).
-    bond_weight: weight (Angstrom^-2) of a term keeping every bond at an atom the stereo terms
-    move at its length in the unguided estimate, so fixing a centre bends bonds, not stretches.
     max_iterations: gradient steps per estimate at most (stops as soon as the penalty is 0)."""
 
     sigma_start: float = 5.0
@@ -50,7 +48,6 @@ class GuidanceSettings:
     volume_margin: float = 0.3
     dihedral_margin: float = 0.5
     step_size: float = 0.1
-    bond_weight: float = 0.0
     max_iterations: int = 20
 
     def __post_init__(self) -> None:
@@ -68,26 +65,19 @@ class StereoTargets:
     centre_signs [K] float: wanted sign of the normalised signed volume (+1 CCW, -1 CW);
     bonds [M, 4] int64: stereo atom, bond begin atom, bond end atom, stereo atom;
     bond_signs [M] float: +1 for cis (|dihedral| < 90 degrees), -1 for trans.
-    nearby_bonds [P, 2] int64: bonds of the molecule with an atom in ``centres`` or ``bonds``.
     """
 
     centres: np.ndarray
     centre_signs: np.ndarray
     bonds: np.ndarray
     bond_signs: np.ndarray
-    nearby_bonds: np.ndarray
 
     @classmethod
-    def build(cls, centres, centre_signs, bonds, bond_signs,
-              molecule_bonds=()) -> StereoTargets:
-        """``molecule_bonds``: every bond (i, j) of the molecule; those at a guided atom are kept."""
-        centres = np.asarray(centres, dtype=np.int64).reshape(-1, 4)
-        bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 4)
-        molecule_bonds = np.asarray(molecule_bonds, dtype=np.int64).reshape(-1, 2)
-        guided = np.union1d(centres.ravel(), bonds.ravel())
-        nearby = molecule_bonds[np.isin(molecule_bonds, guided).any(axis=1)]
-        return cls(centres, np.asarray(centre_signs, dtype=np.float64).reshape(-1), bonds,
-                   np.asarray(bond_signs, dtype=np.float64).reshape(-1), nearby)
+    def build(cls, centres, centre_signs, bonds, bond_signs) -> StereoTargets:
+        return cls(np.asarray(centres, dtype=np.int64).reshape(-1, 4),
+                   np.asarray(centre_signs, dtype=np.float64).reshape(-1),
+                   np.asarray(bonds, dtype=np.int64).reshape(-1, 4),
+                   np.asarray(bond_signs, dtype=np.float64).reshape(-1))
 
     @property
     def empty(self) -> bool:
@@ -99,12 +89,10 @@ class StereoTargets:
         offsets = np.arange(copies, dtype=np.int64) * num_atoms
 
         def shifted(index):
-            width = index.shape[1]
-            return (index[None, :, :] + offsets[:, None, None]).reshape(-1, width)
+            return (index[None, :, :] + offsets[:, None, None]).reshape(-1, 4)
 
         return StereoTargets(shifted(self.centres), np.tile(self.centre_signs, copies),
-                             shifted(self.bonds), np.tile(self.bond_signs, copies),
-                             shifted(self.nearby_bonds))
+                             shifted(self.bonds), np.tile(self.bond_signs, copies))
 
 
 def signed_volumes(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -125,10 +113,6 @@ def dihedrals(x: torch.Tensor, bonds: torch.Tensor) -> torch.Tensor:
     return torch.atan2(sine_part, cosine_part)
 
 
-def _lengths(x: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
-    return (x[pairs[:, 0]] - x[pairs[:, 1]]).norm(dim=1)
-
-
 def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / (v.norm(dim=1, keepdim=True) + _EPS)
 
@@ -147,7 +131,6 @@ class StereoGuidance:
         self.centre_signs = torch.as_tensor(targets.centre_signs, device=device)
         self.bonds = torch.as_tensor(targets.bonds, device=device)
         self.bond_signs = torch.as_tensor(targets.bond_signs, device=device)
-        self.nearby_bonds = torch.as_tensor(targets.nearby_bonds, device=device)
         self.empty = targets.empty
         self.calls = 0
         self.adjusted = 0
@@ -168,7 +151,6 @@ class StereoGuidance:
             return denoised
         # float64: the hinge decides signs of small volumes of early, compact estimates
         x = denoised.detach().to(torch.float64)
-        lengths = _lengths(x, self.nearby_bonds)
         changed = False
         for _ in range(s.max_iterations):
             with torch.enable_grad():
@@ -176,9 +158,6 @@ class StereoGuidance:
                 penalty = self.violations(x).sum()
                 if float(penalty.detach()) == 0.0:
                     break
-                if s.bond_weight > 0:
-                    stretch = _lengths(x, self.nearby_bonds) - lengths
-                    penalty = penalty + s.bond_weight * (stretch ** 2).sum()
                 (gradient,) = torch.autograd.grad(penalty, x)
             x = (x - s.step_size * gradient).detach()
             changed = True
