@@ -52,3 +52,19 @@ def test_double_bond_stereo():
 def test_unsupported_element_is_rejected_with_reason():
     with pytest.raises(FeaturizationError, match="unsupported element"):
         _features("[U]")
+
+
+@pytest.mark.parametrize("smiles", ["CC(=O)Nc1ccc(O)cc1", "C[C@H](N)C(=O)O", "c1ccc2[nH]ccc2c1"])
+def test_features_do_not_depend_on_how_the_molecule_was_read(smiles):
+    """SMILES + AddHs (what `generate` does) and a mol block with explicit hydrogens (what GEOM
+    and SDF give, what training sees) must give identical features, hydrogens included."""
+    from rdkit.Chem import AllChem
+
+    from_smiles = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    AllChem.EmbedMolecule(from_smiles, randomSeed=7)
+    from_block = Chem.MolFromMolBlock(Chem.MolToMolBlock(from_smiles), removeHs=False)
+    a, b = featurize_mol(from_smiles), featurize_mol(from_block)
+    for key in (keys.ATOM_FEATURES, keys.ATOMIC_NUMBERS, keys.BOND_INDEX, keys.BOND_FEATURES):
+        assert np.array_equal(a[key], b[key]), key
+    hydrogens = a[keys.ATOMIC_NUMBERS] == 1
+    assert (a[keys.ATOM_FEATURES][hydrogens, 3] > 0).all()  # hybridization perceived for H

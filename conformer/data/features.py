@@ -78,9 +78,18 @@ def featurize_mol(mol: Chem.Mol) -> dict[str, np.ndarray]:
 
     Returns a dict with ``keys.ATOM_FEATURES`` int64 [N, 9], ``keys.ATOMIC_NUMBERS`` int64 [N],
     ``keys.BOND_INDEX`` int64 [2, E] and ``keys.BOND_FEATURES`` int64 [E, 4] (E = 2 x bonds).
-    Raises FeaturizationError for an unsupported element.
+    Raises FeaturizationError for an unsupported element or a molecule RDKit cannot sanitise.
+
+    The copy is sanitised first: ``Chem.AddHs`` does not perceive the new atoms (their
+    hybridization stays UNSPECIFIED), so a molecule from SMILES + AddHs and the same molecule
+    read from a mol block (GEOM, SDF) would otherwise get different features, and a model
+    trained on one would be fed the other at generation time.
     """
     mol = Chem.Mol(mol)
+    try:
+        Chem.SanitizeMol(mol)
+    except Exception as error:  # RDKit raises several exception types here
+        raise FeaturizationError(f"RDKit cannot sanitise the molecule: {error}") from error
     assign_cip(mol)
     ring_info = mol.GetRingInfo()
     atom_rows = []
