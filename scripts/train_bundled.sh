@@ -20,26 +20,26 @@ export PYTHONPATH=${PYTHONPATH:-.}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 export WANDB_MODE=${WANDB_MODE:-disabled}
 
-# 1. the GEOM-layout folder (helper A's command, recorded here for provenance)
+# 1. the GEOM-layout folder (4,834 molecules, 87 failures listed in its failures.csv):
 #    conformer build-geom data/train_smiles/train_druglike.smi --out "$GEOM_DIR" --confs 12 --seed 1
-#    The shipped model used only the 1,024 molecules finished when training had to start:
-#    a folder of links to those pickles, its summary_drugs.json from
-#    conformer.data.build.summary_entry and a 0.9/0.1/0 split from write_split(seed 1), prepared
-#    into cache/bundled_partial (GEOM_DIR=/work/bundled_partial CACHE=cache/bundled_partial).
 # 2. featurised records, split as build-geom wrote it
 nice -n 10 $PY -m conformer.cli prepare "$GEOM_DIR" --split "$GEOM_DIR/split.npy" \
     --out "$CACHE" --workers 1 --no-progress
-# 3. train each mode, then export its EMA weights
+# 3. train each mode, then export its EMA weights with the sampler chosen after training
+#    (10 Heun steps with churn + 31 low-noise refinement steps = 50 network evaluations; chosen
+#    on 40 validation molecules of this build, never on GEOM test molecules)
+SAMPLER=${SAMPLER:-'{"sample_steps": 10, "churn": 10.0, "refine_steps": 31, "refine_sigma_max": 0.5, "refine_sigma_min": 0.02}'}
 for MODE in $MODES; do
     RUN=runs/bundled_small_$MODE
     RESUME=""
     if [ -f "$RUN/checkpoints/last.ckpt" ]; then RESUME="--resume"; fi
     nice -n 10 $PY -m conformer.cli train --config configs/bundled/small_$MODE.yaml $RESUME \
         data.cache_dir="$CACHE" $EXTRA
-    # the shipped model.pt is the equivariant one: the recm run diverged (see assets/README.md)
+    # the shipped model.pt is the recm one (every layer absorbed: exactly equivariant)
     OUT=conformer/assets/model.pt
-    if [ "$MODE" != equivariant ]; then OUT=runs/bundled_small_$MODE/model.pt; fi
-    $PY -c "from conformer.train.export import export_checkpoint as e; import sys; \
-print(e(sys.argv[1], sys.argv[2])['training'])" "$RUN/checkpoints/last.ckpt" "$OUT"
+    if [ "$MODE" != recm ]; then OUT=runs/bundled_small_$MODE/model.pt; fi
+    $PY -c "from conformer.train.export import export_checkpoint as e; import sys, json; \
+print(e(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))['training'])" \
+        "$RUN/checkpoints/last.ckpt" "$OUT" "$SAMPLER"
 done
 ls -la conformer/assets/
