@@ -7,7 +7,10 @@ What is checked (the stereo the input SMILES specifies, after RDKit's perception
   the tag, is the same on both sides; no CIP labels are compared.
 - double bonds with E/Z (or cis/trans) set: the dihedral of the bond's two stereo atoms is
   < 90 degrees for cis and > 90 for trans. RDKit's stereo atoms of an E/Z bond are the
-  neighbours of highest CIP rank, so E means they are trans.
+  neighbours of highest CIP rank, so E means they are trans. Every other substituent pair
+  across the bond must agree (a substituent sharing its atom with a stereo atom is on the other
+  side): a distorted sp2 atom with both substituents on one side is no defined E/Z, and RDKit's
+  own 3D perception (which the evaluator uses) may then read either label.
 
 Prevention comes first: the model sampler is guided towards these same targets
 (``StereoChecker.targets``, used by ``conformer.diffusion.guidance.StereoGuidance``), so
@@ -84,13 +87,24 @@ class StereoChecker:
         Chem.AssignStereochemistry(self.template, cleanIt=True, force=True)
         self.centres = {atom.GetIdx(): atom.GetChiralTag() for atom in self.template.GetAtoms()
                         if atom.GetChiralTag() in _TETRAHEDRAL}
-        self.bonds = []  # (bond index, a, b, c, d, wants_cis)
+        # (bond index, [(x, begin, end, y, wants_cis) for every substituent pair x, y])
+        self.bonds = []
         for bond in self.template.GetBonds():
             stereo = bond.GetStereo()
             if stereo in _CIS or stereo in _TRANS:
                 a, d = list(bond.GetStereoAtoms())
-                self.bonds.append((bond.GetIdx(), a, bond.GetBeginAtomIdx(),
-                                   bond.GetEndAtomIdx(), d, stereo in _CIS))
+                begin, end = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+                pairs = []
+                for x in self._substituents(begin, end):
+                    for y in self._substituents(end, begin):
+                        # a pair's cis-ness flips with each non-stereo atom in it
+                        wants_cis = (stereo in _CIS) == ((x == a) == (y == d))
+                        pairs.append((x, begin, end, y, wants_cis))
+                self.bonds.append((bond.GetIdx(), pairs))
+
+    def _substituents(self, atom: int, across: int) -> list[int]:
+        return [n.GetIdx() for n in self.template.GetAtomWithIdx(atom).GetNeighbors()
+                if n.GetIdx() != across]
 
     @property
     def has_stereo(self) -> bool:
@@ -99,15 +113,24 @@ class StereoChecker:
     def targets(self) -> StereoTargets:
         """What sampler guidance must enforce: each centre with its first three neighbours in
         RDKit bond order (the order its chiral tag refers to) and the sign of their normalised
-        signed volume, which is positive exactly for CCW; each E/Z bond's stereo dihedral."""
+        signed volume, which is positive exactly for CCW; for each E/Z bond, its stereo atoms,
+        the other substituents and whether the stereo atoms are cis (see guidance.py)."""
         centres, signs = [], []
         for index, tag in self.centres.items():
             atom = self.template.GetAtomWithIdx(index)
             neighbours = [bond.GetOtherAtomIdx(index) for bond in atom.GetBonds()]
             centres.append([index, *neighbours[:3]])
             signs.append(1.0 if tag == Chem.ChiralType.CHI_TETRAHEDRAL_CCW else -1.0)
-        bonds = [[a, b, c, d] for _, a, b, c, d, _ in self.bonds]
-        bond_signs = [1.0 if wants_cis else -1.0 for *_, wants_cis in self.bonds]
+        bonds, bond_signs = [], []
+        for bond_index, pairs in self.bonds:
+            bond = self.template.GetBondWithIdx(bond_index)
+            a, d = list(bond.GetStereoAtoms())
+            begin, end = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+            a_other = next((x for x in self._substituents(begin, end) if x != a), begin)
+            d_other = next((y for y in self._substituents(end, begin) if y != d), end)
+            bonds.append([a, a_other, begin, end, d, d_other])
+            wants_cis = next(cis for x, _, _, y, cis in pairs if (x, y) == (a, d))
+            bond_signs.append(1.0 if wants_cis else -1.0)
         return StereoTargets.build(centres, signs, bonds, bond_signs)
 
     def check(self, positions: np.ndarray) -> StereoCheck:
@@ -126,10 +149,13 @@ class StereoChecker:
                 elif found != wanted:
                     inverted.append(index)
         wrong = []
-        for bond_index, a, b, c, d, wants_cis in self.bonds:
-            angle = abs(dihedral_degrees(positions[a], positions[b], positions[c], positions[d]))
-            if (angle < 90.0) != wants_cis:
-                wrong.append(bond_index)
+        for bond_index, pairs in self.bonds:
+            for x, b, c, y, wants_cis in pairs:
+                angle = abs(dihedral_degrees(positions[x], positions[b], positions[c],
+                                             positions[y]))
+                if (angle < 90.0) != wants_cis:
+                    wrong.append(bond_index)
+                    break
         return StereoCheck(len(self.centres), len(self.bonds), tuple(inverted), tuple(flat),
                            tuple(wrong))
 

@@ -102,7 +102,7 @@ def test_guidance_sign_conventions_match_rdkit(smiles):
     input's stereo) -- and the opposite on their mirror images (centres) / diastereomers."""
     import torch
 
-    from conformer.diffusion.guidance import dihedrals, signed_volumes
+    from conformer.diffusion.guidance import double_bond_dihedrals, signed_volumes
 
     mol, positions = embed(smiles, num=3, seed=5)
     targets = StereoChecker(mol).targets()
@@ -115,7 +115,7 @@ def test_guidance_sign_conventions_match_rdkit(smiles):
         assert (np.sign(volumes) == targets.centre_signs).all()
         assert (np.abs(volumes) > 0.3).all()  # clearly tetrahedral, not a borderline pass
         assert (np.sign(signed_volumes(-x, centres).numpy()) == -targets.centre_signs).all()
-        cis = np.abs(dihedrals(x, bonds).numpy()) < np.pi / 2
+        cis = np.abs(double_bond_dihedrals(x, bonds).numpy()) < np.pi / 2
         assert (cis == (targets.bond_signs > 0)).all()
     for index, tag in StereoChecker(mol).centres.items():
         row = targets.centres[targets.centres[:, 0] == index][0]
@@ -207,3 +207,20 @@ def test_guidance_commutes_with_rotation_and_translation():
     out_moved = guidance(moved, 0.5)
     assert not torch.allclose(out, torch.as_tensor(bad.reshape(-1, 3)))  # it did act
     assert torch.allclose(out_moved, out @ rotation.T + shift, atol=1e-9)
+
+
+def test_double_bond_with_both_substituents_on_one_side_is_wrong():
+    """A distorted sp2 atom whose two substituents sit on the same side of the double bond has
+    no defined E/Z (RDKit's 3D perception may read either), even when the stereo atoms' own
+    dihedral is right: flagged, so it is resampled rather than passed."""
+    mol, good = embed("C/C(F)=C(/Cl)C", num=1)
+    checker = StereoChecker(mol)
+    (_, pairs), = checker.bonds
+    stereo_atom, begin, end, _, _ = pairs[0]
+    other = next(x for x, *_ in pairs if x != stereo_atom)
+    distorted = good[0].copy()
+    axis = good[0][end] - good[0][begin]
+    distorted[other] = good[0][stereo_atom] - 0.4 * axis / np.linalg.norm(axis)
+    check = checker.check(distorted)
+    assert check.wrong_bonds and not check.mirror_fixes
+    assert checker.check(good[0]).correct

@@ -15,8 +15,13 @@ bond lengths or on how compact an early estimate is):
   normalised signed volume v = u_a . (u_b x u_c), u_i = (i - o) / |i - o|. v > 0 exactly when
   RDKit's tag is CCW (checked against RDKit embeddings in tests/test_stereo.py); an ideal sp3
   centre has |v| = 0.77. Penalty: relu(volume_margin - s v), s = +1 (CCW) or -1 (CW).
-- double bond b=c with stereo atoms a (on b) and d (on c): the dihedral phi a-b-c-d (radians),
-  |phi| < pi/2 for cis (cos phi > 0), > pi/2 for trans. Penalty:
+- double bond b=c with stereo atoms a (on b) and d (on c), and the other substituents a' of b
+  and d' of c where they exist: the dihedral phi (radians) of the virtual points
+  b + (a - a'), b, c, c + (d - d') (a' = b, d' = c where there is none). a - a' points to a's
+  side of the bond even when the sp2 atom is bent, and its gradient turns a and a' together,
+  so both substituents end on their own sides (one term per stereo atom pair pulled a and a'
+  into each other, and stalled, on planar estimates). |phi| < pi/2 for cis,
+  > pi/2 for trans. Penalty:
   relu(dihedral_margin - s (pi/2 - |phi|)), s = +1 (cis) or -1 (trans). The angle, not its
   cosine, because the cosine's gradient vanishes at the planar cis and trans geometries the
   network produces, so a wrong but planar double bond would never turn.
@@ -63,8 +68,10 @@ class StereoTargets:
 
     centres [K, 4] int64: centre atom, then its first three neighbours in RDKit bond order;
     centre_signs [K] float: wanted sign of the normalised signed volume (+1 CCW, -1 CW);
-    bonds [M, 4] int64: stereo atom, bond begin atom, bond end atom, stereo atom;
-    bond_signs [M] float: +1 for cis (|dihedral| < 90 degrees), -1 for trans.
+    bonds [M, 6] int64: a, a', b, c, d, d' -- stereo atom a on the bond's begin atom b, the
+    other substituent a' of b (b itself if none), end atom c, stereo atom d on c, other
+    substituent d' of c (c itself if none);
+    bond_signs [M] float: +1 when a and d are cis, -1 when trans.
     """
 
     centres: np.ndarray
@@ -76,7 +83,7 @@ class StereoTargets:
     def build(cls, centres, centre_signs, bonds, bond_signs) -> StereoTargets:
         return cls(np.asarray(centres, dtype=np.int64).reshape(-1, 4),
                    np.asarray(centre_signs, dtype=np.float64).reshape(-1),
-                   np.asarray(bonds, dtype=np.int64).reshape(-1, 4),
+                   np.asarray(bonds, dtype=np.int64).reshape(-1, 6),
                    np.asarray(bond_signs, dtype=np.float64).reshape(-1))
 
     @property
@@ -89,7 +96,7 @@ class StereoTargets:
         offsets = np.arange(copies, dtype=np.int64) * num_atoms
 
         def shifted(index):
-            return (index[None, :, :] + offsets[:, None, None]).reshape(-1, 4)
+            return (index[None, :, :] + offsets[:, None, None]).reshape(-1, index.shape[1])
 
         return StereoTargets(shifted(self.centres), np.tile(self.centre_signs, copies),
                              shifted(self.bonds), np.tile(self.bond_signs, copies))
@@ -102,9 +109,18 @@ def signed_volumes(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     return (units[0] * torch.cross(units[1], units[2], dim=1)).sum(dim=1)
 
 
-def dihedrals(x: torch.Tensor, bonds: torch.Tensor) -> torch.Tensor:
-    """Dihedral angles [M] (radians, in [-pi, pi]) a-b-c-d of ``bonds`` [M, 4] in x [N, 3]."""
-    a, b, c, d = (x[bonds[:, j]] for j in range(4))
+def double_bond_dihedrals(x: torch.Tensor, bonds: torch.Tensor) -> torch.Tensor:
+    """Dihedrals [M] (radians) of b + (a - a'), b, c, c + (d - d') for ``bonds`` [M, 6]
+    (a, a', b, c, d, d') in positions x [N, 3]; |value| < pi/2 means a and d are cis."""
+    b, c = x[bonds[:, 2]], x[bonds[:, 3]]
+    a = b + x[bonds[:, 0]] - x[bonds[:, 1]]
+    d = c + x[bonds[:, 4]] - x[bonds[:, 5]]
+    return dihedrals(torch.stack([a, b, c, d], dim=1))
+
+
+def dihedrals(points: torch.Tensor) -> torch.Tensor:
+    """Dihedral angles [M] (radians, in [-pi, pi]) of ``points`` [M, 4, 3] (a, b, c, d)."""
+    a, b, c, d = points.unbind(dim=1)
     axis = _unit(c - b)
     normal_1 = torch.cross(b - a, axis, dim=1)
     normal_2 = torch.cross(axis, d - c, dim=1)
@@ -139,7 +155,7 @@ class StereoGuidance:
         """Hinge penalties [K + M] of every centre then every double bond (0: satisfied)."""
         s = self.settings
         volumes = signed_volumes(x, self.centres)
-        cis_ness = torch.pi / 2 - dihedrals(x, self.bonds).abs()  # > 0 exactly when cis
+        cis_ness = torch.pi / 2 - double_bond_dihedrals(x, self.bonds).abs()  # > 0: cis
         return torch.cat([
             torch.relu(s.volume_margin - self.centre_signs.to(x.dtype) * volumes),
             torch.relu(s.dihedral_margin - self.bond_signs.to(x.dtype) * cis_ness)])
@@ -167,4 +183,5 @@ class StereoGuidance:
         return x.detach().to(denoised.dtype)
 
 
-__all__ = ["GuidanceSettings", "StereoGuidance", "StereoTargets", "dihedrals", "signed_volumes"]
+__all__ = ["GuidanceSettings", "StereoGuidance", "StereoTargets", "dihedrals",
+           "double_bond_dihedrals", "signed_volumes"]
