@@ -503,6 +503,8 @@ def _generate_stage(plan: Plan, method: str, seed: int, model_path: str | None) 
                               batch_size=plan.preset.batch_size, seed=seed,
                               workers=plan.threads if model else 1, progress=False)
     summary = generate_file(plan.test_csv, out, options).as_dict()
+    summary["options"] = {k: v for k, v in dataclasses.asdict(options).items()
+                          if k != "progress"}
     _atomic_json(marker, summary)
     return summary
 
@@ -607,7 +609,13 @@ def write_table(document: dict, path: Path) -> None:
             f"Training: {settings['steps_resolved']} optimiser steps per mode, denoiser preset "
             f"`{settings['denoiser_preset']}`.",
         ]
+    guidance = sorted({str(r["generation"].get("options", {}).get("stereo_guidance", "?"))
+                       for r in runs if r["kind"] == "model"})
     header += [
+        "",
+        "Model rows: `conformer generate` defaults (stereo guidance in the sampler: "
+        f"{'/'.join(guidance) or '-'}); 'stereo correct before correction' is measured on the "
+        "sampler's output, before the per-conformer reflection/resampling fix.",
         "",
         f"2K conformers per molecule (K = reference count), delta = {preset['threshold']} A "
         f"(strict <); mean over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) of the "
@@ -621,8 +629,9 @@ def write_table(document: dict, path: Path) -> None:
     ]
     extra = ["", "| method | molecules evaluated | empty (COV 0) | failures listed | "
              "stereo correct before / after correction % | bonds within 0.1 A of MMFF % | "
-             "train loss (end) | val loss (end) | final gamma per layer |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "train loss (end) | val loss (end) | final gamma per layer | free branches "
+             "dropped at export |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
 
     def pct(x):
         return "-" if x is None else f"{100 * x:.1f}"
@@ -651,6 +660,9 @@ def write_table(document: dict, path: Path) -> None:
         gammas = [t.get("gamma_final") for t in training if t.get("gamma_final")]
         gamma = "-" if not gammas or method == "equivariant" else ", ".join(
             f"{g:.3f}" for g in np.mean(np.array(gammas), axis=0))
+        flags = [t["dropped"] for t in training if t.get("dropped") is not None]
+        dropped_text = "-" if not flags or method == "equivariant" else " / ".join(
+            f"{sum(f)}/{len(f)}" for f in flags)
         extra.append(
             f"| {label} | {_mean([r['metrics']['n_molecules'] for r in rows]):g} | "
             f"{_mean([r['metrics']['n_empty_generation'] for r in rows]):g} | "
@@ -659,11 +671,16 @@ def write_table(document: dict, path: Path) -> None:
             f"{pct(_mean([r['generation'].get('stereo_correct_after') for r in rows]))} | "
             f"{pct(_mean([r['validity'].get('bonds_ok_fraction_mean') for r in rows]))} | "
             f"{num(_mean([t.get('train_loss_final') for t in training]))} | "
-            f"{num(_mean([t.get('val_loss_final') for t in training]))} | {gamma} |")
+            f"{num(_mean([t.get('val_loss_final') for t in training]))} | {gamma} | "
+            f"{dropped_text} |")
     dropped = data.get("test_dropped", [])
     footer = ["", f"Test molecules dropped before evaluation (no reference built): {len(dropped)}"
               + (" (" + "; ".join(f"{d['name']}: {d['reason']}" for d in dropped) + ")"
                  if dropped else ""),
+              "Final gamma: the training state at the last step, mean over seeds; a dropped "
+              "branch is removed at export whatever its gamma (ACE truncates at the end, RECM "
+              "absorbs zero, scheduled drops its branch), so those models run equivariant. "
+              "Dropped counts are per seed.",
               "Per-molecule numbers, failures, loss curves and settings: results.json."]
     path.write_text("\n".join(header + extra + footer) + "\n")
 
