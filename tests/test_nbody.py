@@ -76,13 +76,3 @@ def test_reproduce_nbody_rejects_bad_options(tmp_path, capsys, option, value):
     argv = ["reproduce", "nbody", "--out", str(tmp_path), option, value]
     assert cli.main(argv) == 2
     assert option in capsys.readouterr().err
-
-
-def test_reproduce_drugs_is_a_clear_error_until_it_exists(tmp_path, capsys):
-    try:
-        import conformer.experiments.drugs  # noqa: F401
-    except ModuleNotFoundError:
-        assert cli.main(["reproduce", "drugs", "--out", str(tmp_path)]) == 2
-        assert "not available" in capsys.readouterr().err
-    else:
-        pytest.skip("conformer.experiments.drugs exists")
