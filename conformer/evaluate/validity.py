@@ -105,13 +105,17 @@ def validity_report(mol_with_confs: Chem.Mol, reference_smiles: str) -> dict:
             single.RemoveAllConformers()
             single.AddConformer(Chem.Conformer(conf), assignId=True)
             field = AllChem.MMFFGetMoleculeForceField(single, props)
-            field.Minimize(maxIts=MMFF_MAX_ITERS)
-            relaxed = np.asarray(field.Positions(), dtype=np.float64).reshape(-1, 3)
-            if len(bonds):
+            try:
+                field.Minimize(maxIts=MMFF_MAX_ITERS)
+                relaxed = np.asarray(field.Positions(), dtype=np.float64).reshape(-1, 3)
+            except RuntimeError as error:  # e.g. "bad direction in linearSearch" on a
+                relaxed = None  # badly distorted conformer: that conformer goes unscored
+                entry["mmff_error"] = str(error).splitlines()[0][:200]
+            if relaxed is not None and len(bonds):
                 entry["bonds_ok_fraction"] = float(
                     (np.abs(_bond_lengths(xyz, bonds) - _bond_lengths(relaxed, bonds))
                      <= BOND_TOL_A).mean())
-            if len(triples):
+            if relaxed is not None and len(triples):
                 entry["angles_ok_fraction"] = float(
                     (np.abs(_angles_deg(xyz, triples) - _angles_deg(relaxed, triples))
                      <= ANGLE_TOL_DEG).mean())
@@ -169,4 +173,5 @@ def summarize(per_conformer: list[dict]) -> dict:
         "stereo_ok_fraction": float(np.mean(stereo)) if stereo else None,
         "n_not_mmff_parametrised": sum(e.get("bonds_ok_fraction") is None
                                        for e in per_conformer),
+        "n_mmff_errors": sum("mmff_error" in e for e in per_conformer),
     }
