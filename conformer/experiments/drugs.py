@@ -620,8 +620,11 @@ def write_table(document: dict, path: Path) -> None:
         f"2K conformers per molecule (K = reference count), delta = {preset['threshold']} A "
         f"(strict <); mean over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) of the "
         "per-seed mean/median over molecules. params: parameters of the exported model "
-        "(dropped RECM branches removed); steps: sampler steps (Heun, 2 x steps - 1 network "
-        "evaluations).",
+        "(dropped RECM branches removed); steps: network evaluations per conformer "
+        + (f"({settings['sample_steps_resolved']} Heun steps = "
+           f"{2 * int(settings['sample_steps_resolved']) - 1} evaluations, plus the "
+           "sampler's refinement steps)." if "evaluations_resolved" in settings else
+           "(Heun, 2 x steps - 1 network evaluations)."),
         "",
         "| method | params | steps | COV-R mean/med % | MAT-R mean/med A | COV-P mean/med % "
         "| MAT-P mean/med A |",
