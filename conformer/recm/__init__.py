@@ -32,9 +32,11 @@ Two departures from recm.md v1, both found on the N-body property run (say so wh
 (1) gamma starts at 0, not 1. n(.) inflates the freshly initialised (random) branch to the full
 scale of the layer's output, so starting at 1 injects noise that costs part of a fixed training
 budget (N-body, eps = 0: test MSE 0.020 vs 0.0146 equivariant); the update is a contraction, so
-its fixed point does not depend on the start. (2) In ``recm`` mode the branch's parameters get
+its fixed point does not depend on the start. (2) In ``recm`` mode the branch's own parameters get
 the gradient as if gamma were 1 (the output still uses gamma): the branch learns the direction
-it would take at full use even while gamma is small. Without it, a branch whose gamma fell early
+it would take at full use even while gamma is small. The layers below get only the true
+gradient (gamma times the branch's): letting the surrogate reach them trained the trunk on a
+term absent from the loss and made diffusion training diverge. Without it, a branch whose gamma fell early
 (the initial noise makes b < 0) stopped learning, b never became positive and gamma never
 recovered at eps > 0 (every layer was absorbed at eps = 0.3 and 1.0).
 
