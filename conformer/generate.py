@@ -257,13 +257,12 @@ class ModelSampler:
         ``StereoChecker.targets``) the sampler is guided towards it."""
         n = features[keys.ATOMIC_NUMBERS].shape[0]
         per_batch = max(1, self.batch_size)
+        settings = self.diffusion.settings
+        stochastic = settings.churn > 0 or settings.refine_steps > 0
         out = []
         for start in range(0, count, per_batch):
             copies = min(per_batch, count - start)
             batch = self._batch(features, copies)
-            # one draw per conformer, so the result does not depend on the batch size
-            settings = self.diffusion.settings
-            stochastic = settings.churn > 0 or settings.refine_steps > 0
             starts, noise_generators = [], [] if stochastic else None
             for _ in range(copies):  # in conformer order, so batch size changes nothing
                 starts.append(torch.randn(n, 3, generator=generator))
