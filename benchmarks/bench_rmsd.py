@@ -1,12 +1,21 @@
 """Vectorised symmetry-aware RMSD vs a pair-by-pair rdMolAlign.GetBestRMS loop, same pairs.
 
 20 Hutchison molecules (the first 20 by name with at least 5 references), all K references x
-2K ETKDGv3 conformers each. The baseline loop gets heavy-atom copies prepared outside its timing
-(favouring it); the vectorised path is timed from the raw molecules (hydrogen removal included).
+2K ETKDGv3 conformers each. The vectorised path is always timed from the raw molecules
+(hydrogens included, hydrogen removal and graph grouping timed). Two baselines, the same
+GetBestRMS pair loop over the same pairs:
 
-Three figures for the vectorised path, each against the same loop:
+- loop A, heavy-atom copies prepared *outside* its timing (favours the loop: it is handed work
+  that the vectorised path has to do itself);
+- loop B, from the same raw molecules: ``RemoveHs`` once per conformer, then the pairs (what a
+  pair-by-pair evaluation of these inputs costs).
 
-- single process: ``rmsd_matrix`` molecule by molecule, as ``conformer evaluate --workers 1``;
+Four figures for the vectorised path, each against both loops:
+
+- 1 process, per molecule: ``rmsd_matrix`` molecule by molecule, as ``conformer evaluate
+  --workers 1`` calls it;
+- 1 process, batched: ``rmsd_matrices(..., workers=1)`` (small molecules' covariances share
+  closed-form passes);
 - N workers, cold: ``rmsd_matrices(..., workers=N)``, forking the workers inside the timing;
 - N workers, warm: a :class:`ForkedRMSDPool` started (and its start-up timed) beforehand, as in
   a long evaluation where start-up is paid once; only the work itself is timed.
@@ -94,8 +103,8 @@ def main() -> None:
         return [rmsd_matrix(refs, gens) for refs, gens in work]
 
     parallel = args.workers > 1
-    times: dict[str, list[float]] = {"loop": [], "loop_h": [], "single": [], "cold": [],
-                                     "warm": []}
+    times: dict[str, list[float]] = {"loop": [], "loop_h": [], "single": [], "batched": [],
+                                     "cold": [], "warm": []}
     results: dict[str, list[np.ndarray]] = {}
 
     def record(label, function):
@@ -107,6 +116,7 @@ def main() -> None:
         record("loop", loop)
         record("loop_h", loop_with_hydrogen_removal)
         record("single", single)
+        record("batched", lambda: rmsd_matrices(work, 1))
         if parallel:
             record("cold", lambda: rmsd_matrices(work, args.workers))
             seconds, pool = _timed(lambda: ForkedRMSDPool(work, args.workers))
@@ -115,27 +125,29 @@ def main() -> None:
                 pool.map()  # the workers' first pass touches their copy-on-write pages
                 record("warm", pool.map)
 
-    loop_s = min(times["loop"])
+    loop_s, loop_h_s = min(times["loop"]), min(times["loop_h"])
     print(f"{len(work)} molecules, {n_pairs} ref x gen pairs, best of {args.repeats} rounds")
-    print(f"GetBestRMS pair loop          : {loop_s:8.3f} s   (the baseline below)")
-    print(f"  same, RemoveHs timed as well : {min(times['loop_h']):8.3f} s   (for reference only)")
-    rows = [("single", "vectorised, 1 process        ")]
+    print(f"loop A, GetBestRMS pairs, heavy copies given : {loop_s:8.3f} s")
+    print(f"loop B, GetBestRMS pairs from the same input : {loop_h_s:8.3f} s")
+    rows = [("single", "1 process, per molecule"), ("batched", "1 process, batched")]
     if parallel:
-        rows += [("cold", f"vectorised, {args.workers} workers (cold) "),
-                 ("warm", f"vectorised, {args.workers} workers (warm) ")]
-    meets = []
+        rows += [("cold", f"{args.workers} workers, cold"), ("warm", f"{args.workers} workers, warm")]
+    meets = {"A": [], "B": []}
+    print(f"{'vectorised':26s} {'time s':>8s} {'vs loop A':>10s} {'vs loop B':>10s}  max |diff| A")
     for label, text in rows:
         seconds = min(times[label])
         diff = max(float(np.abs(a - b).max())
                    for a, b in zip(results["loop"], results[label], strict=True))
-        ratio = loop_s / seconds
-        if ratio >= TARGET:
-            meets.append(text.strip())
-        print(f"{text}: {seconds:8.3f} s   speed-up {ratio:6.1f} x   max |difference| "
-              f"{diff:.2e} A")
+        ratio_a, ratio_b = loop_s / seconds, loop_h_s / seconds
+        for loop_name, ratio in (("A", ratio_a), ("B", ratio_b)):
+            if ratio >= TARGET:
+                meets[loop_name].append(text)
+        print(f"{text:26s} {seconds:8.3f} {ratio_a:9.1f}x {ratio_b:9.1f}x  {diff:.2e}")
     if parallel:
         print(f"worker start-up (paid once per pool): {min(startup_s):.3f} s")
-    print(f"reaching {TARGET:.0f}x: " + (", ".join(meets) if meets else "none"))
+    for loop_name in ("A", "B"):
+        print(f"reaching {TARGET:.0f}x against loop {loop_name}: "
+              + (", ".join(meets[loop_name]) if meets[loop_name] else "none"))
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def test_stochastic_sampler_is_exact_for_the_oracle_and_batch_independent():
     assert net.calls == 25 == diffusion.num_evaluations()
     ladder = settings.refine_sigmas()
     assert len(ladder) == 6 and ladder[0] == 0.5 and abs(ladder[-1] - 0.02) < 1e-12
-    assert all(a > b for a, b in zip(ladder, ladder[1:]))
+    assert all(a > b for a, b in zip(ladder, ladder[1:], strict=False))
 
     class Wobbly(nn.Module):  # not an oracle: the added noise changes the result
         def __init__(self):

@@ -232,3 +232,35 @@ def test_workers_equal_single_process_and_keep_order(golden):
         assert len(pool.chunks) == len(problems)  # one molecule per chunk at this size
         for a, b in zip(single, pool.map(), strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_heavy_templates_give_the_maps_of_a_sanitised_remove_hs():
+    """Templates skip RemoveHs's re-sanitisation; over every Hutchison molecule (699 graphs,
+    two records each) the maps are exactly those of the sanitised heavy-atom copies that
+    GetBestRMS's callers pass."""
+    from conformer.evaluate.rmsd import _heavy_template
+
+    groups = read_conformer_groups(
+        Path(__file__).parent.parent / "data/hutchison/hutchison_conformers.sdf.gz",
+        key="molecule")
+    assert len(groups) == 699
+    for name, mols in groups.items():
+        ref, gen = mols[0], mols[-1]
+        fast = symmetry_matches(_heavy_template(ref)[0], _heavy_template(gen)[0])
+        sanitised = symmetry_matches(Chem.RemoveHs(ref), Chem.RemoveHs(gen))
+        assert fast.shape == sanitised.shape and (fast == sanitised).all(), name
+
+
+def test_batched_matrices_equal_per_molecule_ones(golden):
+    """Small molecules share closed-form passes in ``rmsd_matrices``; the numbers do not
+    change (beyond round-off of vectorised transcendental functions), whichever molecules are
+    batched together."""
+    _, refs, gens = golden
+    names = [n for n in refs if n in gens]
+    problems = [(refs[n], gens[n]) for n in names]
+    alone = [rmsd_matrix(r, g) for r, g in problems]
+    together = rmsd_matrices(problems, workers=1)
+    reversed_order = rmsd_matrices(problems[::-1], workers=1)[::-1]
+    for a, b, c in zip(alone, together, reversed_order, strict=True):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(c, a, rtol=0, atol=1e-12)

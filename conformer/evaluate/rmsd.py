@@ -42,10 +42,15 @@ _TERMINAL_SMARTS = Chem.MolFromSmarts(
 _SINGLE_OR_DOUBLE = Chem.MolFromSmarts("*-,=*").GetBondWithIdx(0)
 # Memory bounds while aligning (float64): covariances per GEMM (9 * 8 bytes each, ~4.7 MB),
 # the permuted generated coordinates (G, M', n, 3) (~32 MB), and covariances per closed-form
-# call, small enough that its ~30 temporaries stay in a core's L2 cache.
+# call, small enough that its ~30 temporaries stay in a core's cache (1,024 ran twice as fast
+# as 4,096 on this project's 2-core Xeon; see benchmarks/bench_rmsd.py).
 _GEMM_PAIRS = 65_536
 _PERMUTED_ELEMENTS = 4_000_000
-_KERNEL_ELEMENTS = 4_096
+_KERNEL_ELEMENTS = 1_024
+# Blocks of at most _SMALL_BLOCK covariances are pooled across molecules until _BATCH_ELEMENTS
+# covariances wait (~19 MB of entries), then evaluated together.
+_SMALL_BLOCK = 4_096
+_BATCH_ELEMENTS = 262_144
 
 
 class RMSDMatchError(ValueError):
@@ -89,16 +94,17 @@ def symmetry_matches(ref_heavy: Chem.Mol, gen_heavy: Chem.Mol, max_matches: int 
     return np.asarray(matches, dtype=np.int64)
 
 
-def _graph_signature(mol: Chem.Mol) -> tuple[tuple, bytes]:
+def _graph_signature(mol: Chem.Mol) -> tuple[tuple[int, int], list, bytes]:
     """Identifies a molecular graph *with its atom order* (equal signatures give equal maps).
 
-    Built from C++-side arrays to stay cheap per record: a hashable part (total charge and the
-    per-atom connectivity invariants: atomic number, degree, H count, charge, isotope, ...; its
-    length is the atom count) and the bond-order adjacency matrix as bytes, compared for
-    equality rather than hashed (hashing its n^2 entries would cost more than building them).
+    Built from C++-side arrays to stay cheap per record (it is paid per conformer): a small
+    hashable key (atom and bond counts), the per-atom connectivity invariants (atomic number,
+    degree, H count, charge, isotope, ...) as a list and the bond-order adjacency matrix as
+    bytes. The last two are compared for equality, never hashed: hashing them would cost more
+    than building them.
     """
-    invariants = rdMolDescriptors.GetConnectivityInvariants(mol, includeRingMembership=False)
-    return ((Chem.GetFormalCharge(mol), *invariants),
+    return ((mol.GetNumAtoms(), mol.GetNumBonds()),
+            rdMolDescriptors.GetConnectivityInvariants(mol, includeRingMembership=False),
             Chem.GetAdjacencyMatrix(mol, useBO=True, force=True).tobytes())
 
 
@@ -107,7 +113,11 @@ _NOT_HYDROGEN = Chem.MolFromSmarts("[!#1]")
 
 def _heavy_template(mol: Chem.Mol) -> tuple[Chem.Mol, np.ndarray]:
     """``RemoveHs`` copy of ``mol`` and the indices (into ``mol``) of the atoms it kept."""
-    heavy = Chem.RemoveHs(mol)  # a new molecule: the input keeps its hydrogens
+    # a new molecule: the input keeps its hydrogens. No re-sanitisation: the input is already
+    # sanitised and removing hydrogens changes none of what matching reads (elements, charges,
+    # bond types, aromaticity), so the maps equal those of a sanitised RemoveHs (tested on all
+    # 699 Hutchison molecules) at a third of the cost, which is paid per graph and molecule.
+    heavy = Chem.RemoveHs(mol, sanitize=False)
     n_kept = heavy.GetNumAtoms()
     if n_kept == mol.GetNumAtoms():
         return heavy, np.arange(n_kept)
@@ -139,20 +149,37 @@ class _ConformerSet:
     n_conformers: int
 
 
-def _group_conformers(mols: list[Chem.Mol]) -> _ConformerSet:
-    groups: dict[tuple, list[tuple[bytes, int]]] = {}  # hashable part -> (adjacency, group)
+def _group_conformers(mols: list[Chem.Mol], known: dict | None = None) -> _ConformerSet:
+    """Group ``mols`` by graph. ``known`` (signature's key -> [(invariants, adjacency, heavy
+    template, kept atoms)]) is shared between a molecule's references and generated conformers,
+    so a graph seen on one side is not stripped of its hydrogens again on the other (and the
+    two sides then share one template object)."""
+    groups: dict[tuple, list[tuple[list, bytes, int]]] = {}  # key -> (inv., adjacency, group)
+    known = {} if known is None else known
     templates, kept_atoms, positions, group_of = [], [], [], []
+    last = None  # (invariants, adjacency, group) of the previous conformer
     for mol in mols:
-        hashable, adjacency = _graph_signature(mol)
-        candidates = groups.setdefault(hashable, [])
-        group = next((g for a, g in candidates if a == adjacency), None)
+        key, invariants, adjacency = _graph_signature(mol)
+        if last is not None and last[1] == adjacency and last[0] == invariants:
+            group = last[2]  # the common case: the same graph as the conformer before
+        else:
+            candidates = groups.setdefault(key, [])
+            group = next((g for i, a, g in candidates if a == adjacency and i == invariants),
+                         None)
         if group is None:
             group = len(templates)
-            candidates.append((adjacency, group))
-            heavy, kept = _heavy_template(mol)
+            candidates.append((invariants, adjacency, group))
+            seen = known.setdefault(key, [])
+            template = next(((t, k) for i, a, t, k in seen
+                             if a == adjacency and i == invariants), None)
+            if template is None:
+                template = _heavy_template(mol)
+                seen.append((invariants, adjacency, *template))
+            heavy, kept = template
             templates.append(heavy)
             kept_atoms.append(kept)
             positions.append([])
+        last = (invariants, adjacency, group)
         n_confs = mol.GetNumConformers()
         if n_confs == 1:  # the common case (one SDF record), without iterating conformers
             positions[group].append(mol.GetConformer().GetPositions())
@@ -161,8 +188,11 @@ def _group_conformers(mols: list[Chem.Mol]) -> _ConformerSet:
         else:
             positions[group].extend(conf.GetPositions() for conf in mol.GetConformers())
         group_of.extend([group] * n_confs)
-    group_of = np.asarray(group_of, dtype=np.int64)
-    index = [np.flatnonzero(group_of == g) for g in range(len(templates))]
+    if len(templates) == 1:  # the common case: one graph
+        index = [np.arange(len(group_of))]
+    else:
+        group_of = np.asarray(group_of, dtype=np.int64)
+        index = [np.flatnonzero(group_of == g) for g in range(len(templates))]
     centred = []
     for group_positions, kept in zip(positions, kept_atoms, strict=True):
         xyz = np.asarray(group_positions, dtype=np.float64)  # a new array: inputs stay put
@@ -299,11 +329,72 @@ def kabsch_rmsd_min(ref_xyz: np.ndarray, gen_xyz: np.ndarray, maps: np.ndarray) 
                     entries[:, e0:e0 + _KERNEL_ELEMENTS])
             block = best[r0:r0 + n_r]
             np.maximum(block, overlap.reshape(n_r, n_m, n_gen).max(axis=1), out=block)
+    return _rmsd_from_overlap(best, ref_sq, gen_sq, n_atoms)
+
+
+def _rmsd_from_overlap(best: np.ndarray, ref_sq: np.ndarray, gen_sq: np.ndarray,
+                       n_atoms: int) -> np.ndarray:
+    """RMSD (R, G) from the best rotation overlap per pair (R, G), |X|^2 (R,), |Y|^2 (G,)."""
     msd = ref_sq[:, None] + gen_sq[None, :]
     msd -= 2.0 * best
     msd /= n_atoms
     np.maximum(msd, 0.0, out=msd)
     return np.sqrt(msd, out=msd)
+
+
+class _OverlapBatch:
+    """Covariances of small (reference group x generated group) blocks, from many molecules,
+    evaluated by one closed-form pass: for molecules of a few dozen pairs, the fixed cost of
+    the closed form's ~60 NumPy calls, paid per block, would otherwise dominate.
+
+    ``add`` computes a block's covariance entries now and, at ``flush``, writes its RMSD into
+    ``out[rows][:, cols]`` (``rows``/``cols`` None: the whole of ``out``). Results are
+    identical to :func:`kabsch_rmsd_min`: the same products, and the closed form is
+    elementwise.
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[np.ndarray] = []
+        self.blocks: list[tuple] = []
+        self.size = 0
+
+    @staticmethod
+    def fits(n_ref: int, n_gen: int, n_maps: int) -> bool:
+        return n_ref * n_gen * n_maps <= _SMALL_BLOCK
+
+    def add(self, ref_xyz, gen_xyz, maps, out: np.ndarray, rows, cols) -> None:
+        n_ref, n_atoms, _ = ref_xyz.shape
+        n_gen, n_maps = gen_xyz.shape[0], len(maps)
+        permuted = gen_xyz.transpose(1, 0, 2)[maps.T].reshape(n_atoms, n_maps * n_gen * 3)
+        ref_rows = ref_xyz.transpose(0, 2, 1).reshape(n_ref * 3, n_atoms)
+        product = ref_rows @ permuted  # (r, i) x (m, g, j)
+        self.entries.append(
+            product.reshape(n_ref, 3, n_maps * n_gen, 3).transpose(1, 3, 0, 2).reshape(9, -1))
+        ref_sq = np.einsum("rni,rni->r", ref_xyz, ref_xyz)
+        gen_sq = np.einsum("gni,gni->g", gen_xyz, gen_xyz)
+        self.blocks.append((n_ref, n_maps, n_gen, ref_sq, gen_sq, n_atoms, out, rows, cols))
+        self.size += n_ref * n_maps * n_gen
+
+    def flush(self) -> None:
+        if not self.blocks:
+            return
+        entries = np.concatenate(self.entries, axis=1) if len(self.entries) > 1 \
+            else np.ascontiguousarray(self.entries[0])
+        overlap = np.empty(entries.shape[1])
+        for e0 in range(0, entries.shape[1], _KERNEL_ELEMENTS):
+            overlap[e0:e0 + _KERNEL_ELEMENTS] = overlap_from_entries(
+                entries[:, e0:e0 + _KERNEL_ELEMENTS])
+        start = 0
+        for n_ref, n_maps, n_gen, ref_sq, gen_sq, n_atoms, out, rows, cols in self.blocks:
+            stop = start + n_ref * n_maps * n_gen
+            best = overlap[start:stop].reshape(n_ref, n_maps, n_gen).max(axis=1)
+            rmsd = _rmsd_from_overlap(best, ref_sq, gen_sq, n_atoms)
+            if rows is None:
+                out[...] = rmsd
+            else:
+                out[np.ix_(rows, cols)] = rmsd
+            start = stop
+        self.entries, self.blocks, self.size = [], [], 0
 
 
 def rmsd_matrix(refs: list[Chem.Mol], gens: list[Chem.Mol],
@@ -317,22 +408,46 @@ def rmsd_matrix(refs: list[Chem.Mol], gens: list[Chem.Mol],
     :class:`RMSDMatchError` (``on_mismatch="raise"``) or fills those entries with NaN
     (``on_mismatch="nan"``). The inputs are not modified.
     """
-    ref_set, gen_set = _group_conformers(refs), _group_conformers(gens)
-    if len(ref_set.templates) == 1 and len(gen_set.templates) == 1:  # one graph each: no scatter
-        return _group_block(ref_set, gen_set, 0, 0, max_matches, symmetrize, on_mismatch)
-    out = np.empty((ref_set.n_conformers, gen_set.n_conformers))
-    for ri, rows in enumerate(ref_set.index):
-        for gi, cols in enumerate(gen_set.index):
-            out[np.ix_(rows, cols)] = _group_block(ref_set, gen_set, ri, gi, max_matches,
-                                                   symmetrize, on_mismatch)
+    return _matrices_in_process([(refs, gens)], max_matches, symmetrize, on_mismatch)[0]
+
+
+def _matrices_in_process(problems, max_matches: int, symmetrize: bool, on_mismatch: str,
+                         progress=None) -> list[np.ndarray]:
+    """:func:`rmsd_matrix` of each ``(refs, gens)``, small blocks batched across molecules.
+    ``progress(n)`` is called as molecules' matrices become final."""
+    batch = _OverlapBatch()
+    out, pending = [], 0
+    for refs, gens in problems:
+        known: dict = {}
+        ref_set = _group_conformers(refs, known)
+        gen_set = _group_conformers(gens, known)
+        matrix = np.empty((ref_set.n_conformers, gen_set.n_conformers))
+        whole = len(ref_set.templates) == 1 and len(gen_set.templates) == 1  # no scatter
+        for ri, rows in enumerate(ref_set.index):
+            for gi, cols in enumerate(gen_set.index):
+                _group_block(ref_set, gen_set, ri, gi, max_matches, symmetrize, on_mismatch,
+                             matrix, None if whole else rows, None if whole else cols, batch)
+        out.append(matrix)
+        pending += 1
+        if batch.size >= _BATCH_ELEMENTS:
+            batch.flush()
+            if progress is not None:
+                progress(pending)
+            pending = 0
+    batch.flush()
+    if progress is not None and pending:
+        progress(pending)
     return out
 
 
 def _group_block(ref_set: _ConformerSet, gen_set: _ConformerSet, ri: int, gi: int,
-                 max_matches: int, symmetrize: bool, on_mismatch: str) -> np.ndarray:
-    """RMSD block of reference group ``ri`` x generated group ``gi`` (NaN if they cannot match
-    and ``on_mismatch="nan"``)."""
+                 max_matches: int, symmetrize: bool, on_mismatch: str, out: np.ndarray,
+                 rows, cols, batch: _OverlapBatch) -> None:
+    """Write the RMSD block of reference group ``ri`` x generated group ``gi`` into
+    ``out[rows][:, cols]`` (all of ``out`` when rows is None) now, or at ``batch.flush()`` when
+    the block is small; NaN if the graphs cannot match and ``on_mismatch="nan"``."""
     ref_template, gen_template = ref_set.templates[ri], gen_set.templates[gi]
+    target = (slice(None), slice(None)) if rows is None else np.ix_(rows, cols)
     try:
         if ref_template.GetNumAtoms() != gen_template.GetNumAtoms():
             raise RMSDMatchError(f"reference has {ref_template.GetNumAtoms()} heavy atoms, "
@@ -341,8 +456,13 @@ def _group_block(ref_set: _ConformerSet, gen_set: _ConformerSet, ri: int, gi: in
     except RMSDMatchError:
         if on_mismatch != "nan":
             raise
-        return np.full((len(ref_set.index[ri]), len(gen_set.index[gi])), np.nan)
-    return kabsch_rmsd_min(ref_set.coords[ri], gen_set.coords[gi], maps)
+        out[target] = np.nan
+        return
+    ref_xyz, gen_xyz = ref_set.coords[ri], gen_set.coords[gi]
+    if _OverlapBatch.fits(len(ref_xyz), len(gen_xyz), len(maps)):
+        batch.add(ref_xyz, gen_xyz, maps, out, rows, cols)
+    else:
+        out[target] = kabsch_rmsd_min(ref_xyz, gen_xyz, maps)
 
 
 # Molecules of the running parallel evaluation, inherited by forked workers (never pickled).
@@ -353,8 +473,8 @@ def _matrices_of_chunk(task: tuple) -> tuple[int, list[np.ndarray]]:
     start, stop, max_matches, symmetrize, on_mismatch = task
     problems = _FORKED_PROBLEMS
     assert problems is not None, "worker started without the parent's molecules"
-    return start, [rmsd_matrix(refs, gens, max_matches, symmetrize, on_mismatch)
-                   for refs, gens in problems[start:stop]]
+    return start, _matrices_in_process(problems[start:stop], max_matches, symmetrize,
+                                       on_mismatch)
 
 
 class ForkedRMSDPool:
@@ -443,12 +563,7 @@ def rmsd_matrices(problems: list[tuple[list[Chem.Mol], list[Chem.Mol]]], workers
     if workers > 1 and len(problems) > 1 and "fork" in mp.get_all_start_methods():
         with ForkedRMSDPool(problems, workers) as pool:
             return pool.map(max_matches, symmetrize, on_mismatch, progress)
-    out = []
-    for refs, gens in problems:
-        out.append(rmsd_matrix(refs, gens, max_matches, symmetrize, on_mismatch))
-        if progress is not None:
-            progress(1)
-    return out
+    return _matrices_in_process(problems, max_matches, symmetrize, on_mismatch, progress)
 
 
 def get_best_rms_reference(ref: Chem.Mol, gen: Chem.Mol, max_matches: int = DEFAULT_MAX_MATCHES,
