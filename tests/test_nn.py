@@ -98,7 +98,9 @@ def test_interaction_block_is_equivariant():
 
 
 @pytest.mark.parametrize("preset,overrides", [("tiny", {}), ("small", {}),
-                                               ("small", {"fine_radial": 16})])
+                                               ("small", {"fine_radial": 16}),
+                                               ("small", {"fine_radial": 16,
+                                                          "pairwise_head": 16})])
 def test_equivariant_denoiser_is_o3_and_translation_equivariant(batch, preset, overrides):
     torch.manual_seed(0)
     net = build_denoiser(preset, "equivariant", **overrides).double()
@@ -178,3 +180,29 @@ def test_fine_radial_basis_resolves_bond_length_changes():
     change = (fine(lengths)[1] - fine(lengths)[0]).abs().max()
     assert float(fine.centers[0]) == pytest.approx(0.8) and fine.width == pytest.approx(0.08)
     assert change > 3 * (coarse(lengths)[1] - coarse(lengths)[0]).abs().max()
+
+
+def test_pairwise_head_contributes_and_is_equivariant_alone(batch):
+    """The pairwise read-out by itself (node read-out zeroed) is nonzero and O(3)-equivariant."""
+    torch.manual_seed(0)
+    net = build_denoiser("tiny", "equivariant", pairwise_head=8).double()
+    with torch.no_grad():
+        net.head.layer.linear.weight.zero_()
+    fn = denoiser_fn(net, batch, torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64))
+    inputs = {"pos": (batch[keys.POS], POSITION)}
+    scale = output_scale(fn, inputs)
+    assert scale > 1e-3
+    assert max_equivariance_error(fn, inputs, "1x1o") < 1e-9 * max(1.0, scale)
+
+
+def test_models_saved_before_the_pairwise_head_still_load(batch):
+    """Older files stored the head's o3.Linear as ``head.layer.*``; they load unchanged."""
+    torch.manual_seed(0)
+    net = build_denoiser("tiny", "equivariant").double()
+    old_style = {k.replace("head.layer.linear.", "head.layer."): v
+                 for k, v in net.state_dict().items()}
+    assert "head.layer.weight" in old_style
+    fresh = build_denoiser("tiny", "equivariant").double()
+    fresh.load_state_dict(old_style)
+    sigma = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64)
+    assert torch.equal(fresh(batch, sigma), net(batch, sigma))
