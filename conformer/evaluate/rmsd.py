@@ -50,6 +50,7 @@ _KERNEL_ELEMENTS = 1_024
 # Blocks of at most _SMALL_BLOCK covariances are pooled across molecules until _BATCH_ELEMENTS
 # covariances wait (~19 MB of entries), then evaluated together.
 _SMALL_BLOCK = 4_096
+_CHUNKS_PER_WORKER = 2
 _BATCH_ELEMENTS = 262_144
 
 
@@ -507,8 +508,8 @@ class ForkedRMSDPool:
     def _chunk(problems, chunk_pairs: int, workers: int) -> list[tuple[int, int]]:
         sizes = [max(1, sum(m.GetNumConformers() for m in refs)
                      * sum(m.GetNumConformers() for m in gens)) for refs, gens in problems]
-        # at least ~4 chunks per worker so that uneven molecules still share the work out
-        limit = max(1, min(chunk_pairs, sum(sizes) // (4 * workers) + 1))
+        # a few chunks per worker so that uneven molecules still share the work out
+        limit = max(1, min(chunk_pairs, sum(sizes) // (_CHUNKS_PER_WORKER * workers) + 1))
         chunks, start, total = [], 0, 0
         for i, size in enumerate(sizes):
             total += size
