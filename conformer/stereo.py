@@ -131,7 +131,14 @@ class StereoChecker:
             bonds.append([a, a_other, begin, end, d, d_other])
             wants_cis = next(cis for x, _, _, y, cis in pairs if (x, y) == (a, d))
             bond_signs.append(1.0 if wants_cis else -1.0)
-        return StereoTargets.build(centres, signs, bonds, bond_signs)
+        # the bonds whose lengths guidance keeps: all but those of E/Z bonds' atoms (holding
+        # those lengths while a substituent turns round a double bond can satisfy the
+        # dihedral penalty with a geometry whose E/Z is still wrong)
+        double_bond_atoms = {int(i) for row in bonds for i in row}
+        covalent = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in self.template.GetBonds()
+                    if b.GetBeginAtomIdx() not in double_bond_atoms
+                    and b.GetEndAtomIdx() not in double_bond_atoms]
+        return StereoTargets.build(centres, signs, bonds, bond_signs, covalent)
 
     def check(self, positions: np.ndarray) -> StereoCheck:
         positions = np.asarray(positions, dtype=np.float64)

@@ -224,3 +224,28 @@ def test_double_bond_with_both_substituents_on_one_side_is_wrong():
     check = checker.check(distorted)
     assert check.wrong_bonds and not check.mirror_fixes
     assert checker.check(good[0]).correct
+
+
+def test_guidance_keeps_the_centres_bond_lengths():
+    """Flipping mirrored centres moves substituents across them; with length restoration the
+    centres' bonds end near their lengths before guidance, without it they stretch."""
+    import torch
+
+    mol, good = embed("F/C=C/C[C@@H](Cl)[C@H](N)C", num=2)
+    checker = StereoChecker(mol)
+    bad = -good
+    covalent = checker.targets().covalent
+    assert len(covalent) == 11  # every bond not touching an atom of the E/Z bond
+
+    def stretch(**settings):
+        out, _, _ = _guide(checker, bad, dtype=torch.float64, **settings)
+        fixed = out.numpy().reshape(bad.shape)
+        for p in fixed:
+            assert checker.check(p).correct
+        before = np.linalg.norm(bad[:, covalent[:, 0]] - bad[:, covalent[:, 1]], axis=-1)
+        after = np.linalg.norm(fixed[:, covalent[:, 0]] - fixed[:, covalent[:, 1]], axis=-1)
+        return np.abs(after - before).max()
+
+    kept, free = stretch(), stretch(length_iterations=0)  # default: restoration on
+    assert kept < 0.5 * free, (kept, free)
+    assert kept < 0.05, kept

@@ -32,7 +32,7 @@ and commutes with rotations of the molecule; it is *not* invariant to reflection
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -46,7 +46,11 @@ class GuidanceSettings:
     volume_margin: wanted |normalised signed volume| (ideal sp3: 0.77).
     dihedral_margin: wanted distance (radians) of an E/Z bond's stereo dihedral from 90 degrees.
     step_size: gradient step on the penalty (Angstrom^2, the penalty being dimensionless).
-    max_iterations: gradient steps per estimate at most (stops as soon as the penalty is 0)."""
+    max_iterations: gradient steps per estimate at most (stops as soon as the penalty is 0).
+    length_iterations: after every gradient step, this many relaxation sweeps move each bond of
+    the targets' ``covalent`` back towards its length in the estimate before guidance (0 =
+    off). Guidance is there to turn substituents, not to stretch bonds: a step across a centre
+    moves atoms perpendicular to their bonds, which lengthens them to second order."""
 
     sigma_start: float = 5.0
     sigma_stop: float = 0.0
@@ -54,6 +58,7 @@ class GuidanceSettings:
     dihedral_margin: float = 0.5
     step_size: float = 0.1
     max_iterations: int = 20
+    length_iterations: int = 5
 
     def __post_init__(self) -> None:
         if self.sigma_start <= 0 or self.step_size <= 0 or self.max_iterations < 1:
@@ -71,20 +76,24 @@ class StereoTargets:
     bonds [M, 6] int64: a, a', b, c, d, d' -- stereo atom a on the bond's begin atom b, the
     other substituent a' of b (b itself if none), end atom c, stereo atom d on c, other
     substituent d' of c (c itself if none);
-    bond_signs [M] float: +1 when a and d are cis, -1 when trans.
+    bond_signs [M] float: +1 when a and d are cis, -1 when trans;
+    covalent [B, 2] int64: bonds whose lengths guidance keeps (``StereoChecker.targets`` gives
+    the bonds of the tetrahedral centres).
     """
 
     centres: np.ndarray
     centre_signs: np.ndarray
     bonds: np.ndarray
     bond_signs: np.ndarray
+    covalent: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
 
     @classmethod
-    def build(cls, centres, centre_signs, bonds, bond_signs) -> StereoTargets:
+    def build(cls, centres, centre_signs, bonds, bond_signs, covalent=()) -> StereoTargets:
         return cls(np.asarray(centres, dtype=np.int64).reshape(-1, 4),
                    np.asarray(centre_signs, dtype=np.float64).reshape(-1),
                    np.asarray(bonds, dtype=np.int64).reshape(-1, 6),
-                   np.asarray(bond_signs, dtype=np.float64).reshape(-1))
+                   np.asarray(bond_signs, dtype=np.float64).reshape(-1),
+                   np.asarray(covalent, dtype=np.int64).reshape(-1, 2))
 
     @property
     def empty(self) -> bool:
@@ -99,7 +108,8 @@ class StereoTargets:
             return (index[None, :, :] + offsets[:, None, None]).reshape(-1, index.shape[1])
 
         return StereoTargets(shifted(self.centres), np.tile(self.centre_signs, copies),
-                             shifted(self.bonds), np.tile(self.bond_signs, copies))
+                             shifted(self.bonds), np.tile(self.bond_signs, copies),
+                             shifted(self.covalent))
 
 
 def signed_volumes(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -147,6 +157,7 @@ class StereoGuidance:
         self.centre_signs = torch.as_tensor(targets.centre_signs, device=device)
         self.bonds = torch.as_tensor(targets.bonds, device=device)
         self.bond_signs = torch.as_tensor(targets.bond_signs, device=device)
+        self.covalent = torch.as_tensor(targets.covalent, device=device)
         self.empty = targets.empty
         self.calls = 0
         self.adjusted = 0
@@ -167,6 +178,9 @@ class StereoGuidance:
             return denoised
         # float64: the hinge decides signs of small volumes of early, compact estimates
         x = denoised.detach().to(torch.float64)
+        lengths = None
+        if s.length_iterations and len(self.covalent):
+            lengths = self._lengths(x)
         changed = False
         for _ in range(s.max_iterations):
             with torch.enable_grad():
@@ -176,11 +190,39 @@ class StereoGuidance:
                     break
                 (gradient,) = torch.autograd.grad(penalty, x)
             x = (x - s.step_size * gradient).detach()
+            if lengths is not None:
+                x = self.restore_lengths(x, lengths, s.length_iterations)
             changed = True
         if not changed:
             return denoised
         self.adjusted += 1
         return x.detach().to(denoised.dtype)
+
+
+    def _lengths(self, x: torch.Tensor) -> torch.Tensor:
+        return (x[self.covalent[:, 0]] - x[self.covalent[:, 1]]).norm(dim=1)
+
+    def restore_lengths(self, x: torch.Tensor, lengths: torch.Tensor,
+                        iterations: int) -> torch.Tensor:
+        """Move the two atoms of every bond in ``covalent`` along it towards length
+        ``lengths`` [B] (Angstrom): Jacobi sweeps in which each bond corrects half its error at
+        each end, damped by the larger degree of its two atoms (bonds sharing an atom would
+        otherwise overshoot). Equal and opposite moves along bonds: the centroid stays put, and
+        the result commutes with rotations and translations. x [N, 3] -> [N, 3]."""
+        i, j = self.covalent[:, 0], self.covalent[:, 1]
+        degree = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        degree.index_add_(0, i, torch.ones_like(lengths))
+        degree.index_add_(0, j, torch.ones_like(lengths))
+        damping = (0.5 / torch.maximum(degree[i], degree[j])).unsqueeze(1)
+        for _ in range(iterations):
+            vector = x[j] - x[i]
+            current = vector.norm(dim=1, keepdim=True).clamp(min=_EPS)
+            correction = damping * (current - lengths.unsqueeze(1)) / current * vector
+            shift = torch.zeros_like(x)
+            shift.index_add_(0, i, correction)
+            shift.index_add_(0, j, -correction)
+            x = x + shift
+        return x
 
 
 __all__ = ["GuidanceSettings", "StereoGuidance", "StereoTargets", "dihedrals",
