@@ -6,6 +6,9 @@ cannot reach every centre right for molecules with many of them. Guidance adds w
 cannot know: at every sampler step with sigma <= ``sigma_start`` the denoised estimate D(x; sigma)
 [N, 3] is moved by a few gradient steps on a hinge penalty that is zero once every specified
 centre and double bond has the wanted sign, so correct estimates are left exactly as they are.
+After each gradient step, a few relaxation sweeps move bonds back to their lengths before
+guidance (``GuidanceSettings.length_iterations``): turning a substituent across a centre must
+not stretch its bonds, which cost about 1.3 points of bonds within 0.1 A of MMFF before.
 
 Quantities (positions in Angstrom; everything here is dimensionless, so margins do not depend on
 bond lengths or on how compact an early estimate is):
