@@ -119,9 +119,10 @@ def test_unconstrained_denoiser_is_not_equivariant(batch):
     assert max_equivariance_error(fn, inputs, "1x1o", translate=False) > 1e-4
 
 
-def test_exported_recm_denoiser_with_zero_gammas_is_equivariant(batch):
+@pytest.mark.parametrize("overrides", [{}, {"pairwise_head": 8}])
+def test_exported_recm_denoiser_with_zero_gammas_is_equivariant(batch, overrides):
     torch.manual_seed(0)
-    net = build_denoiser("tiny", "recm").double()
+    net = build_denoiser("tiny", "recm", **overrides).double()
     noise = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64)
     inputs = {"pos": (batch[keys.POS], POSITION)}
     # with gamma 1 the free branches break the symmetry ...
