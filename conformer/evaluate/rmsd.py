@@ -50,7 +50,7 @@ _KERNEL_ELEMENTS = 1_024
 # Blocks of at most _SMALL_BLOCK covariances are pooled across molecules until _BATCH_ELEMENTS
 # covariances wait (~19 MB of entries), then evaluated together.
 _SMALL_BLOCK = 4_096
-_CHUNKS_PER_WORKER = 2
+_MIN_CHUNK_PAIRS = 2_000
 _BATCH_ELEMENTS = 262_144
 
 
@@ -508,8 +508,9 @@ class ForkedRMSDPool:
     def _chunk(problems, chunk_pairs: int, workers: int) -> list[tuple[int, int]]:
         sizes = [max(1, sum(m.GetNumConformers() for m in refs)
                      * sum(m.GetNumConformers() for m in gens)) for refs, gens in problems]
-        # a few chunks per worker so that uneven molecules still share the work out
-        limit = max(1, min(chunk_pairs, sum(sizes) // (_CHUNKS_PER_WORKER * workers) + 1))
+        # ~4 chunks per worker so that uneven molecules still share the work out, but none
+        # under _MIN_CHUNK_PAIRS pairs, where handing a chunk over costs more than imbalance
+        limit = max(1, min(chunk_pairs, max(_MIN_CHUNK_PAIRS, sum(sizes) // (4 * workers) + 1)))
         chunks, start, total = [], 0, 0
         for i, size in enumerate(sizes):
             total += size
