@@ -50,7 +50,7 @@ _KERNEL_ELEMENTS = 1_024
 # Blocks of at most _SMALL_BLOCK covariances are pooled across molecules until _BATCH_ELEMENTS
 # covariances wait (~19 MB of entries), then evaluated together.
 _SMALL_BLOCK = 4_096
-_MIN_CHUNK_PAIRS = 2_000
+_MIN_CHUNK_PAIRS = 1_000
 _BATCH_ELEMENTS = 262_144
 
 
