@@ -43,7 +43,7 @@ _SINGLE_OR_DOUBLE = Chem.MolFromSmarts("*-,=*").GetBondWithIdx(0)
 # Memory bounds while aligning (float64): covariances per GEMM (9 * 8 bytes each, ~4.7 MB),
 # the permuted generated coordinates (G, M', n, 3) (~32 MB), and covariances per closed-form
 # call, small enough that its ~30 temporaries stay in a core's cache (1,024 ran twice as fast
-# as 4,096 on this project's 2-core Xeon; see benchmarks/bench_rmsd.py).
+# as 4,096 on this project's 2-core Xeon: 94 vs 180 ns per covariance).
 _GEMM_PAIRS = 65_536
 _PERMUTED_ELEMENTS = 4_000_000
 _KERNEL_ELEMENTS = 1_024
@@ -150,13 +150,9 @@ class _ConformerSet:
     n_conformers: int
 
 
-def _group_conformers(mols: list[Chem.Mol], known: dict | None = None) -> _ConformerSet:
-    """Group ``mols`` by graph. ``known`` (signature's key -> [(invariants, adjacency, heavy
-    template, kept atoms)]) is shared between a molecule's references and generated conformers,
-    so a graph seen on one side is not stripped of its hydrogens again on the other (and the
-    two sides then share one template object)."""
+def _group_conformers(mols: list[Chem.Mol]) -> _ConformerSet:
+    """Group ``mols`` by graph (see :func:`_graph_signature`)."""
     groups: dict[tuple, list[tuple[list, bytes, int]]] = {}  # key -> (inv., adjacency, group)
-    known = {} if known is None else known
     templates, kept_atoms, positions, group_of = [], [], [], []
     last = None  # (invariants, adjacency, group) of the previous conformer
     for mol in mols:
@@ -170,13 +166,7 @@ def _group_conformers(mols: list[Chem.Mol], known: dict | None = None) -> _Confo
         if group is None:
             group = len(templates)
             candidates.append((invariants, adjacency, group))
-            seen = known.setdefault(key, [])
-            template = next(((t, k) for i, a, t, k in seen
-                             if a == adjacency and i == invariants), None)
-            if template is None:
-                template = _heavy_template(mol)
-                seen.append((invariants, adjacency, *template))
-            heavy, kept = template
+            heavy, kept = _heavy_template(mol)
             templates.append(heavy)
             kept_atoms.append(kept)
             positions.append([])
@@ -349,8 +339,8 @@ class _OverlapBatch:
     the closed form's ~60 NumPy calls, paid per block, would otherwise dominate.
 
     ``add`` computes a block's covariance entries now and, at ``flush``, writes its RMSD into
-    ``out[rows][:, cols]`` (``rows``/``cols`` None: the whole of ``out``). Results are
-    identical to :func:`kabsch_rmsd_min`: the same products, and the closed form is
+    ``out[rows][:, cols]`` (``rows``/``cols`` None: the whole of ``out``). Results equal
+    :func:`kabsch_rmsd_min`'s to round-off: the same products, and the closed form is
     elementwise.
     """
 
@@ -419,9 +409,7 @@ def _matrices_in_process(problems, max_matches: int, symmetrize: bool, on_mismat
     batch = _OverlapBatch()
     out, pending = [], 0
     for refs, gens in problems:
-        known: dict = {}
-        ref_set = _group_conformers(refs, known)
-        gen_set = _group_conformers(gens, known)
+        ref_set, gen_set = _group_conformers(refs), _group_conformers(gens)
         matrix = np.empty((ref_set.n_conformers, gen_set.n_conformers))
         whole = len(ref_set.templates) == 1 and len(gen_set.templates) == 1  # no scatter
         for ri, rows in enumerate(ref_set.index):
