@@ -35,10 +35,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)  ## create .venv (unless one is active) and install CPU torch + the package
 
 test: $(STAMP)  ## run every test, slow ones included (what CI runs)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m pytest -m "slow or not slow" --timeout=1800
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/pytest -m "slow or not slow" --timeout=1800
 
 test-fast: $(STAMP)  ## run the quick tests only
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/pytest -m "not slow" -q
 
 demo: $(STAMP)  ## generate conformers for the bundled example SMILES with the bundled model
 	$(BIN)/conformer generate data/examples/example.smi --out demo_out/example.sdf --num-confs 5 --summary
