@@ -70,6 +70,7 @@ class TrainerConfig:
 
     max_steps: int = 20000
     max_epochs: int = -1
+    max_time: str | None = None  # wall-clock limit "DD:HH:MM:SS" (a checkpoint is written)
     accelerator: str = "auto"
     devices: Any = "auto"
     num_nodes: int = 1

@@ -88,7 +88,8 @@ def build_trainer(config: ExperimentConfig, run_dir: Path, extra_callbacks=()) -
     callbacks = [checkpoints, best, GammaHistory(run_dir), LearningRateMonitor("step"),
                  FinalCheckpoint(run_dir / "checkpoints" / "last.ckpt"), *extra_callbacks]
     return L.Trainer(
-        max_steps=t.max_steps, max_epochs=t.max_epochs, accelerator=t.accelerator,
+        max_steps=t.max_steps, max_epochs=t.max_epochs, max_time=t.max_time,
+        accelerator=t.accelerator,
         devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
         val_check_interval=t.val_check_interval,
         check_val_every_n_epoch=t.check_val_every_n_epoch,
