@@ -22,13 +22,13 @@ from e3nn import o3
 from torch import nn
 from tqdm import tqdm
 
+from conformer.equivariance import POSITION, max_equivariance_error
 from conformer.errors import UserInputError
 from conformer.experiments.common import ExperimentSettings, atomic_json, option
 from conformer.nn.graph import intra_graph_pairs, scatter_mean
 from conformer.nn.layers import GaussianRadialBasis, InteractionBlock
 from conformer.parallel import parallel_map
 from conformer.recm import MODES, ModulatedLayer, RECMConfig, RECMController, export
-from conformer.recm.haar import random_orthogonal, wigner_d
 from conformer.versions import environment_info, stable_hash
 
 NUM_PARTICLES = 4
@@ -155,23 +155,13 @@ class NBodyNet(nn.Module):
 
 
 def equivariance_error(net: nn.Module, pos, vel, charge, seed: int = 0, trials: int = 3) -> float:
-    """Max |net(g x + t) - g net(x)| in float64 over random O(3) elements (one reflection at
-    least) and translations, on the given systems."""
+    """Max |net(g x + t, g v) - g net(x, v)| in float64 over random O(3) elements (one
+    reflection at least) and translations, on the given systems (pos, vel [S, P, 3])."""
     net = net.double().eval()
-    generator = torch.Generator().manual_seed(seed)
-    pos, vel = pos.double(), vel.double()
+    inputs = {"pos": (pos.double(), POSITION), "vel": (vel.double(), o3.Irreps("1x1o")),
+              "charge": (charge, None)}
     with torch.no_grad():
-        plain = net(pos, vel, charge)
-        worst = 0.0
-        for trial in range(trials):
-            rotation = random_orthogonal(generator, torch.float64)
-            if trial == 0 and torch.det(rotation) > 0:
-                rotation = -rotation
-            rotation = wigner_d("1x1o", rotation)
-            shift = torch.randn(3, generator=generator, dtype=torch.float64)
-            moved = net(pos @ rotation.T + shift, vel @ rotation.T, charge)
-            worst = max(worst, float((moved - plain @ rotation.T).abs().max()))
-    return worst
+        return max_equivariance_error(net, inputs, "1x1o", trials=trials, seed=seed)
 
 
 def train_one(mode: str, eps: float, seed: int, preset: NBodyPreset, steps: int,
