@@ -90,10 +90,10 @@ def test_micro_pipeline_every_mode(tmp_path):
 
 def test_other_settings_in_the_same_folder_are_refused(tmp_path):
     settings = {"preset": {"name": "micro"}, "steps": 6}
-    drugs._check_settings(tmp_path, settings)
-    drugs._check_settings(tmp_path, dict(settings))  # same settings: accepted (resume)
+    drugs.check_settings(tmp_path, settings)
+    drugs.check_settings(tmp_path, dict(settings))  # same settings: accepted (resume)
     with pytest.raises(UserInputError, match="steps"):
-        drugs._check_settings(tmp_path, settings | {"steps": 7})
+        drugs.check_settings(tmp_path, settings | {"steps": 7})
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -134,7 +134,7 @@ def test_graph_mismatch_raises_or_marks_nan():
 
 
 def test_chunked_kernel_equals_unchunked(golden, monkeypatch):
-    import conformer.evaluate.rmsd as rmsd_module
+    import conformer.evaluate.rmsd.kernel as rmsd_module
 
     _, refs, gens = golden
     name = "omegapdb_2fm0"  # many maps: the chunks split maps, references and kernel calls
@@ -238,7 +238,7 @@ def test_heavy_templates_give_the_maps_of_a_sanitised_remove_hs():
     """Templates skip RemoveHs's re-sanitisation; over every Hutchison molecule (699 graphs,
     two records each) the maps are exactly those of the sanitised heavy-atom copies that
     GetBestRMS's callers pass."""
-    from conformer.evaluate.rmsd import _heavy_template
+    from conformer.evaluate.rmsd.symmetry import _heavy_template
 
     groups = read_conformer_groups(
         Path(__file__).parent.parent / "data/hutchison/hutchison_conformers.sdf.gz",

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from conformer.data import keys
+from conformer.nn.graph import scatter_mean
 
 
 @dataclass(frozen=True)
@@ -87,14 +88,6 @@ class EDMSettings:
             return [self.refine_sigma_max]
         ratio = (self.refine_sigma_min / self.refine_sigma_max) ** (1 / (self.refine_steps - 1))
         return [self.refine_sigma_max * ratio ** k for k in range(self.refine_steps)]
-
-
-def scatter_mean(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
-    """Mean of ``values`` [N, D] per group ``index`` [N] -> [size, D]."""
-    total = torch.zeros(size, values.shape[1], dtype=values.dtype, device=values.device)
-    total.index_add_(0, index, values)
-    count = torch.bincount(index, minlength=size).clamp(min=1).to(values.dtype)
-    return total / count.unsqueeze(1)
 
 
 def center(x: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:

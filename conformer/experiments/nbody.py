@@ -9,11 +9,11 @@ Every mode of the same network is trained with the same budget, for every eps an
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,11 +22,13 @@ from e3nn import o3
 from torch import nn
 from tqdm import tqdm
 
+from conformer.equivariance import POSITION, max_equivariance_error
 from conformer.errors import UserInputError
+from conformer.experiments.common import ExperimentSettings, atomic_json, option
 from conformer.nn.graph import intra_graph_pairs, scatter_mean
 from conformer.nn.layers import GaussianRadialBasis, InteractionBlock
+from conformer.parallel import parallel_map
 from conformer.recm import MODES, ModulatedLayer, RECMConfig, RECMController, export
-from conformer.recm.haar import random_orthogonal, wigner_d
 from conformer.versions import environment_info, stable_hash
 
 NUM_PARTICLES = 4
@@ -56,6 +58,18 @@ PRESETS = {
     "small": NBodyPreset(num_train=10000, hidden_irreps="32x0e+8x0o+16x1o+16x1e",
                          num_layers=2, radial_hidden=32, steps=3000),
 }
+
+
+@dataclass
+class NBodySettings(ExperimentSettings):
+    """The options of ``conformer reproduce nbody`` (defaults and help come from here)."""
+
+    preset: str = option("tiny", help="size preset: " + ", ".join(PRESETS))
+    seeds: int = option(2, help="number of seeds per (mode, eps)")
+    eps: str = option("0,0.1,0.3,1.0", help="comma-separated symmetry-breaking strengths "
+                      "(external field along z)")
+    steps: int | None = option(None, help="optimiser steps per run", default_text=(
+        "the preset's: " + ", ".join(f"{n} {p.steps}" for n, p in PRESETS.items())))
 
 
 def simulate(num_systems: int, eps: float, preset: NBodyPreset, generator: torch.Generator):
@@ -141,23 +155,13 @@ class NBodyNet(nn.Module):
 
 
 def equivariance_error(net: nn.Module, pos, vel, charge, seed: int = 0, trials: int = 3) -> float:
-    """Max |net(g x + t) - g net(x)| in float64 over random O(3) elements (one reflection at
-    least) and translations, on the given systems."""
+    """Max |net(g x + t, g v) - g net(x, v)| in float64 over random O(3) elements (one
+    reflection at least) and translations, on the given systems (pos, vel [S, P, 3])."""
     net = net.double().eval()
-    generator = torch.Generator().manual_seed(seed)
-    pos, vel = pos.double(), vel.double()
+    inputs = {"pos": (pos.double(), POSITION), "vel": (vel.double(), o3.Irreps("1x1o")),
+              "charge": (charge, None)}
     with torch.no_grad():
-        plain = net(pos, vel, charge)
-        worst = 0.0
-        for trial in range(trials):
-            rotation = random_orthogonal(generator, torch.float64)
-            if trial == 0 and torch.det(rotation) > 0:
-                rotation = -rotation
-            rotation = wigner_d("1x1o", rotation)
-            shift = torch.randn(3, generator=generator, dtype=torch.float64)
-            moved = net(pos @ rotation.T + shift, vel @ rotation.T, charge)
-            worst = max(worst, float((moved - plain @ rotation.T).abs().max()))
-    return worst
+        return max_equivariance_error(net, inputs, "1x1o", trials=trials, seed=seed)
 
 
 def train_one(mode: str, eps: float, seed: int, preset: NBodyPreset, steps: int,
@@ -202,6 +206,12 @@ def train_one(mode: str, eps: float, seed: int, preset: NBodyPreset, steps: int,
         "gamma_curve_every": 10,
         "gamma_curve": [[round(g, 5) for g in row] for row in gamma_curve[::10]],
     }
+
+
+def _train_task(todo: tuple[str, float, int], preset: NBodyPreset, steps: int) -> dict:
+    """:func:`train_one` of one ``(mode, eps, seed)`` (the form a worker pool hands out)."""
+    mode, eps, seed = todo
+    return train_one(mode, eps, seed, preset, steps)
 
 
 def _parse_floats(text: str, option: str) -> list[float]:
@@ -272,25 +282,20 @@ def plot_gammas(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def run(args) -> int:
+def run(options: NBodySettings) -> int:
     """``conformer reproduce nbody``: every mode x eps x seed; resumable (reruns skip done)."""
-    if args.preset not in PRESETS:
-        raise UserInputError(f"--preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
-    preset = PRESETS[args.preset]
-    eps_values = _parse_floats(args.eps, "--eps")
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in MODES]
-    if unknown or not modes:
-        raise UserInputError(f"--modes {args.modes!r}: choose from {', '.join(MODES)}")
-    if args.seeds < 1:
-        raise UserInputError(f"--seeds {args.seeds}: need at least 1")
-    steps = args.steps or preset.steps
+    modes = options.check_common(PRESETS, MODES)
+    preset = PRESETS[options.preset]
+    eps_values = _parse_floats(options.eps, "--eps")
+    if options.seeds < 1:
+        raise UserInputError(f"--seeds {options.seeds}: need at least 1")
+    steps = options.steps or preset.steps
     if steps < 1:
         raise UserInputError(f"--steps {steps}: need at least 1")
-    torch.set_num_threads(max(1, args.threads))
-    out = Path(args.out)
+    torch.set_num_threads(options.threads)
+    out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"preset_name": args.preset, "preset": asdict(preset), "steps": steps,
+    settings = {"preset_name": options.preset, "preset": asdict(preset), "steps": steps,
                 "recm_defaults": RECMConfig().to_dict()}
     settings_hash = stable_hash(settings)
     results_path = out / "results.json"
@@ -302,35 +307,28 @@ def run(args) -> int:
         else:
             print(f"{results_path}: different settings; starting a new table")
     done = {(r["mode"], r["eps"], r["seed"]) for r in results}
-    todo = [(m, e, s) for e in eps_values for s in range(args.seeds) for m in modes
+    todo = [(m, e, s) for e in eps_values for s in range(options.seeds) for m in modes
             if (m, e, s) not in done]
+
     def save() -> None:
-        payload = {"settings": settings, "settings_hash": settings_hash,
-                   "environment": environment_info(), "runs": results}
-        tmp = results_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(payload, indent=1))
-        tmp.replace(results_path)  # atomic: an interrupted run never leaves a broken file
+        atomic_json(results_path, {"settings": settings, "settings_hash": settings_hash,
+                                   "environment": environment_info(), "runs": results})
 
     progress = tqdm(total=len(todo), desc="nbody runs", unit="run")
-    if args.workers <= 1:
-        for mode, eps, seed in todo:
-            results.append(train_one(mode, eps, seed, preset, steps))
-            save()
-            progress.update()
-    else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(args.workers, mp_context=context,
-                                 initializer=torch.set_num_threads,
-                                 initargs=(max(1, args.threads),)) as pool:
-            futures = [pool.submit(train_one, m, e, s, preset, steps) for m, e, s in todo]
-            for future in as_completed(futures):
-                results.append(future.result())
+    task = functools.partial(_train_task, preset=preset, steps=steps)
+    try:  # each spawned worker runs with the run's torch threads
+        with closing(parallel_map(task, todo, options.workers, ordered=False,
+                                  initializer=torch.set_num_threads,
+                                  initargs=(options.threads,))) as runs:
+            for result in runs:
+                results.append(result)
                 save()
                 progress.update()
-    progress.close()
+    finally:
+        progress.close()
     results.sort(key=lambda r: (r["eps"], r["seed"], MODES.index(r["mode"])))
     selected = [r for r in results if r["mode"] in modes and r["eps"] in eps_values
-                and r["seed"] < args.seeds]
+                and r["seed"] < options.seeds]
     write_table(selected, modes, eps_values, out / "table.md")
     plot_gammas(selected, out / "gamma.png")
     print((out / "table.md").read_text())
