@@ -110,10 +110,15 @@ def test_scheduled_branch_is_dropped_at_test_time_and_penalised_in_training():
     assert controller.gammas() == [0.5]  # triangular 0 -> 1 -> 0
 
 
-def feed(controller, values, key="pending_b", progress=0.5):
+def feed(controller, values, key="b", progress=0.5):
+    """One optimiser step per value, each recording it as every layer's b (or dJ/dgamma)."""
     for value in values:
+        signal = torch.tensor(float(value), dtype=torch.float64)
         for state in controller.states:
-            getattr(state, key).append(torch.tensor(float(value), dtype=torch.float64))
+            if key == "b":
+                state.pending_b.append(signal)
+            else:
+                state.pending_dgamma.append(signal)
         controller.after_optimizer_step(progress)
 
 
@@ -137,7 +142,7 @@ def test_recm_update_tracks_fixed_point_and_absorbs_zero():
 def test_ace_primal_dual_update():
     config = RECMConfig(mode="ace")
     controller = Toy(config).recm
-    feed(controller, [0.0] * 20, key="pending_dgamma")
+    feed(controller, [0.0] * 20, key="dgamma")
     state = controller.states[0]
     assert 0 < float(state.gamma) < 1 and float(state.dual) > 0  # the dual pushes gamma to 0
 
@@ -180,13 +185,13 @@ def test_state_round_trips_and_resumed_run_continues_the_same_trajectory():
     torch.save({"model": first.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
     buffer.seek(0)
     checkpoint = torch.load(buffer, weights_only=True)
-    assert any(key.startswith("recm.states.0.gamma") for key in checkpoint["model"])
+    assert "layer.state.gamma" in checkpoint["model"]
 
     torch.manual_seed(123)  # a fresh process: different initial weights before loading
     resumed = Toy(config)
     resumed.load_state_dict(checkpoint["model"])
-    for name, value in first.recm.state_dict().items():
-        assert torch.equal(resumed.recm.state_dict()[name], value), name
+    for name, value in first.layer.state.state_dict().items():
+        assert torch.equal(resumed.layer.state.state_dict()[name], value), name
     optimizer = torch.optim.Adam(resumed.parameters(), lr=1e-2)
     optimizer.load_state_dict(checkpoint["optimizer"])
     train_toy(resumed, 25, 1.0, start=35, optimizer=optimizer)
