@@ -25,8 +25,10 @@ class GammaHistory(L.Callback):
 
     @rank_zero_only
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self._last_step:  # not an optimiser step (accumulation)
+            return
         gammas = controller_of(pl_module.net).gammas()
-        if not gammas or trainer.global_step == self._last_step:
+        if not gammas:  # a network without modulated layers
             return
         self._last_step = trainer.global_step
         new = not self.path.exists()
