@@ -207,3 +207,52 @@ def test_models_saved_before_the_pairwise_head_still_load(batch):
     fresh.load_state_dict(old_style)
     sigma = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64)
     assert torch.equal(fresh(batch, sigma), net(batch, sigma))
+
+
+def test_layers_with_equal_irreps_start_with_different_free_branches():
+    """Layers 1 and 2 have the same irreps; their free branches are seeded by layer index."""
+    torch.manual_seed(0)
+    net = build_denoiser("tiny", "recm", num_layers=3)
+    second, third = net.interactions[1], net.interactions[2]
+    assert second.irreps_free_in == third.irreps_free_in and second.irreps_out == third.irreps_out
+    assert not torch.equal(second.free.net[0].weight, third.free.net[0].weight)
+    torch.manual_seed(1)  # deterministic for a given RECM seed, whatever the global stream
+    again = build_denoiser("tiny", "recm", num_layers=3)
+    assert torch.equal(again.interactions[2].free.net[0].weight, third.free.net[0].weight)
+
+
+def test_denoiser_state_in_the_old_layout_loads(batch):
+    """Files written when the controller held the states (``recm.states.<i>.*``) load them."""
+    torch.manual_seed(0)
+    net = build_denoiser("tiny", "recm").double()
+    for index, state in enumerate(net.recm.states):
+        state.gamma.fill_(0.25 * (index + 1))
+        state.step.fill_(10 + index)
+    names = ["interactions.0", "interactions.1", "head"]
+    old = {}
+    for key, value in net.state_dict().items():
+        layer = next((i for i, n in enumerate(names) if key.startswith(f"{n}.state.")), None)
+        old[key if layer is None else f"recm.states.{layer}.{key.split('.state.')[1]}"] = value
+    assert not any(".state." in key for key in old)
+    fresh = build_denoiser("tiny", "recm").double()
+    fresh.load_state_dict(old)
+    assert fresh.recm.gammas() == [0.25, 0.5, 0.75]
+    assert [int(s.step) for s in fresh.recm.states] == [10, 11, 12]
+    sigma = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64)
+    assert torch.equal(fresh.eval()(batch, sigma), net.eval()(batch, sigma))
+
+
+def test_bundled_model_keeps_its_recm_state():
+    from conformer.train.export import BUNDLED_MODEL, load_model
+
+    stored = torch.load(BUNDLED_MODEL, map_location="cpu", weights_only=True)["state_dict"]
+    net, _, _ = load_model()
+    layer_names = {id(module): name for name, module in net.named_modules()}
+    for index, layer in enumerate(net.recm.layers):
+        for name in ("gamma", "step", "dropped", "b_count"):
+            # the old layout (the file as shipped) or the new one (a re-exported file)
+            old_key, new_key = f"recm.states.{index}.{name}", \
+                f"{layer_names[id(layer)]}.state.{name}"
+            stored_value = stored[old_key] if old_key in stored else stored[new_key]
+            assert torch.equal(getattr(layer.state, name), stored_value), (index, name)
+    assert int(net.recm.states[0].step) > 0  # trained, so not the defaults

@@ -1,13 +1,22 @@
 """RECM: modulated layers, Haar projection, recurrent update, absorbing zero, modes, state."""
 
 import io
+import threading
 
 import pytest
 import torch
 from e3nn import o3
 from torch import nn
 
-from conformer.recm import RECMConfig, RECMController, export
+from conformer.recm import (
+    MODES,
+    RECMConfig,
+    RECMController,
+    RECMState,
+    controller_of,
+    export,
+    mode_policy,
+)
 from conformer.recm.haar import random_orthogonal, wigner_d
 from conformer.recm.layer import ModulatedLayer
 from tests.equivariance import max_equivariance_error, single_thread
@@ -110,10 +119,15 @@ def test_scheduled_branch_is_dropped_at_test_time_and_penalised_in_training():
     assert controller.gammas() == [0.5]  # triangular 0 -> 1 -> 0
 
 
-def feed(controller, values, key="pending_b", progress=0.5):
+def feed(controller, values, key="b", progress=0.5):
+    """One optimiser step per value, each recording it as every layer's b (or dJ/dgamma)."""
     for value in values:
+        signal = torch.tensor(float(value), dtype=torch.float64)
         for state in controller.states:
-            getattr(state, key).append(torch.tensor(float(value), dtype=torch.float64))
+            if key == "b":
+                state.pending_b.append(signal)
+            else:
+                state.pending_dgamma.append(signal)
         controller.after_optimizer_step(progress)
 
 
@@ -137,7 +151,7 @@ def test_recm_update_tracks_fixed_point_and_absorbs_zero():
 def test_ace_primal_dual_update():
     config = RECMConfig(mode="ace")
     controller = Toy(config).recm
-    feed(controller, [0.0] * 20, key="pending_dgamma")
+    feed(controller, [0.0] * 20, key="dgamma")
     state = controller.states[0]
     assert 0 < float(state.gamma) < 1 and float(state.dual) > 0  # the dual pushes gamma to 0
 
@@ -180,13 +194,13 @@ def test_state_round_trips_and_resumed_run_continues_the_same_trajectory():
     torch.save({"model": first.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
     buffer.seek(0)
     checkpoint = torch.load(buffer, weights_only=True)
-    assert any(key.startswith("recm.states.0.gamma") for key in checkpoint["model"])
+    assert "layer.state.gamma" in checkpoint["model"]
 
     torch.manual_seed(123)  # a fresh process: different initial weights before loading
     resumed = Toy(config)
     resumed.load_state_dict(checkpoint["model"])
-    for name, value in first.recm.state_dict().items():
-        assert torch.equal(resumed.recm.state_dict()[name], value), name
+    for name, value in first.layer.state.state_dict().items():
+        assert torch.equal(resumed.layer.state.state_dict()[name], value), name
     optimizer = torch.optim.Adam(resumed.parameters(), lr=1e-2)
     optimizer.load_state_dict(checkpoint["optimizer"])
     train_toy(resumed, 25, 1.0, start=35, optimizer=optimizer)
@@ -248,3 +262,152 @@ def test_recm_trunk_gradient_is_the_true_gradient_of_the_output():
     layer.zero_grad()
     (layer(x) - target).pow(2).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.free.parameters())
+
+
+# -- per-mode behaviour in one place -------------------------------------------------------
+def test_every_mode_is_one_policy_and_an_unknown_mode_is_named():
+    assert MODES == ("equivariant", "unconstrained", "scheduled", "ace", "recm")
+    for mode in MODES:
+        assert RECMConfig(mode=mode).policy is mode_policy(mode)
+        assert mode_policy(mode).name == mode
+    with pytest.raises(ValueError, match="'magic'.*equivariant, unconstrained"):
+        RECMConfig(mode="magic")
+
+
+@pytest.mark.parametrize("mode, initial_gamma, has_branch, active_in_eval, kept_at_half", [
+    ("equivariant", 0.0, False, False, False),
+    ("unconstrained", 1.0, True, True, True),
+    ("scheduled", 0.0, True, False, False),
+    ("ace", 1.0, True, True, True),
+    ("recm", 0.0, True, True, True),
+])
+def test_mode_table(mode, initial_gamma, has_branch, active_in_eval, kept_at_half):
+    layer = modulated_linear(mode)
+    assert float(layer.state.gamma) == initial_gamma
+    assert (layer.free is not None) == has_branch
+    layer.eval()
+    assert layer.branch_active() == active_in_eval
+    layer.state.gamma.fill_(0.5)
+    assert (export(layer).free is not None) == kept_at_half
+
+
+# -- state registered on its layer ---------------------------------------------------------
+def test_state_is_in_the_layers_own_state_dict_and_moves_with_it():
+    layer = modulated_linear("recm")  # built in float32, then .double()
+    assert {f"state.{name}" for name in RECMState.BUFFERS} <= set(layer.state_dict())
+    assert layer.state.gamma.dtype == torch.float64
+    assert layer.to("meta").state.gamma.device.type == "meta"
+    assert not any(key.startswith("recm.") for key in Toy(RECMConfig()).state_dict())
+
+
+def old_layout(state_dict: dict, layer_names: list[str], prefix: str = "") -> dict:
+    """``state_dict`` as written before the states moved onto their layers: layer i's
+    ``<name>.state.<buffer>`` stored as ``recm.states.<i>.<buffer>``."""
+    out = {}
+    for key, value in state_dict.items():
+        for index, name in enumerate(layer_names):
+            layer_prefix = f"{prefix}{name}.state."
+            if key.startswith(layer_prefix):
+                out[f"{prefix}recm.states.{index}.{key[len(layer_prefix):]}"] = value
+                break
+        else:
+            out[key] = value
+    return out
+
+
+def test_a_file_in_the_old_layout_loads_its_state():
+    torch.manual_seed(0)
+    trained = Toy(RECMConfig(mode="recm", beta=0.05))
+    train_toy(trained, 20, 1.0)  # step, b statistics ...
+    trained.layer.state.gamma.fill_(0.3)  # ... and gamma away from their initial values
+    old = old_layout(trained.state_dict(), ["layer"])
+    assert "recm.states.0.gamma" in old and "layer.state.gamma" not in old
+    fresh = Toy(RECMConfig(mode="recm", beta=0.05))
+    fresh.load_state_dict(old)  # strict: nothing missing, nothing unexpected
+    for name in RECMState.BUFFERS:
+        assert torch.equal(getattr(fresh.layer.state, name),
+                           getattr(trained.layer.state, name)), name
+    # under a prefix, as in a Lightning checkpoint (``net.recm.states.<i>.*``)
+    wrapper, source = nn.Module(), nn.Module()
+    wrapper.net, source.net = Toy(RECMConfig(mode="recm")), trained
+    wrapper.load_state_dict(old_layout(source.state_dict(), ["layer"], prefix="net."))
+    assert wrapper.net.recm.gammas() == trained.recm.gammas()
+    # a layer the network does not have is reported, not silently dropped
+    with pytest.raises(RuntimeError, match=r"recm\.states\.3\.gamma"):
+        Toy(RECMConfig()).load_state_dict({**old, "recm.states.3.gamma": torch.tensor(1.0)})
+
+
+# -- free branches seeded by layer index ---------------------------------------------------
+def free_branch_weights(layer_index: int, seed: int = 12345) -> list[torch.Tensor]:
+    config = RECMConfig(mode="recm", seed=seed)
+    layer = ModulatedLayer(o3.Linear(IRREPS_IN, IRREPS_OUT), IRREPS_IN, IRREPS_OUT, config,
+                           layer_index=layer_index)
+    return [p.detach().clone() for p in layer.free.parameters()]
+
+
+def test_free_branches_are_seeded_by_layer_index_deterministically():
+    torch.manual_seed(0)
+    first = free_branch_weights(1)
+    torch.manual_seed(99)  # the global stream does not matter
+    assert all(torch.equal(a, b) for a, b in zip(first, free_branch_weights(1), strict=True))
+    assert not torch.equal(first[0], free_branch_weights(2)[0])  # same irreps, other layer
+    assert not torch.equal(first[0], free_branch_weights(1, seed=7)[0])
+
+
+def test_controller_rejects_layers_built_without_their_index():
+    config = RECMConfig()
+    layers = [ModulatedLayer(o3.Linear("1x1o", "1x1o"), "1x1o", "1x1o", config)
+              for _ in range(2)]
+    with pytest.raises(ValueError, match="layer 1 was built with layer_index=0"):
+        RECMController(layers, config)
+
+
+# -- the controller is the one interface ---------------------------------------------------
+class SimulatedProcessGroup:
+    """``all_reduce`` (in-place sum) over ``size`` threads, each playing one rank."""
+
+    def __init__(self, size: int):
+        self.barrier = threading.Barrier(size)
+        self.tensors: list[torch.Tensor] = []
+
+    def all_reduce(self, tensor: torch.Tensor) -> None:
+        self.tensors.append(tensor.clone())
+        self.barrier.wait(timeout=30)
+        tensor.copy_(sum(self.tensors))
+
+
+def test_synchronize_signals_gives_every_rank_the_mean_of_the_rank_means():
+    ranks = [Toy(RECMConfig(mode="recm")) for _ in range(2)]
+    signals = [([0.1, 0.3], [1.0]), ([0.6], [])]  # (b, dJ/dgamma) recorded on each rank
+    for model, (b_values, dgamma_values) in zip(ranks, signals, strict=True):
+        state = model.recm.states[0]
+        state.pending_b.extend(torch.tensor(v, dtype=torch.float64) for v in b_values)
+        state.pending_dgamma.extend(torch.tensor(v, dtype=torch.float64)
+                                    for v in dgamma_values)
+    model = ranks[0]
+    model.recm.synchronize_signals()  # torch.distributed not initialised: nothing to do
+    assert len(model.recm.states[0].pending_b) == 2
+    group = SimulatedProcessGroup(2)
+    threads = [threading.Thread(target=m.recm.synchronize_signals, args=(group.all_reduce,))
+               for m in ranks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for model in ranks:
+        state = model.recm.states[0]
+        assert [float(v) for v in state.pending_b] == pytest.approx([0.4])  # (0.2 + 0.6) / 2
+        assert [float(v) for v in state.pending_dgamma] == pytest.approx([1.0])  # one rank
+        model.recm.after_optimizer_step(0.5)
+    assert ranks[0].recm.gammas() == ranks[1].recm.gammas() != [0.0]
+
+
+def test_a_network_without_modulated_layers_gets_a_no_op_controller():
+    model = Toy(RECMConfig())
+    assert controller_of(model) is model.recm
+    controller = controller_of(nn.Linear(3, 3))
+    assert len(controller) == 0
+    controller.synchronize_signals()
+    controller.after_optimizer_step(0.5)
+    assert controller.gammas() == [] and controller.log_dict() == {}
+    assert float(controller.regularization_loss()) == 0.0

@@ -123,15 +123,17 @@ class NBodyNet(nn.Module):
         self.radial_basis = GaussianRadialBasis(preset.cutoff, preset.num_radial)
         edge_dim = preset.num_radial + 1  # + product of charges
         layers, irreps = [], hidden
-        for _ in range(preset.num_layers):
+        for index in range(preset.num_layers):
             block = InteractionBlock(irreps, hidden, self.irreps_sh, edge_dim,
                                      preset.radial_hidden, NUM_PARTICLES - 1)
             layers.append(ModulatedLayer(block, irreps, block.irreps_out, recm,
-                                         irreps_free_in=irreps + o3.Irreps("1x1o")))
+                                         irreps_free_in=irreps + o3.Irreps("1x1o"),
+                                         layer_index=index))
             irreps = block.irreps_out
         self.interactions = nn.ModuleList(layers)
         self.head = ModulatedLayer(o3.Linear(irreps, "1x1o"), irreps, "1x1o", recm,
-                                   irreps_free_in=irreps + o3.Irreps("1x1o"))
+                                   irreps_free_in=irreps + o3.Irreps("1x1o"),
+                                   layer_index=len(layers))
         self.recm = RECMController([*layers, self.head], recm)
 
     def forward(self, pos, vel, charge):

@@ -138,7 +138,8 @@ class Denoiser(nn.Module):
     batch keys (conformer.data.keys): atom_features [N, 9], bond_index [2, E], bond_features
     [E, 4], pos [N, 3] (Angstrom), batch [N] (sorted), num_graphs. Only relative positions
     enter, so the output is translation invariant; in ``equivariant`` mode (or after export
-    with every gamma 0) it is exactly O(3)-equivariant. ``net.recm`` is the RECM controller.
+    with every gamma 0) it is exactly O(3)-equivariant. ``net.recm`` is the RECM controller;
+    each modulated layer keeps its RECM state under ``<layer>.state``.
     """
 
     def __init__(self, config: DenoiserConfig, recm: RECMConfig):
@@ -160,16 +161,18 @@ class Denoiser(nn.Module):
         edge_dim = config.num_radial + config.fine_radial + config.edge_embedding_dim
         irreps = o3.Irreps(f"{scalars}x0e")
         layers = []
-        for _ in range(config.num_layers):
+        for index in range(config.num_layers):
             block = InteractionBlock(irreps, hidden, self.irreps_sh, edge_dim,
                                      config.radial_hidden, config.avg_num_neighbors)
             layers.append(ModulatedLayer(block, irreps, block.irreps_out, recm,
-                                         irreps_free_in=irreps + o3.Irreps("1x1o")))
+                                         irreps_free_in=irreps + o3.Irreps("1x1o"),
+                                         layer_index=index))
             irreps = block.irreps_out
         self.interactions = nn.ModuleList(layers)
         head = OutputHead(irreps, edge_dim, config.pairwise_head)
         self.head = ModulatedLayer(head, irreps, "1x1o", recm,
-                                   irreps_free_in=irreps + o3.Irreps("1x1o"))
+                                   irreps_free_in=irreps + o3.Irreps("1x1o"),
+                                   layer_index=len(layers))
         self.recm = RECMController([*layers, self.head], recm)
 
     def edges(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

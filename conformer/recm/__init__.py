@@ -48,18 +48,21 @@ recm.md suggests ``gamma_min ~ 1e-3`` on the mean of b; a standard error of 1e-3
 steps of b with spread ~0.1, so the bound here is on the fixed point with ``gamma_min = 0.05``:
 a layer is absorbed only when its confident fixed point is under 5% of the equivariant output.
 
-Baselines behind the same switch (``RECMConfig.mode``): ``equivariant`` (no branch),
+Baselines behind the same switch (``RECMConfig.mode``; each mode's behaviour is one policy in
+``conformer.recm.modes``): ``equivariant`` (no branch),
 ``unconstrained`` (gamma = 1, no projection), ``scheduled`` (gamma triangular 0 -> 1 -> 0 over
 training with a relative equivariance-defect penalty; dropped at test/export), ``ace``
 (primal-dual: ``gamma -= eta_p (dJ/dgamma + lambda)``, ``lambda += eta_d gamma``, where
 ``dJ/dgamma = <delta, n(f)>`` comes from the same hook; truncated at export).
 """
 
-from conformer.recm.config import MODES, RECMConfig
-from conformer.recm.controller import RECMController
+from conformer.recm.config import RECMConfig
+from conformer.recm.controller import RECMController, controller_of
 from conformer.recm.export import export
 from conformer.recm.haar import random_orthogonal
 from conformer.recm.layer import FreeBranch, ModulatedLayer, RECMState
+from conformer.recm.modes import MODES, ModePolicy, mode_policy
 
-__all__ = ["MODES", "RECMConfig", "RECMController", "export", "random_orthogonal",
-           "FreeBranch", "ModulatedLayer", "RECMState"]
+__all__ = ["MODES", "ModePolicy", "mode_policy", "RECMConfig", "RECMController",
+           "controller_of", "export", "random_orthogonal", "FreeBranch", "ModulatedLayer",
+           "RECMState"]

@@ -1,10 +1,11 @@
-"""Settings of constraint modulation: one dataclass, one ``mode`` switch."""
+"""Settings of constraint modulation: one dataclass, one ``mode`` switch (its behaviour:
+``conformer.recm.modes``)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-MODES = ("equivariant", "unconstrained", "scheduled", "ace", "recm")
+from conformer.recm.modes import ModePolicy, mode_policy
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,16 @@ class RECMConfig:
     seed: int = 12345
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"unknown RECM mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        mode_policy(self.mode)  # ValueError naming the choices
         if not 0.0 < self.beta <= 1.0:
             raise ValueError(f"beta must be in (0, 1], got {self.beta}")
         if self.gamma_max <= 0:
             raise ValueError(f"gamma_max must be positive, got {self.gamma_max}")
+
+    @property
+    def policy(self) -> ModePolicy:
+        """What ``mode`` does (``conformer.recm.modes``)."""
+        return mode_policy(self.mode)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,116 +1,170 @@
-"""The one object the training loop talks to: ``net.recm``."""
+"""The one object training code talks to about RECM: ``controller_of(net)``."""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from conformer.recm import modes
 from conformer.recm.config import RECMConfig
-from conformer.recm.layer import ModulatedLayer
+from conformer.recm.layer import ModulatedLayer, RECMState
+
+AllReduce = Callable[[torch.Tensor], object]
+"""Sums a tensor in place over every process (``torch.distributed.all_reduce``'s contract)."""
 
 
 class RECMController(nn.Module):
-    """Holds every modulated layer's state (``states.<i>.*`` in ``state_dict``) and updates it.
+    """Updates, synchronises and reports the state of a network's modulated layers.
 
-    Training loop contract (call order per optimiser step): forward, ``loss +
-    regularization_loss()``, backward (hooks collect each layer's signal), ``optimizer.step()``,
-    then ``after_optimizer_step(progress)``.
+    The layers are referenced, not owned: each layer registers its own ``RECMState`` (keys
+    ``<layer>.state.*``), so the controller has no state of its own. It is still a module so
+    that files written when it held the states (``recm.states.<i>.*``) load: see
+    ``_load_from_state_dict``. A controller without layers is a no-op (``controller_of``).
+
+    Training loop contract, per optimiser step: forward, ``loss + regularization_loss()``,
+    backward (each layer's hook records its signals), ``optimizer.step()``, under DDP
+    ``synchronize_signals()``, then ``after_optimizer_step(progress)``; ``log_dict()`` and
+    ``gammas()`` at any time. What each step does depends on the mode
+    (``conformer.recm.modes``).
     """
 
     def __init__(self, layers: list[ModulatedLayer], config: RECMConfig):
         super().__init__()
         self.config = config
-        self.states = nn.ModuleList([layer.state for layer in layers])
+        self.policy = config.policy
         for index, layer in enumerate(layers):
-            layer.layer_index = index
-        object.__setattr__(self, "layers", tuple(layers))  # referenced, owned by the network
+            if layer.layer_index != index:
+                raise ValueError(f"modulated layer {index} was built with layer_index="
+                                 f"{layer.layer_index}; pass layer_index={index} (it seeds the "
+                                 "free branch and the group samples of that layer)")
+        object.__setattr__(self, "layers", tuple(layers))  # owned by the network
 
     @property
     def mode(self) -> str:
         return self.config.mode
 
-    @torch.no_grad()
-    def after_optimizer_step(self, progress: float) -> None:
-        """Advance every layer's state by one optimiser step; progress in [0, 1] of training."""
-        cfg = self.config
-        for state in self.states:
-            signals = state.pending_b
-            dgammas = state.pending_dgamma
-            state.pending_b, state.pending_dgamma = [], []
-            state.step += 1
-            if bool(state.dropped):
-                continue
-            if self.mode == "scheduled":
-                state.gamma.fill_(max(0.0, 1.0 - abs(2.0 * float(progress) - 1.0)))
-            elif self.mode == "ace" and dgammas:
-                dgamma = float(torch.stack(dgammas).mean())
-                gamma = float(state.gamma) - cfg.ace_primal_lr * (dgamma + float(state.dual))
-                gamma = min(max(gamma, 0.0), cfg.gamma_max)
-                state.gamma.fill_(gamma)
-                state.dual += cfg.ace_dual_lr * gamma
-            elif self.mode == "recm" and signals:
-                self._recm_update(state, float(torch.stack(signals).mean()))
+    @property
+    def states(self) -> tuple[RECMState, ...]:
+        """Every layer's state, in layer order."""
+        return tuple(layer.state for layer in self.layers)
 
-    def _recm_update(self, state, b: float) -> None:
-        cfg = self.config
-        gamma = (1.0 - cfg.beta) * float(state.gamma) + cfg.beta * cfg.gamma_max * b
-        state.gamma.fill_(min(max(gamma, 0.0), cfg.gamma_max))
-        # running moments of b: exact mean for the first `stats_window` steps, then exponential
-        count = int(state.b_count) + 1
-        weight = 1.0 / min(count, cfg.stats_window)
-        state.b_mean.fill_((1 - weight) * float(state.b_mean) + weight * b)
-        state.b_sq_mean.fill_((1 - weight) * float(state.b_sq_mean) + weight * b * b)
-        state.b_count.fill_(count)
-        if self._absorbing_test_passes(state):
-            state.patience += 1
-        else:
-            state.patience.zero_()
-        if int(state.patience) >= cfg.patience:
-            state.dropped.fill_(True)
-            state.gamma.zero_()
+    def __len__(self) -> int:
+        return len(self.layers)
 
-    def upper_confidence_fixed_point(self, state) -> float:
-        """gamma_max * (mean(b) + z * standard error): an upper bound on the fixed point."""
-        count = int(state.b_count)
-        if count < 2:
-            return math.inf
-        variance = max(float(state.b_sq_mean) - float(state.b_mean) ** 2, 0.0)
-        effective = min(count, self.config.stats_window)
-        stderr = math.sqrt(variance / effective)
-        return self.config.gamma_max * (float(state.b_mean) + self.config.confidence_z * stderr)
-
-    def _absorbing_test_passes(self, state) -> bool:
-        cfg = self.config
-        return (int(state.b_count) >= cfg.min_samples
-                and float(state.gamma) < cfg.gamma_min
-                and self.upper_confidence_fixed_point(state) < cfg.gamma_min)
-
+    # -- per optimiser step ----------------------------------------------------------------
     def regularization_loss(self) -> torch.Tensor:
-        """Weighted sum of the layers' penalties from the last training forward (0 if none)."""
-        weight = self.config.scheduled_reg_weight if self.mode == "scheduled" else \
-            self.config.reg_weight
+        """Weighted sum of the layers' penalties from the last training forward: a 0-dim
+        tensor, 0 when the mode has no penalty."""
+        weight = self.policy.regularization_weight(self.config)
         terms = [layer.regularizer() for layer in self.layers]
         terms = [t for t in terms if t is not None]
         if not terms or weight == 0:
-            reference = self.states[0].gamma if len(self.states) else torch.tensor(0.0)
+            reference = self.states[0].gamma if self.layers else torch.tensor(0.0)
             return torch.zeros((), dtype=reference.dtype, device=reference.device)
         return weight * torch.stack(terms).sum()
+
+    @torch.no_grad()
+    def synchronize_signals(self, all_reduce: AllReduce | None = None,
+                            process_group=None) -> None:
+        """Replace each layer's pending signals by their mean over every process.
+
+        Every rank then applies the same update to the same state, so gammas, statistics and
+        absorbing decisions stay identical (a branch dropped on one rank only would desync the
+        replicas' parameters). The value is the mean of the ranks' means, over the ranks that
+        recorded a signal. all_reduce: sums a tensor in place across the processes (default:
+        ``torch.distributed.all_reduce`` over ``process_group``, nothing to do when
+        torch.distributed is not initialised or has one process). Every rank must call it.
+        """
+        if all_reduce is None:
+            all_reduce = _distributed_all_reduce(process_group)
+            if all_reduce is None:
+                return
+        states = self.states
+        if not states:
+            return
+        # [layer, kind (b, dJ/dgamma), (local mean, 1 if this rank has one)]: one collective
+        totals = torch.zeros(len(states), 2, 2, dtype=torch.float64,
+                             device=states[0].gamma.device)
+        for index, state in enumerate(states):
+            for kind, values in enumerate((state.pending_b, state.pending_dgamma)):
+                if values:
+                    totals[index, kind, 0] = torch.stack(
+                        [v.to(totals) for v in values]).mean()
+                    totals[index, kind, 1] = 1.0
+        all_reduce(totals)
+        for index, state in enumerate(states):
+            state.take_pending()
+            means = [[totals[index, kind, 0] / totals[index, kind, 1]]
+                     if totals[index, kind, 1] > 0 else [] for kind in (0, 1)]
+            state.pending_b, state.pending_dgamma = means
+
+    @torch.no_grad()
+    def after_optimizer_step(self, progress: float) -> None:
+        """Advance every layer's state by one optimiser step; progress in [0, 1] of training."""
+        for state in self.states:
+            signals, dgammas = state.take_pending()
+            state.step += 1
+            if bool(state.dropped):
+                continue
+            self.policy.update(state, self.config, float(progress), _mean(signals),
+                               _mean(dgammas))
+
+    # -- reporting -------------------------------------------------------------------------
+    def upper_confidence_fixed_point(self, state: RECMState) -> float:
+        """gamma_max * (mean(b) + z * standard error): an upper bound on the fixed point."""
+        return modes.upper_confidence_fixed_point(state, self.config)
 
     def gammas(self) -> list[float]:
         return [float(state.gamma) for state in self.states]
 
     def log_dict(self) -> dict[str, float]:
-        """Per-layer gamma, b statistics, dropped flag, ACE dual (for loggers, every step)."""
+        """Per-layer gamma, dropped flag and the mode's own values (b statistics for recm,
+        the dual for ace), named ``recm/<name>_<layer>``; empty without layers."""
         out: dict[str, float] = {}
         for index, state in enumerate(self.states):
             out[f"recm/gamma_{index}"] = float(state.gamma)
             out[f"recm/dropped_{index}"] = float(state.dropped)
-            if self.mode == "recm":
-                out[f"recm/b_mean_{index}"] = float(state.b_mean)
-                ucb = self.upper_confidence_fixed_point(state)
-                out[f"recm/fixed_point_ucb_{index}"] = ucb if math.isfinite(ucb) else -1.0
-            if self.mode == "ace":
-                out[f"recm/dual_{index}"] = float(state.dual)
+            for name, value in self.policy.log_values(state, self.config).items():
+                out[f"recm/{name}_{index}"] = value
         return out
+
+    # -- old files ---------------------------------------------------------------------------
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # files written before the states moved onto their layers: ``<prefix>states.<i>.<name>``
+        legacy = prefix + "states."
+        for key in [k for k in state_dict if k.startswith(legacy)]:
+            value = state_dict.pop(key)
+            index, _, name = key[len(legacy):].partition(".")
+            if not index.isdigit() or int(index) >= len(self.layers) \
+                    or name not in RECMState.BUFFERS:
+                unexpected_keys.append(key)
+                continue
+            getattr(self.layers[int(index)].state, name).copy_(value)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+def _mean(values: list[torch.Tensor]) -> float | None:
+    return float(torch.stack(values).mean()) if values else None
+
+
+def _distributed_all_reduce(process_group=None) -> AllReduce | None:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    if dist.get_world_size(process_group) == 1:
+        return None
+    return lambda tensor: dist.all_reduce(tensor, group=process_group)
+
+
+def controller_of(net: nn.Module) -> RECMController:
+    """The RECM controller of ``net`` (the first ``RECMController`` among its modules), or a
+    controller without layers, on which every call is a no-op, for a network without one."""
+    for module in net.modules():
+        if isinstance(module, RECMController):
+            return module
+    return RECMController([], RECMConfig(mode="equivariant"))

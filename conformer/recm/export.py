@@ -12,9 +12,10 @@ from conformer.recm.layer import ModulatedLayer
 def export(net: nn.Module) -> nn.Module:
     """A copy of ``net`` with every dropped or zero-coefficient free branch removed.
 
-    Per mode: ``scheduled`` drops every branch (section 2); ``ace`` truncates branches with
-    gamma under ``ace_truncation`` (gamma only reaches zero asymptotically); ``recm`` drops
-    absorbed branches and branches whose gamma is exactly 0; ``unconstrained`` keeps all.
+    Per mode (``ModePolicy.keeps_branch_at_export``): ``scheduled`` drops every branch
+    (section 2); ``ace`` truncates branches with gamma under ``ace_truncation`` (gamma only
+    reaches zero asymptotically); ``recm`` drops absorbed branches and branches whose gamma is
+    exactly 0; ``unconstrained`` keeps all.
     A layer without a branch is exactly its equivariant block.
     """
     for module in net.modules():  # the last forward's penalty is part of an autograd graph,
@@ -24,10 +25,7 @@ def export(net: nn.Module) -> nn.Module:
     for module in exported.modules():
         if not isinstance(module, ModulatedLayer) or module.free is None:
             continue
-        gamma = float(module.state.gamma)
-        cfg = module.config
-        if (module.mode == "scheduled" or bool(module.state.dropped)
-                or (module.mode == "ace" and abs(gamma) < cfg.ace_truncation)
-                or (module.mode == "recm" and gamma == 0.0)):
+        if bool(module.state.dropped) or not module.policy.keeps_branch_at_export(
+                float(module.state.gamma), module.config):
             module.drop_branch()
     return exported

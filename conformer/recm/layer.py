@@ -16,30 +16,54 @@ _TINY = 1e-12
 
 
 class RECMState(nn.Module):
-    """Recurrent state of one layer, all buffers (so it is in ``state_dict`` and checkpoints).
+    """Recurrent state of one layer, all buffers, registered on its layer as ``state`` (so it
+    is in the layer's ``state_dict`` as ``<layer>.state.*`` and moves with ``.to``).
 
     gamma: the modulation coefficient; b_mean / b_sq_mean / b_count: running (exponential,
     window ``stats_window``) moments of the symmetry-violation signal b; patience: consecutive
     steps the absorbing test passed; dropped: 1 once absorbed (frozen strictly equivariant);
     dual: ACE's Lagrange multiplier; step: optimiser steps seen (seeds the group samples).
+
+    Files written before the state moved onto its layer keep it under the controller
+    (``recm.states.<i>.*``); the controller copies those values in when such a file is loaded,
+    and ``_load_from_state_dict`` below keeps the layer's own keys from being reported missing.
     """
+
+    BUFFERS = ("gamma", "b_mean", "b_sq_mean", "b_count", "patience", "dropped", "dual", "step")
 
     def __init__(self, config: RECMConfig):
         super().__init__()
-        # ACE starts fully relaxed (its section 3); recm starts at gamma_init
-        initial = {"unconstrained": 1.0, "equivariant": 0.0, "scheduled": 0.0,
-                   "ace": 1.0}.get(config.mode, config.gamma_init)
-        self.register_buffer("gamma", torch.tensor(float(initial)))
+        policy = config.policy
+        self.register_buffer("gamma", torch.tensor(float(policy.initial_gamma(config))))
         self.register_buffer("b_mean", torch.tensor(0.0))
         self.register_buffer("b_sq_mean", torch.tensor(0.0))
         self.register_buffer("b_count", torch.tensor(0, dtype=torch.int64))
         self.register_buffer("patience", torch.tensor(0, dtype=torch.int64))
-        self.register_buffer("dropped", torch.tensor(config.mode == "equivariant"))
+        self.register_buffer("dropped", torch.tensor(not policy.has_free_branch))
         self.register_buffer("dual", torch.tensor(0.0))
         self.register_buffer("step", torch.tensor(0, dtype=torch.int64))
         # signals gathered by backward hooks since the last optimiser step (not state)
         self.pending_b: list[torch.Tensor] = []
         self.pending_dgamma: list[torch.Tensor] = []
+
+    def record_signals(self, b: torch.Tensor, dgamma: torch.Tensor) -> None:
+        """Called by the layer's backward hook: one b and one dJ/dgamma (0-dim float64)."""
+        self.pending_b.append(b)
+        self.pending_dgamma.append(dgamma)
+
+    def take_pending(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The signals recorded since the last call (b's, dJ/dgamma's), emptying the lists."""
+        pending = (self.pending_b, self.pending_dgamma)
+        self.pending_b, self.pending_dgamma = [], []
+        return pending
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the old layout has none of this layer's keys: keep the current values (the controller
+        # fills them from ``recm.states.<i>.*``, before or after this runs)
+        if not any(prefix + name in state_dict for name in self.BUFFERS):
+            for name in self.BUFFERS:
+                state_dict[prefix + name] = getattr(self, name).detach().clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"gamma={float(self.gamma):.4g}, dropped={bool(self.dropped)}"
@@ -84,11 +108,18 @@ class _ScaleGradient(torch.autograd.Function):
         return grad * factor.to(grad.dtype), None
 
 
+def free_branch_seed(seed: int, layer_index: int) -> int:
+    """Seed of the initial weights of layer ``layer_index``'s free branch (RECMConfig.seed)."""
+    return seed + 1 + 7919 * layer_index
+
+
 class ModulatedLayer(nn.Module):
     """``y = layer(x, *args) + gamma * n(free(z))`` with ``z = free_input`` or ``x``.
 
     layer: a strictly equivariant module whose output has ``irreps_out`` (shape [N, dim_out]).
     irreps_free_in: irreps of the free branch's input ``z`` [N, dim] (default ``irreps_in``).
+    layer_index: the layer's position among the network's modulated layers (0, 1, ...), as
+    given to ``RECMController``; it seeds the free branch, so layers with equal irreps differ.
     n(.) rescales the free output to the RMS of the layer's output, so that gamma alone
     carries the free branch's magnitude. The factor is a running average over training
     batches (buffer ``free_scale``), not the current batch's ratio: a molecule's output must
@@ -96,24 +127,26 @@ class ModulatedLayer(nn.Module):
     """
 
     def __init__(self, layer: nn.Module, irreps_in, irreps_out, config: RECMConfig,
-                 irreps_free_in=None):
+                 irreps_free_in=None, layer_index: int = 0):
         super().__init__()
         self.layer = layer
         self.irreps_in = o3.Irreps(irreps_in)
         self.irreps_out = o3.Irreps(irreps_out)
         self.irreps_free_in = o3.Irreps(irreps_free_in) if irreps_free_in else self.irreps_in
         self.mode = config.mode
+        self.policy = config.policy
         self.config = config
-        self.layer_index = 0  # set by the controller; part of the group-sample seed
-        # the controller owns (registers) the state; the layer only refers to it
-        object.__setattr__(self, "state", RECMState(config))
-        if config.mode == "equivariant":
+        # position in the network (the controller checks it): seeds the free branch's
+        # initial weights and the group samples, so that no two layers share either
+        self.layer_index = int(layer_index)
+        self.state = RECMState(config)
+        if not self.policy.has_free_branch:
             self.free = None
         else:
             # own random stream: the equivariant blocks get the same initial weights in every
             # mode, so a comparison of modes is not confounded by their initialisation
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(config.seed + 1 + sum(map(ord, str(self.irreps_out))))
+                torch.manual_seed(free_branch_seed(config.seed, self.layer_index))
                 self.free = FreeBranch(self.irreps_free_in.dim, self.irreps_out.dim,
                                        config.free_hidden, config.free_layers,
                                        config.free_init_std)
@@ -159,7 +192,7 @@ class ModulatedLayer(nn.Module):
     def branch_active(self) -> bool:
         if self.free is None or bool(self.state.dropped):
             return False
-        return not (self.mode == "scheduled" and not self.training)
+        return self.training or self.policy.branch_active_in_eval
 
     def forward(self, x: torch.Tensor, *args, free_input: torch.Tensor | None = None,
                 **kwargs) -> torch.Tensor:
@@ -169,14 +202,15 @@ class ModulatedLayer(nn.Module):
             return y_eq
         z = x if free_input is None else free_input
         gamma = self.state.gamma.to(y_eq.dtype)
-        if self.mode == "recm" and torch.is_grad_enabled():
+        surrogate = self.policy.surrogate_branch_gradient
+        if surrogate and torch.is_grad_enabled():
             # the layers below get the true gradient of gamma * n(f(z)): gamma times the
             # gradient the branch passes back (see the value/gradient split below)
             z = _ScaleGradient.apply(z, gamma.detach())
         free_out = self.free(z)
         scale = self._normalization(y_eq, free_out)
         normalized = free_out * scale
-        if self.mode == "recm":
+        if surrogate:
             # value: y_eq + gamma n(f); gradient into the branch's own parameters: as if gamma
             # were 1. The branch keeps learning the direction it would take at full use while
             # gamma is small, so b (its alignment with the descent direction) stays
@@ -188,16 +222,11 @@ class ModulatedLayer(nn.Module):
             y = y_eq + gamma * normalized
         if not (self.training and torch.is_grad_enabled()):
             return y
-        if self.mode == "scheduled" or (self.mode == "recm" and self.config.reg_weight > 0):
+        if self.policy.regularization_weight(self.config) > 0:
             # penalty on the non-equivariant part, relative so the branch's scale is irrelevant
             residual = free_out - self.projected(z)
-            if self.mode == "scheduled":  # section 2: defect of the branch, relative to it
-                defect = residual.pow(2).sum() / (free_out.pow(2).sum() + _TINY)
-            else:  # section 4: gamma^2 ||r||^2 / ||y||^2, r in the layer's output scale
-                defect = (gamma * scale).pow(2) * residual.pow(2).sum() / (
-                    y.detach().pow(2).sum() + _TINY)
-            self._regularizer = defect
-        if self.mode in ("recm", "ace") and y.requires_grad:
+            self._regularizer = self.policy.penalty(free_out, residual, gamma, scale, y)
+        if self.policy.collects_signals and y.requires_grad:
             with torch.no_grad():
                 residual = (free_out - self.projected(z)).detach()
             direction = normalized.detach()
@@ -207,8 +236,8 @@ class ModulatedLayer(nn.Module):
                 with torch.no_grad():
                     inner = (grad * residual).sum()
                     norm = grad.norm() * residual.norm() + _TINY
-                    state.pending_b.append((-inner / norm).to(torch.float64))
-                    state.pending_dgamma.append((grad * direction).sum().to(torch.float64))
+                    state.record_signals((-inner / norm).to(torch.float64),
+                                         (grad * direction).sum().to(torch.float64))
 
             y.register_hook(collect)
         return y

@@ -8,6 +8,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from conformer.recm import controller_of
+
 
 class GammaHistory(L.Callback):
     """Appends ``step, gamma_0, gamma_1, ...`` to ``RUN/gammas.csv`` after every optimiser
@@ -23,11 +25,12 @@ class GammaHistory(L.Callback):
 
     @rank_zero_only
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        net = pl_module.net
-        if not hasattr(net, "recm") or trainer.global_step == self._last_step:
+        if trainer.global_step == self._last_step:  # not an optimiser step (accumulation)
+            return
+        gammas = controller_of(pl_module.net).gammas()
+        if not gammas:  # a network without modulated layers
             return
         self._last_step = trainer.global_step
-        gammas = net.recm.gammas()
         new = not self.path.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", newline="") as handle:

@@ -3,11 +3,12 @@
 The network is built outside (``conformer.nn.build_denoiser``) and passed in: this module owns
 the training procedure, not the architecture.
 
-Per optimiser step: AdamW (gradients clipped by the Trainer), then
-``net.recm.after_optimizer_step(progress)`` (the recurrent gamma update, no gradient), then the
-EMA update. RECM's state lives in the network's buffers, so the ordinary ``state_dict`` in the
-checkpoint carries it; the EMA weights, resolved config and ``environment_info()`` are added in
-``on_save_checkpoint``. Validation uses the EMA weights and a fixed noise draw per batch, so
+Per optimiser step: AdamW (gradients clipped by the Trainer), then the RECM controller's
+signal sync across DDP ranks and its recurrent gamma update (no gradient), then the EMA update.
+Everything RECM goes through ``self.recm`` (``conformer.recm.controller_of``; a no-op for a
+network without modulated layers). RECM's state lives in the modulated layers' buffers, so the
+ordinary ``state_dict`` in the checkpoint carries it; the EMA weights, resolved config and
+``environment_info()`` are added in ``on_save_checkpoint``. Validation uses the EMA weights and a fixed noise draw per batch, so
 val/loss values are comparable across steps.
 """
 
@@ -109,14 +110,20 @@ class ConformerDiffusionModule(L.LightningModule):
         self.val_seed = val_seed
         self.ema = ExponentialMovingAverage(net, optim.ema_decay)
 
+    @property
+    def recm(self):
+        """The network's RECM controller (``conformer.recm.RECMController``)."""
+        from conformer.recm import controller_of
+
+        return controller_of(self.net)
+
     # -- steps -----------------------------------------------------------------------------
     def forward(self, batch: dict, noise_conditioning: torch.Tensor) -> torch.Tensor:
         return self.net(batch, noise_conditioning)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.diffusion.loss(self.net, batch)
-        regularization = self.net.recm.regularization_loss() if hasattr(self.net, "recm") \
-            else loss.new_zeros(())
+        regularization = self.recm.regularization_loss().to(loss)
         total = loss + regularization
         size = int(batch["num_graphs"])
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
@@ -128,43 +135,19 @@ class ConformerDiffusionModule(L.LightningModule):
         if not self._stepped_this_batch:
             return
         self._stepped_this_batch = False
-        if hasattr(self.net, "recm"):
-            for name, value in self.net.recm.log_dict().items():
-                self.log(name, value, batch_size=1)
+        for name, value in self.recm.log_dict().items():
+            self.log(name, value, batch_size=1)
 
     _stepped_this_batch = False
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        if hasattr(self.net, "recm"):
-            self._average_recm_signals_across_ranks()
-            self.net.recm.after_optimizer_step(self._progress())
+        recm = self.recm
+        recm.synchronize_signals()  # under DDP: every rank then applies the same update
+        recm.after_optimizer_step(self._progress())
         self.ema.update(self.net, self.global_step)
         self._stepped_this_batch = True
         self.log("lr", optimizer.param_groups[0]["lr"], batch_size=1)
-
-    def _average_recm_signals_across_ranks(self) -> None:
-        """Under DDP, replace each layer's pending RECM signals by their mean over all ranks.
-
-        Every rank then applies the same update to the same state, so gammas, statistics and
-        absorbing decisions stay identical (a branch dropped on one rank only would desync the
-        replicas' parameters).
-        """
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return
-        for state in getattr(self.net.recm, "states", []):
-            for name in ("pending_b", "pending_dgamma"):
-                values = getattr(state, name, None)
-                if values is None:
-                    continue
-                local = torch.zeros(2, dtype=torch.float64, device=self.device)
-                if values:
-                    local[0] = torch.stack([v.to(torch.float64) for v in values]).mean()
-                    local[1] = 1.0
-                dist.all_reduce(local)
-                setattr(state, name, [local[0] / local[1]] if local[1] > 0 else [])
 
     def _progress(self) -> float:
         total = self._total_steps()
