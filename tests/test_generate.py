@@ -9,7 +9,7 @@ import torch
 from rdkit import Chem
 
 from conformer import cli
-from conformer.generate import GenerateOptions, generate_file, read_inputs
+from conformer.generation import GenerateOptions, generate_file, read_inputs
 from conformer.sdf_io import completed_input_lines, read_conformer_groups
 
 SMI = """# name after the SMILES

@@ -18,7 +18,6 @@ from collections.abc import Iterator, Sequence
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from conformer.data import keys

@@ -490,7 +490,7 @@ def _train_stage(plan: Plan, mode: str, seed: int) -> dict:
 def _generate_stage(plan: Plan, method: str, seed: int, model_path: str | None) -> dict:
     """``conformer generate`` for one row: the model file of a trained mode, or an RDKit
     method; written to ``generated/<method>_s<seed>.sdf`` (generate resumes by itself)."""
-    from conformer.generate import GenerateOptions, generate_file
+    from conformer.generation import GenerateOptions, generate_file
 
     out = plan.root / "generated" / f"{_job_name(method, seed)}.sdf"
     marker = out.with_suffix(".summary.json")
