@@ -24,8 +24,8 @@ CC=O
 
 def _save_untrained(directory, mode):
     from conformer.diffusion import EDMSettings
+    from conformer.model_io import save_model
     from conformer.nn import build_denoiser
-    from conformer.train.export import save_model
 
     torch.manual_seed(0)
     net = build_denoiser("tiny", mode)

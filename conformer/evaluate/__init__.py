@@ -12,10 +12,11 @@ import types
 
 
 class _CallablePackage(types.ModuleType):
-    def __call__(self, generated, references, threshold: float = 0.75, workers: int = 1):
+    def __call__(self, *args, **kwargs):
+        """``conformer.api.evaluate(generated, references, threshold=0.75, workers=1)``."""
         from conformer.api import evaluate
 
-        return evaluate(generated, references, threshold=threshold, workers=workers)
+        return evaluate(*args, **kwargs)
 
 
 sys.modules[__name__].__class__ = _CallablePackage
