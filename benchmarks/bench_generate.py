@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from conformer.generate import GenerateOptions, generate_file
+from conformer.generation import GenerateOptions, generate_file
 from conformer.versions import environment_info
 
 ROOT = Path(__file__).resolve().parent.parent

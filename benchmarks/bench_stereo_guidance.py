@@ -17,7 +17,13 @@ from pathlib import Path
 import torch
 from rdkit import RDLogger
 
-from conformer.generate import InputLine, ModelSampler, MoleculeError, prepare_molecule
+from conformer.generation import (
+    ConformerModel,
+    InputLine,
+    ModelSampler,
+    MoleculeError,
+    prepare_molecule,
+)
 from conformer.stereo import StereoChecker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     RDLogger.DisableLog("rdApp.*")
-    sampler = ModelSampler(args.ckpt, "cpu", None, 64)
+    sampler = ModelSampler(ConformerModel.load(args.ckpt, "cpu"), None, 64)
     jobs = []
     with open(args.csv, newline="") as handle:
         for number, row in enumerate(csv.DictReader(handle), start=2):

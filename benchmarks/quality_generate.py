@@ -26,7 +26,7 @@ import torch
 from rdkit import Chem
 
 from conformer.evaluate.validity import validity_report
-from conformer.generate import GenerateOptions, generate_file
+from conformer.generation import GenerateOptions, generate_file
 from conformer.sdf_io import read_conformer_groups
 from conformer.versions import environment_info
 

@@ -93,7 +93,7 @@ def _generate_with_model(groups: dict, names: list[str], args, generated: Path) 
 
     import torch
 
-    from conformer.generate import GenerateOptions, generate_file
+    from conformer.generation import GenerateOptions, generate_file
 
     torch.set_num_threads(args.threads)
     inputs = args.out / "inputs.csv"

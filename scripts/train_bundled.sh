@@ -38,7 +38,7 @@ for MODE in $MODES; do
     # the shipped model.pt is the recm one (every layer absorbed: exactly equivariant)
     OUT=conformer/assets/model.pt
     if [ "$MODE" != recm ]; then OUT=runs/bundled_small_$MODE/model.pt; fi
-    $PY -c "from conformer.train.export import export_checkpoint as e; import sys, json; \
+    $PY -c "from conformer.model_io import export_checkpoint as e; import sys, json; \
 print(e(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))['training'])" \
         "$RUN/checkpoints/last.ckpt" "$OUT" "$SAMPLER"
 done

@@ -9,7 +9,7 @@ import torch
 from rdkit import Chem
 
 from conformer import cli
-from conformer.generate import GenerateOptions, generate_file, read_inputs
+from conformer.generation import GenerateOptions, generate_file, read_inputs
 from conformer.sdf_io import completed_input_lines, read_conformer_groups
 
 SMI = """# name after the SMILES
@@ -24,8 +24,8 @@ CC=O
 
 def _save_untrained(directory, mode):
     from conformer.diffusion import EDMSettings
+    from conformer.model_io import save_model
     from conformer.nn import build_denoiser
-    from conformer.train.export import save_model
 
     torch.manual_seed(0)
     net = build_denoiser("tiny", mode)

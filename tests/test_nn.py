@@ -243,7 +243,7 @@ def test_denoiser_state_in_the_old_layout_loads(batch):
 
 
 def test_bundled_model_keeps_its_recm_state():
-    from conformer.train.export import BUNDLED_MODEL, load_model
+    from conformer.model_io import BUNDLED_MODEL, load_model
 
     stored = torch.load(BUNDLED_MODEL, map_location="cpu", weights_only=True)["state_dict"]
     net, _, _ = load_model()

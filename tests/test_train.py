@@ -10,12 +10,8 @@ from rdkit.Chem import AllChem
 
 from conformer.config import load_config
 from conformer.data import keys
-from conformer.data.datamodule import (
-    ConformerDataModule,
-    ConformerDataset,
-    MaxAtomsBatchSampler,
-    collate_molecules,
-)
+from conformer.data.batching import collate_molecules
+from conformer.data.datamodule import ConformerDataModule, ConformerDataset, MaxAtomsBatchSampler
 from conformer.data.features import featurize_mol
 
 SMILES = ["CCO", "CC(=O)N", "c1ccccc1O", "C[C@H](N)C(=O)O", "CC=CC", "OCCN", "CCCCl",
@@ -155,7 +151,7 @@ def test_training_reduces_the_loss_on_a_fixed_batch(store):
 
 
 def test_export_and_load_model_round_trip(tmp_path, store):
-    from conformer.train.export import export_checkpoint, load_model
+    from conformer.model_io import export_checkpoint, load_model
 
     torch.set_num_threads(1)
     config = tiny_config(tmp_path, "trainer.max_steps=2")

@@ -34,7 +34,10 @@ def add_arguments(parser) -> None:
                         "the model's, 20)")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="conformers sampled together in one batch (memory vs speed)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    parser.add_argument("--device", default="auto",
+                        help="torch device: auto (default: CUDA when torch sees a GPU, else "
+                        "the CPU), cpu, cuda, cuda:1, ...; a device that is not there is an "
+                        "error before any output is written")
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed (per molecule: seed and input line)")
     parser.add_argument("--no-hydrogens", action="store_true",
@@ -62,7 +65,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from conformer.generate import GenerateOptions, failures_path, generate_file
+    from conformer.generation import GenerateOptions, failures_path, generate_file
     from conformer.versions import environment_info
 
     options = GenerateOptions(

@@ -34,7 +34,7 @@ def run(args) -> int:
     result = train(config, resume=args.resume)
     print(json.dumps(result, indent=2))
     if args.export_to:
-        from conformer.train.export import export_checkpoint
+        from conformer.model_io import export_checkpoint
 
         meta = export_checkpoint(result["last_checkpoint"], args.export_to)
         print(f"exported EMA model of step {meta['training']['global_step']} to {args.export_to}")

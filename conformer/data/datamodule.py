@@ -18,10 +18,10 @@ from collections.abc import Iterator, Sequence
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from conformer.data import keys
+from conformer.data.batching import collate_molecules
 
 
 def record_num_atoms(store, i: int) -> int:
@@ -39,7 +39,8 @@ class ConformerDataset(Dataset):
     The conformer is drawn uniformly from the stored ones by a generator seeded with
     (seed, epoch, i): a different conformer each epoch, the same one on every rank and on a
     resumed run. ``fixed_conformer=True`` always takes the first (lowest-energy) one
-    (validation). Returns numpy arrays; ``collate_molecules`` makes the batch.
+    (validation). Returns numpy arrays; ``conformer.data.batching.collate_molecules`` makes the
+    batch.
     """
 
     def __init__(self, store, seed: int = 0, fixed_conformer: bool = False,
@@ -80,27 +81,6 @@ class ConformerDataset(Dataset):
             keys.BOND_FEATURES: record[keys.BOND_FEATURES],
             keys.POS: positions[choice].astype(np.float32),
         }
-
-
-def collate_molecules(items: Sequence[dict]) -> dict:
-    """Concatenate molecules into one batch dict (keys and shapes in ``conformer.data.keys``)."""
-    offsets = np.cumsum([0] + [len(item[keys.ATOMIC_NUMBERS]) for item in items[:-1]])
-    batch = {
-        keys.ATOM_FEATURES: torch.from_numpy(
-            np.concatenate([item[keys.ATOM_FEATURES] for item in items])).long(),
-        keys.ATOMIC_NUMBERS: torch.from_numpy(
-            np.concatenate([item[keys.ATOMIC_NUMBERS] for item in items])).long(),
-        keys.BOND_INDEX: torch.from_numpy(np.concatenate(
-            [item[keys.BOND_INDEX] + offset for item, offset in zip(items, offsets, strict=True)],
-            axis=1)).long(),
-        keys.BOND_FEATURES: torch.from_numpy(
-            np.concatenate([item[keys.BOND_FEATURES] for item in items])).long(),
-        keys.POS: torch.from_numpy(np.concatenate([item[keys.POS] for item in items])).float(),
-        keys.BATCH: torch.from_numpy(np.concatenate(
-            [np.full(len(item[keys.ATOMIC_NUMBERS]), k) for k, item in enumerate(items)])).long(),
-        keys.NUM_GRAPHS: len(items),
-    }
-    return batch
 
 
 class MaxAtomsBatchSampler(Sampler[list[int]]):

@@ -29,3 +29,20 @@ def export(net: nn.Module) -> nn.Module:
                 float(module.state.gamma), module.config):
             module.drop_branch()
     return exported
+
+
+def align_dropped_branches(net: nn.Module, state_dict: dict, prefix: str = "") -> int:
+    """Drop the free branches of ``net`` that ``state_dict`` no longer has (absorbed layers
+    or an exported model), so that the state dict loads strictly. Returns how many.
+
+    prefix: the key prefix of ``net``'s entries in ``state_dict`` (``"net."`` in a training
+    checkpoint, ``""`` in a model file).
+    """
+    dropped = 0
+    for name, module in net.named_modules():
+        if isinstance(module, ModulatedLayer) and module.free is not None:
+            branch = f"{prefix}{name}.free." if name else f"{prefix}free."
+            if not any(key.startswith(branch) for key in state_dict):
+                module.drop_branch()
+                dropped += 1
+    return dropped

@@ -22,24 +22,9 @@ import torch
 from torch import nn
 
 from conformer.diffusion import EDMDiffusion
+from conformer.model_io import CHECKPOINT_FORMAT
+from conformer.recm.export import align_dropped_branches
 from conformer.versions import environment_info
-
-CHECKPOINT_FORMAT = "conformer-lightning/1"
-
-
-def align_dropped_branches(net: nn.Module, state_dict: dict, prefix: str = "") -> int:
-    """Drop the free branches of ``net`` that ``state_dict`` no longer has (absorbed layers
-    or an exported model), so that the state dict loads strictly. Returns how many."""
-    from conformer.recm.layer import ModulatedLayer
-
-    dropped = 0
-    for name, module in net.named_modules():
-        if isinstance(module, ModulatedLayer) and module.free is not None:
-            branch = f"{prefix}{name}.free." if name else f"{prefix}free."
-            if not any(key.startswith(branch) for key in state_dict):
-                module.drop_branch()
-                dropped += 1
-    return dropped
 
 
 class ExponentialMovingAverage:

@@ -285,7 +285,7 @@ def _read_losses(run_dir: Path) -> dict:
 
 
 def _train_stage(plan: Plan, mode: str, seed: int) -> dict:
-    from conformer.train.export import export_checkpoint, load_model
+    from conformer.model_io import export_checkpoint, load_model
     from conformer.train.run import build_network, train
 
     config = train_config(plan, mode, seed)
@@ -331,7 +331,7 @@ def _train_stage(plan: Plan, mode: str, seed: int) -> dict:
 def _generate_stage(plan: Plan, method: str, seed: int, model_path: str | None) -> dict:
     """``conformer generate`` for one row: the model file of a trained mode, or an RDKit
     method; written to ``generated/<method>_s<seed>.sdf`` (generate resumes by itself)."""
-    from conformer.generate import GenerateOptions, generate_file
+    from conformer.generation import GenerateOptions, generate_file
 
     out = plan.root / "generated" / f"{job_name(method, seed)}.sdf"
     marker = out.with_suffix(".summary.json")

@@ -1,0 +1,211 @@
+"""One molecule from input to a checked conformer ensemble: the core that ``conformer
+generate`` (writing an SDF) and ``conformer.generate`` (returning Mols) both loop over.
+
+Per molecule: prepare (explicit hydrogens), sample (model or ETKDG), check the input's stereo
+and correct it (``conformer.stereo.correct_ensemble``: reflection, resampling), and attach
+the conformers to a copy of the molecule with the SDF writer's properties. A molecule that
+cannot be generated comes back with its reason instead: nothing is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from rdkit import Chem, RDLogger
+from rdkit.rdBase import BlockLogs
+
+from conformer.errors import UserInputError
+from conformer.generation.inputs import InputLine, MoleculeError, prepare_molecule
+from conformer.generation.options import GenerateOptions
+from conformer.generation.sampler import (
+    ConformerModel,
+    ModelSampler,
+    molecule_seed,
+    rdkit_conformers,
+    resolve_device,
+)
+from conformer.stereo import StereoChecker, StereoTally, correct_ensemble
+
+FAILURE_PROPERTY = "failure_reason"
+
+
+@dataclass
+class GeneratedMolecule:
+    """The outcome of one input.
+
+    mol: the molecule with its conformers [C, N, 3] Angstrom (hydrogens unless the options
+    say otherwise), or None when it failed; failure: the reason (None on success); extra: the
+    SDF properties beyond the writer's own (method, stereo_guidance, input_smiles,
+    stereo_wrong_conformers); tally: stereo-correct counts before/after correction.
+    """
+
+    line: InputLine
+    mol: Chem.Mol | None = None
+    failure: str | None = None
+    extra: dict = field(default_factory=dict)
+    tally: StereoTally = field(default_factory=StereoTally)
+
+    def properties(self) -> dict:
+        """Every property the SDF writer sets on this molecule's records, except the
+        per-record ``conformer`` index (conformer ids are 0..C-1 instead)."""
+        count = self.mol.GetNumConformers() if self.mol is not None else 0
+        return {"name": self.line.name, "smiles": self.line.smiles,
+                "input_line": self.line.line_number, "n_conformers": count, **self.extra}
+
+    def as_mol(self) -> Chem.Mol:
+        """A Mol for the API: the ensemble with ``properties()`` set and ``_Name`` the name.
+        On failure: the input molecule (an empty Mol if it cannot be parsed) with zero
+        conformers, ``failure_reason`` and ``input`` (the input as given) set."""
+        if self.mol is not None:
+            out = Chem.Mol(self.mol)
+            props = self.properties()
+        else:
+            out = _failed_molecule(self.line)
+            props = {**self.properties(), FAILURE_PROPERTY: self.failure,
+                     "input": self.line.text}
+        out.SetProp("_Name", str(self.line.name))
+        for key, value in props.items():
+            if isinstance(value, bool):
+                out.SetBoolProp(key, value)
+            elif isinstance(value, int):
+                out.SetIntProp(key, value)
+            else:
+                out.SetProp(key, str(value))
+        return out
+
+
+def _failed_molecule(line: InputLine) -> Chem.Mol:
+    if line.mol is not None:
+        out = Chem.Mol(line.mol)
+    else:
+        with BlockLogs():  # its parse error was reported once already
+            out = (Chem.MolFromSmiles(line.smiles) if line.smiles else None) or Chem.Mol()
+    out.RemoveAllConformers()
+    return out
+
+
+def ensemble_mol(mol: Chem.Mol, positions: np.ndarray, hydrogens: bool) -> Chem.Mol:
+    """``mol`` carrying ``positions`` [C, N, 3] Angstrom as conformers 0..C-1 (hydrogens
+    removed unless ``hydrogens``)."""
+    out = Chem.Mol(mol)
+    out.RemoveAllConformers()
+    for xyz in positions:
+        conformer = Chem.Conformer(out.GetNumAtoms())
+        conformer.SetPositions(np.asarray(xyz, dtype=np.float64))
+        out.AddConformer(conformer, assignId=True)
+    return out if hydrogens else Chem.RemoveHs(out)
+
+
+class MoleculeGenerator:
+    """Generates molecule after molecule with one set of options (and one loaded model).
+
+    model: for the model method, a loaded model to reuse; None loads ``options.ckpt`` (the
+    bundled model by default) onto ``options.device``. The device is checked here, before
+    any molecule, so a missing device is one clear error. ``device_option`` names the
+    setting in that error (``--device`` for the CLI, ``device`` for the API).
+    """
+
+    def __init__(self, options: GenerateOptions, model: ConformerModel | None = None,
+                 device_option: str = "--device"):
+        self.options = options
+        self.sampler: ModelSampler | None = None
+        if options.method == "model":
+            if model is None:
+                model = ConformerModel.load(options.ckpt, options.device, device_option)
+            self.sampler = ModelSampler(model, options.steps, options.batch_size)
+        else:
+            if model is not None:
+                raise UserInputError(f"model: only the model method uses one (method is "
+                                     f"{options.method})")
+            resolve_device(options.device, device_option)  # a bad setting is an error anyway
+
+    def run(self, lines: Sequence[InputLine]) -> Iterator[GeneratedMolecule]:
+        """One GeneratedMolecule per line, in order."""
+        if self.sampler is not None:
+            for line in lines:
+                yield self._model_molecule(line)
+        else:
+            yield from self._rdkit_molecules(lines)
+
+    def _extra(self, line: InputLine) -> dict:
+        extra = {"method": self.options.method}
+        if self.options.method == "model":
+            extra["stereo_guidance"] = "on" if self.options.stereo_guidance else "off"
+        if line.input_smiles != line.smiles:
+            extra["input_smiles"] = line.input_smiles
+        return extra
+
+    def _finish(self, line, mol, positions, resample, checker=None) -> GeneratedMolecule:
+        options = self.options
+        checker = checker or StereoChecker(mol)
+        result = correct_ensemble(checker, positions, resample, options.max_resamples)
+        extra = self._extra(line)
+        if checker.has_stereo:
+            # conformers that still miss the input's stereo after correction (empty: none)
+            extra["stereo_wrong_conformers"] = ",".join(
+                str(i) for i in np.flatnonzero(~result.correct_after))
+        return GeneratedMolecule(line, ensemble_mol(mol, result.positions, options.hydrogens),
+                                 extra=extra, tally=result.tally)
+
+    def _model_molecule(self, line: InputLine) -> GeneratedMolecule:
+        options, sampler = self.options, self.sampler
+        try:
+            mol = prepare_molecule(line, options.max_atoms)
+            features = sampler.featurize(mol)
+        except MoleculeError as error:
+            return GeneratedMolecule(line, failure=str(error), extra=self._extra(line))
+        generator = torch.Generator().manual_seed(molecule_seed(options.seed, line.line_number))
+        checker = StereoChecker(mol)
+        targets = checker.targets() if options.stereo_guidance else None
+        positions = sampler.sample(features, options.conformer_count(line), generator, targets,
+                                   options.guidance)
+
+        def resample(k):
+            return sampler.sample(features, k, generator, targets, options.guidance)
+
+        return self._finish(line, mol, positions, resample, checker)
+
+    def _rdkit_molecules(self, lines: Sequence[InputLine]) -> Iterator[GeneratedMolecule]:
+        options = self.options
+        tasks = [(line, options.conformer_count(line), options.method, options.seed,
+                  options.max_atoms) for line in lines]
+        if options.workers and options.workers > 1 and len(tasks) > 1:
+            import multiprocessing
+
+            pool = multiprocessing.get_context("spawn").Pool(options.workers,
+                                                             initializer=_quiet_rdkit)
+            results = pool.imap(_rdkit_task, tasks)
+        else:
+            pool, results = None, map(_rdkit_task, tasks)
+        try:
+            for line, positions, error in results:
+                if error is not None:
+                    yield GeneratedMolecule(line, failure=error, extra=self._extra(line))
+                    continue
+                mol = prepare_molecule(line, options.max_atoms)  # the worker's atom order
+                # ETKDG enforces stereo; the check still runs so the rates are measured, and
+                # no resampling is needed beyond the reflection rule
+                yield self._finish(line, mol, positions, None)
+        finally:
+            if pool is not None:
+                pool.close()
+                pool.join()
+
+
+def _quiet_rdkit() -> None:
+    RDLogger.DisableLog("rdApp.*")  # a worker's RDKit warnings would interleave on stderr
+
+
+def _rdkit_task(task):
+    line, count, method, seed, max_atoms = task
+    try:
+        mol = prepare_molecule(line, max_atoms)
+        positions = rdkit_conformers(mol, count, method, molecule_seed(seed, line.line_number))
+        return line, positions, None
+    except MoleculeError as error:
+        return line, None, str(error)
+    except Exception as error:  # an RDKit failure on one molecule must not stop the file
+        return line, None, f"{method} failed: {error}"

@@ -1,0 +1,145 @@
+"""Molecules to generate: input files (SMILES or CSV) or Python objects, as ``InputLine``s.
+
+Every molecule carries the line number it is accounted by: its line in the input file (a CSV
+header is line 1), or its 1-based position in the list given to ``conformer.generate``. The
+number also seeds the molecule's random stream (see ``conformer.generation.sampler``).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rdkit import Chem
+
+from conformer.errors import UserInputError
+
+
+@dataclass
+class InputLine:
+    """One molecule to generate. line_number counts from 1 over the file's lines (a CSV
+    header is line 1) or over the list given to the API. text is the input as given; smiles
+    the one generated from. mol, when set, is the molecule itself (an RDKit Mol handed to the
+    API: its atoms, stereo tags and hydrogens are used instead of parsing ``smiles``)."""
+
+    line_number: int
+    text: str
+    smiles: str
+    name: str
+    input_smiles: str
+    n_conformers: int | None = None
+    mol: Chem.Mol | None = None
+
+
+def read_inputs(path: str | Path) -> Iterator[InputLine]:
+    """Molecules of a ``.smi``/``.txt`` (SMILES, optional name; whitespace separated; ``#``
+    comments and blank lines skipped) or ``.csv`` file (``smiles`` column; optional ``name``,
+    ``n_conformers``, ``corrected_smiles`` — generated from when present and non-empty)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"input {path}: no such file")
+    if path.suffix.lower() == ".csv":
+        yield from _read_csv(path)
+    else:
+        yield from _read_smi(path)
+
+
+def _read_smi(path: Path) -> Iterator[InputLine]:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, raw in enumerate(handle, start=1):
+            text = raw.rstrip("\r\n")
+            stripped = text.strip()
+            if not stripped or stripped.startswith("#"):
+                continue
+            parts = stripped.split(None, 1)
+            smiles = parts[0]
+            name = parts[1].strip() if len(parts) > 1 else f"line{number}"
+            yield InputLine(number, text, smiles, name, smiles)
+
+
+def _read_csv(path: Path) -> Iterator[InputLine]:
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        reader = csv.DictReader(handle)
+        fields = [f.strip() for f in (reader.fieldnames or [])]
+        if "smiles" not in fields:
+            raise UserInputError(f"input {path}: CSV has no 'smiles' column "
+                                 f"(columns: {', '.join(fields) or 'none'})")
+        reader.fieldnames = fields
+        for index, row in enumerate(reader):
+            number = index + 2  # line 1 is the header (multi-line fields are not expected)
+            text = ",".join(str(row.get(f) or "") for f in fields)
+            smiles = (row.get("smiles") or "").strip()
+            corrected = (row.get("corrected_smiles") or "").strip()
+            name = (row.get("name") or "").strip() or f"line{number}"
+            count_text = (row.get("n_conformers") or "").strip()
+            try:
+                count = int(float(count_text)) if count_text else None
+            except ValueError:
+                count = -1  # reported as a failure of this line, not of the file
+            yield InputLine(number, text, corrected or smiles, name, smiles, count)
+
+
+def lines_from_molecules(molecules: Iterable[str | Chem.Mol]) -> list[InputLine]:
+    """The API's inputs as ``InputLine``s numbered 1, 2, ... in the given order.
+
+    A string is a SMILES (named ``mol<k>``, k its 1-based position); a Mol keeps its atoms,
+    stereo and name (``_Name``, else ``name`` property, else ``mol<k>``). Anything else raises
+    UserInputError naming the position and the type.
+    """
+    lines = []
+    for number, item in enumerate(molecules, start=1):
+        if isinstance(item, str):
+            smiles = item.strip()
+            lines.append(InputLine(number, item, smiles, f"mol{number}", smiles))
+        elif isinstance(item, Chem.Mol):
+            name = next((item.GetProp(key) for key in ("_Name", "name")
+                         if item.HasProp(key) and item.GetProp(key).strip()), f"mol{number}")
+            try:
+                smiles = Chem.MolToSmiles(Chem.RemoveHs(item, sanitize=False))
+            except (RuntimeError, ValueError):  # an unsanitizable Mol fails in prepare_molecule
+                smiles = ""
+            lines.append(InputLine(number, smiles, smiles, name, smiles, mol=Chem.Mol(item)))
+        else:
+            raise UserInputError(f"molecules[{number - 1}]: expected a SMILES string or an "
+                                 f"RDKit Mol, got {type(item).__name__}")
+    return lines
+
+
+class MoleculeError(ValueError):
+    """This input line cannot be processed (the message is the reason)."""
+
+
+def prepare_molecule(line: InputLine, max_atoms: int) -> Chem.Mol:
+    """The RDKit molecule with explicit hydrogens, or MoleculeError with the reason.
+
+    From ``line.mol`` when set (its atom order kept; missing hydrogens added after the heavy
+    atoms), else parsed from ``line.smiles``.
+    """
+    if line.n_conformers is not None and line.n_conformers < 0:
+        raise MoleculeError("n_conformers is not a non-negative integer")
+    if line.mol is not None:
+        mol = Chem.Mol(line.mol)
+        mol.RemoveAllConformers()
+        if mol.GetNumAtoms() == 0:
+            raise MoleculeError("empty molecule")
+        try:
+            Chem.SanitizeMol(mol)
+        except (RuntimeError, ValueError) as error:
+            raise MoleculeError(f"RDKit cannot sanitize the molecule ({error})") from error
+    else:
+        if not line.smiles:
+            raise MoleculeError("empty SMILES")
+        mol = Chem.MolFromSmiles(line.smiles)
+        if mol is None:
+            raise MoleculeError("invalid SMILES (RDKit cannot parse it)")
+    if len(Chem.GetMolFrags(mol)) > 1:
+        raise MoleculeError("disconnected fragments are not supported (strip salts/solvents)")
+    mol = Chem.AddHs(mol)
+    if mol.GetNumAtoms() > max_atoms:
+        raise MoleculeError(f"too many atoms ({mol.GetNumAtoms()} with hydrogens; "
+                            f"limit {max_atoms})")
+    if mol.GetNumAtoms() < 2:
+        raise MoleculeError("a single atom has no conformation")
+    return mol

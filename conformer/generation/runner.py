@@ -1,0 +1,160 @@
+"""SMILES file in, SDF out: the loop of ``conformer generate`` over ``MoleculeGenerator``.
+
+Every input line ends up either as conformers in the SDF (``input_line`` property) or as a row
+of ``OUT.failures.csv`` (line, input, reason). Molecules are written as soon as they are done,
+so an interrupted run resumes where it stopped: rerunning the same command skips the input
+lines already in the SDF or in the failures file. Per-molecule seeding (see
+``conformer.generation.sampler``) makes a resumed run write what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rdkit import RDLogger
+
+from conformer.generation.ensemble import MoleculeGenerator
+from conformer.generation.inputs import InputLine, read_inputs
+from conformer.generation.options import GenerateOptions
+from conformer.stereo import StereoTally
+
+
+@dataclass
+class GenerateSummary:
+    molecules: int = 0
+    conformers: int = 0
+    failures: int = 0
+    skipped_done: int = 0
+    failure_reasons: Counter = field(default_factory=Counter)
+    stereo: StereoTally = field(default_factory=StereoTally)
+    stereo_guidance: bool | None = None  # None: not a model run (no guidance to speak of)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "molecules": self.molecules, "conformers": self.conformers,
+            "failures": self.failures, "skipped_already_done": self.skipped_done,
+            "failure_reasons": dict(self.failure_reasons),
+            "stereo_guidance": self.stereo_guidance,
+            "stereo_conformers_checked": self.stereo.conformers,
+            # as sampled (after guidance when it is on), before reflection/resampling
+            "stereo_correct_before": self.stereo.rate_before(),
+            "stereo_correct_after": self.stereo.rate_after(),
+            "stereo_reflected": self.stereo.reflected, "stereo_resampled": self.stereo.resampled,
+            "seconds": round(self.seconds, 3),
+            "conformers_per_second": round(self.conformers / self.seconds, 3)
+            if self.seconds else None,
+        }
+
+    def text(self) -> str:
+        def pct(v):
+            return "n/a (no stereo specified)" if v is None else f"{100 * v:.1f}%"
+
+        reasons = ", ".join(f"{k}: {v}" for k, v in self.failure_reasons.most_common())
+        sampled = {None: "", True: ", sampled with stereo guidance",
+                   False: ", sampled without stereo guidance"}[self.stereo_guidance]
+        lines = [
+            f"molecules:   {self.molecules}" + (f" (+{self.skipped_done} done earlier)"
+                                                 if self.skipped_done else ""),
+            f"conformers:  {self.conformers}",
+            f"failures:    {self.failures}" + (f" ({reasons})" if reasons else ""),
+            f"stereo-correct before correction: {pct(self.stereo.rate_before())} "
+            f"of {self.stereo.conformers} conformers with specified stereo{sampled}",
+            f"stereo-correct after correction:  {pct(self.stereo.rate_after())} "
+            f"({self.stereo.reflected} reflected, {self.stereo.resampled} resampled)",
+            f"time:        {self.seconds:.1f} s"
+            + (f" ({self.conformers / self.seconds:.2f} conformers/s)" if self.seconds else ""),
+        ]
+        return "\n".join(lines)
+
+
+def failures_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.stem + ".failures.csv")
+
+
+def _failed_lines(path: Path) -> set[int]:
+    if not path.exists():
+        return set()
+    with open(path, newline="") as handle:
+        return {int(row["line"]) for row in csv.DictReader(handle) if row.get("line")}
+
+
+class _FailureLog:
+    def __init__(self, path: Path):
+        self.path = path
+        new = not path.exists() or path.stat().st_size == 0
+        self.handle = open(path, "a", newline="")
+        self.writer = csv.writer(self.handle)
+        if new:
+            self.writer.writerow(["line", "input", "reason"])
+            self.handle.flush()
+
+    def write(self, line: InputLine, reason: str) -> None:
+        self.writer.writerow([line.line_number, line.text, reason])
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _progress(total: int, enabled: bool | None):
+    from tqdm import tqdm
+
+    disable = not sys.stderr.isatty() if enabled is None else not enabled
+    return tqdm(total=total, unit="mol", desc="generate", disable=disable)
+
+
+def generate_file(input_path: str | Path, out: str | Path,
+                  options: GenerateOptions | None = None) -> GenerateSummary:
+    """Generate conformers for every molecule of ``input_path`` into the SDF ``out``.
+
+    The inputs are read and the model loaded (device checked) before any output file is
+    created, so a bad input file, model or device leaves nothing behind.
+    """
+    from conformer import sdf_io
+
+    options = options or GenerateOptions()
+    out = Path(out)
+    lines = list(read_inputs(input_path))
+    start = time.perf_counter()  # the model's loading counts, as it always has
+    if options.method == "model" and options.workers and options.workers > 0:
+        torch.set_num_threads(options.workers)
+    generator = MoleculeGenerator(options)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = set(sdf_io.completed_input_lines(out)) if out.exists() else set()
+    fail_path = failures_path(out)
+    done |= _failed_lines(fail_path)
+    todo = [line for line in lines if line.line_number not in done]
+    summary = GenerateSummary(skipped_done=len(lines) - len(todo))
+    if options.method == "model":
+        summary.stereo_guidance = options.stereo_guidance
+    RDLogger.DisableLog("rdApp.*")
+    failures = _FailureLog(fail_path)
+    writer = sdf_io.ConformerSDFWriter(out, append=True)
+    bar = _progress(len(todo), options.progress)
+    try:
+        for result in generator.run(todo):
+            line = result.line
+            if result.failure is not None:
+                failures.write(line, result.failure)
+                summary.failures += 1
+                summary.failure_reasons[result.failure.split(" (")[0]] += 1
+            else:
+                summary.stereo.add(result.tally)
+                summary.conformers += writer.write_molecule(
+                    result.mol, line.name, line.smiles, line.line_number, result.extra)
+                summary.molecules += 1
+            bar.update(1)
+    finally:
+        bar.close()
+        writer.close()
+        failures.close()
+        summary.seconds = time.perf_counter() - start
+    return summary
