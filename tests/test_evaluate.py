@@ -236,27 +236,27 @@ def test_interrupted_evaluation_resumes_from_the_per_molecule_cache(tiny_pair, t
     _, _, ref_path, gen_path = tiny_pair
     references = evaluator.load_references(ref_path, "molecule")
     settings = evaluator.EvaluationSettings(validity_confs_per_molecule=0)
+    monkeypatch.setattr(evaluator, "CACHE_CHUNK_PAIRS", 1)  # one molecule per engine call
     calls = []
-    real = evaluator.evaluate_molecule
+    real = evaluator.molecule_result
 
-    def interrupted(task):
+    def interrupted(name, *args):
         if len(calls) == 2:
             raise KeyboardInterrupt
-        calls.append(task[0])
-        return real(task)
+        calls.append(name)
+        return real(name, *args)
 
-    monkeypatch.setattr(evaluator, "evaluate_molecule", interrupted)
+    monkeypatch.setattr(evaluator, "molecule_result", interrupted)
     with pytest.raises(KeyboardInterrupt):
         evaluator.evaluate(gen_path, references, tmp_path / "out", settings, progress=False)
-    monkeypatch.setattr(evaluator, "evaluate_molecule", real)
     done_first = list(calls)
     calls.clear()
 
-    def counting(task):
-        calls.append(task[0])
-        return real(task)
+    def counting(name, *args):
+        calls.append(name)
+        return real(name, *args)
 
-    monkeypatch.setattr(evaluator, "evaluate_molecule", counting)
+    monkeypatch.setattr(evaluator, "molecule_result", counting)
     resumed = evaluator.evaluate(gen_path, references, tmp_path / "out", settings, progress=False)
     assert len(done_first) == 2 and sorted(calls) == sorted(set(references) - set(done_first))
     fresh = evaluator.evaluate(gen_path, references, tmp_path / "fresh", settings, progress=False)
