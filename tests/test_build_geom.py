@@ -199,3 +199,22 @@ def test_impossible_stereo_draw_is_replaced_by_an_embeddable_isomer():
     params.randomSeed = 11
     params.timeout = 5
     assert build.rdDistGeom.EmbedMolecule(isomer, params) == 0
+
+
+def test_imine_whose_nh_direction_the_smiles_leaves_open_is_built():
+    # 3D perception gives the imine N-H an E/Z the SMILES never states; generate accepts such
+    # conformers, and build-geom used to reject every one ("no embedded conformer has the
+    # stereochemistry of the SMILES").
+    key = build.canonical_key("N=c1[nH]cc([N+](=O)[O-])s1")
+    molecule = build.build_molecule(key, 1, build.BuildSettings(n_confs=4, seed=1))
+    assert molecule["uniqueconfs"] >= 1
+
+
+def test_specified_stereo_is_still_enforced():
+    key = build.canonical_key("C/C=C/C(C)(O)[C@@H](F)Cl")
+    mol = Chem.AddHs(Chem.MolFromSmiles(key))
+    ids = list(build.rdDistGeom.EmbedMultipleConfs(mol, 2, randomSeed=4))
+    mirrored = Chem.Mol(mol)
+    conf = mirrored.GetConformer(ids[1])
+    conf.SetPositions(conf.GetPositions() * np.array([-1.0, 1.0, 1.0]))  # inverts the centre
+    assert build._conformers_with_key_stereo(mirrored, ids, key) == [ids[0]]

@@ -236,27 +236,27 @@ def test_interrupted_evaluation_resumes_from_the_per_molecule_cache(tiny_pair, t
     _, _, ref_path, gen_path = tiny_pair
     references = evaluator.load_references(ref_path, "molecule")
     settings = evaluator.EvaluationSettings(validity_confs_per_molecule=0)
+    monkeypatch.setattr(evaluator, "CACHE_CHUNK_PAIRS", 1)  # one molecule per engine call
     calls = []
-    real = evaluator.evaluate_molecule
+    real = evaluator.molecule_result
 
-    def interrupted(task):
+    def interrupted(name, *args):
         if len(calls) == 2:
             raise KeyboardInterrupt
-        calls.append(task[0])
-        return real(task)
+        calls.append(name)
+        return real(name, *args)
 
-    monkeypatch.setattr(evaluator, "evaluate_molecule", interrupted)
+    monkeypatch.setattr(evaluator, "molecule_result", interrupted)
     with pytest.raises(KeyboardInterrupt):
         evaluator.evaluate(gen_path, references, tmp_path / "out", settings, progress=False)
-    monkeypatch.setattr(evaluator, "evaluate_molecule", real)
     done_first = list(calls)
     calls.clear()
 
-    def counting(task):
-        calls.append(task[0])
-        return real(task)
+    def counting(name, *args):
+        calls.append(name)
+        return real(name, *args)
 
-    monkeypatch.setattr(evaluator, "evaluate_molecule", counting)
+    monkeypatch.setattr(evaluator, "molecule_result", counting)
     resumed = evaluator.evaluate(gen_path, references, tmp_path / "out", settings, progress=False)
     assert len(done_first) == 2 and sorted(calls) == sorted(set(references) - set(done_first))
     fresh = evaluator.evaluate(gen_path, references, tmp_path / "fresh", settings, progress=False)
@@ -286,3 +286,123 @@ def test_unreadable_generated_record_is_listed_not_fatal(tiny_pair, tmp_path: Pa
     assert any(f.get("record") == 1 for f in document["failures"])
     per = {m["name"]: m for m in document["per_molecule"]}
     assert per["astex_1g9v"]["n_gen"] == 3  # the other three records of that molecule count
+
+
+# --- hardening (issue 14 item 9) and the batched engine (issue 12 item 2) ------------------
+
+
+def _run_evaluate(generated, references, out, *extra):
+    return cli_main(["evaluate", "--generated", str(generated), "--references", str(references),
+                     "--out", str(out), "--no-progress", "--validity-confs", "0", *extra])
+
+
+def test_cut_file_flags_the_molecule_incomplete(tiny_pair, tmp_path, capsys):
+    _, _, ref_path, gen_path = tiny_pair
+    records = gen_path.read_text().split("$$$$\n")[:-1]
+    # astex_1g9v: 4 records with n_conformers=4; keep 2 of them, cut at a record boundary
+    first = [r for r in records if "\nastex_1g9v\n" in r]
+    others = [r for r in records if r not in first]
+    assert len(first) == 4 and "<n_conformers>\n4\n" in first[0]
+    cut = tmp_path / "cut.sdf"
+    cut.write_text("".join(r + "$$$$\n" for r in first[:2] + others))
+    assert _run_evaluate(cut, ref_path, tmp_path / "o") == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "astex_1g9v" in err and "2 of 4" in err
+    document = json.loads((tmp_path / "o" / "results.json").read_text())
+    per = {m["name"]: m for m in document["per_molecule"]}
+    assert per["astex_1g9v"]["incomplete"] and per["astex_1g9v"]["n_gen_expected"] == 4
+    assert not per["astex_1jje"]["incomplete"]
+    assert document["metrics"]["n_incomplete"] == 1
+    assert any("incomplete: 2 of 4" in f["reason"] for f in document["failures"])
+    assert "incomplete molecules (fewer generated conformers than announced" \
+        in (tmp_path / "o" / "table.md").read_text()
+
+
+def test_swapped_files_are_refused(tiny_pair, tmp_path, capsys):
+    _, _, ref_path, gen_path = tiny_pair
+    assert _run_evaluate(ref_path, gen_path, tmp_path / "o") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "look swapped" in err
+
+
+def test_both_files_from_generate_with_fewer_generated_warns(tiny_pair, tmp_path, capsys):
+    refs, gens, _, gen_path = tiny_pair
+    few = tmp_path / "few.sdf"
+    with ConformerSDFWriter(few) as writer:
+        for line, name in enumerate(HUTCHISON_FEW, start=1):
+            writer.write_molecule(gens[name][0], name, gens[name][0].GetProp("smiles"), line)
+    # few.sdf (1 conformer each) given as --generated against gen.sdf (4 each): likely swapped
+    assert _run_evaluate(few, gen_path, tmp_path / "o") == 0
+    assert "if the two are swapped, so are COV-R and COV-P" in capsys.readouterr().err
+
+
+def test_own_output_as_references_needs_no_ref_key(tiny_pair, tmp_path):
+    _, _, _, gen_path = tiny_pair
+    # generate's output (grouped by 'name') as references for itself: every RMSD is 0
+    assert _run_evaluate(gen_path, gen_path, tmp_path / "o") == 0
+    document = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert document["settings"]["ref_key"] == "name"
+    assert document["metrics"]["n_molecules"] == 3
+    assert document["metrics"]["cov_r_mean"] == 1.0 and document["metrics"]["mat_r_mean"] < 1e-6
+
+
+def test_nothing_matching_exits_2_naming_the_keys(tiny_pair, tmp_path, capsys):
+    _, _, ref_path, _ = tiny_pair
+    other = tmp_path / "other.sdf"
+    with ConformerSDFWriter(other) as writer:
+        writer.write_molecule(_embedded("CCCCCCO", 2), "hexanol", "CCCCCCO", 1)
+    assert _run_evaluate(other, ref_path, tmp_path / "o") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "none of its 1 molecules matches" in err and "'hexanol'" in err
+    assert "'name'" in err and "astex_1g9v" in err
+    assert not (tmp_path / "o" / "table.md").exists()
+
+
+def test_two_molecules_with_one_name_are_not_merged(tiny_pair, tmp_path, capsys):
+    refs, gens, ref_path, _ = tiny_pair
+    clash = tmp_path / "clash.sdf"
+    with ConformerSDFWriter(clash) as writer:
+        for line, name in enumerate(HUTCHISON_FEW[:2], start=1):
+            records = gens[name]
+            combined = Chem.Mol(records[0])
+            for record in records[1:]:
+                combined.AddConformer(Chem.Conformer(record.GetConformer()), assignId=True)
+            # both written under one name: a user's input with a duplicated name
+            writer.write_molecule(combined, "astex_1g9v", records[0].GetProp("smiles"), line)
+    assert _run_evaluate(clash, ref_path, tmp_path / "o") == 0
+    assert "2 different molecules share this name" in capsys.readouterr().err
+    document = json.loads((tmp_path / "o" / "results.json").read_text())
+    per = {m["name"]: m for m in document["per_molecule"]}
+    assert per["astex_1g9v"]["n_gen"] == 4 and per["astex_1jje"]["n_gen"] == 4
+    assert per["astex_1g9v"]["n_gen_mismatched"] == 0
+    golden = json.loads((GOLDEN / "rmsd_golden.json").read_text())["rmsd"]
+    with np.load(tmp_path / "o" / "rmsd.npz") as data:
+        names = list(data["names"])
+        got = data[f"m{names.index('astex_1jje')}"]
+    np.testing.assert_allclose(got, np.array(golden["astex_1jje"]), atol=1e-6, rtol=0)
+
+
+def test_evaluate_equals_golden_getbestrms_on_every_golden_molecule(tmp_path):
+    from conformer.evaluate.evaluator import EvaluationSettings, evaluate, load_references
+
+    golden = json.loads((GOLDEN / "rmsd_golden.json").read_text())["rmsd"]
+    references = load_references(GOLDEN / "rmsd_refs.sdf")
+    gens = read_conformer_groups(GOLDEN / "rmsd_gens.sdf", key="name")
+    gen_path = tmp_path / "gen.sdf"
+    with ConformerSDFWriter(gen_path) as writer:
+        for line, name in enumerate(sorted(gens), start=1):
+            combined = Chem.Mol(gens[name][0])
+            for record in gens[name][1:]:
+                combined.AddConformer(Chem.Conformer(record.GetConformer()), assignId=True)
+            writer.write_molecule(combined, name, gens[name][0].GetProp("smiles"), line)
+    for workers in (1, 2):
+        document = evaluate(gen_path, references, tmp_path / f"o{workers}",
+                            EvaluationSettings(validity_confs_per_molecule=0), workers=workers,
+                            progress=False)
+        with np.load(tmp_path / f"o{workers}" / "rmsd.npz") as data:
+            names = list(data["names"])
+            for name, expected in golden.items():
+                got = data[f"m{names.index(name)}"]
+                assert np.abs(got - np.array(expected)).max() <= 1e-6, name
+        assert document["metrics"]["n_molecules"] == len(golden)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 HELP = "COV/MAT of generated conformers against reference conformers"
@@ -18,8 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "test_mols.pkl-style dict SMILES -> molecules (a pickle: trusted files only)")
     parser.add_argument("--out", type=Path, required=True,
                         help="output folder: results.json, table.md, coverage.png, rmsd.npz")
-    parser.add_argument("--ref-key", default="molecule",
-                        help="SDF property that groups reference records (default molecule)")
+    parser.add_argument("--ref-key", default=None,
+                        help="SDF property that groups reference records (default: the first of "
+                             "'molecule' (GEOM, Hutchison) and 'name' (`conformer generate` "
+                             "output) the records have, else their title line)")
     parser.add_argument("--dataset", choices=("drugs", "qm9"), default="drugs",
                         help="sets the default threshold (drugs 0.75 A, qm9 0.5 A) and the GEOM "
                              "summary file to read (default drugs)")
@@ -29,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="test molecules (smiles,n_conformers) when --references is a GEOM "
                              "rdkit_folder")
     parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes, one molecule at a time each (default 1)")
+                        help="worker processes for the RMSD matrices (forked; default 1)")
     parser.add_argument("--max-matches", type=int, default=1_000_000,
                         help="cap on symmetry matches per molecule, as GetBestRMS's maxMatches "
                              "(default 1000000, GetBestRMS's default)")
@@ -47,7 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from conformer.errors import UserInputError
-    from conformer.evaluate.evaluator import EvaluationSettings, evaluate, load_references
+    from conformer.evaluate.evaluator import (
+        EvaluationSettings,
+        detect_group_key,
+        evaluate,
+        load_references,
+    )
     from conformer.evaluate.metrics import THRESHOLDS, format_table
 
     if not args.generated.is_file():
@@ -59,18 +67,24 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError(f"--workers {args.workers}: must be >= 1")
     if args.max_matches < 1:
         raise UserInputError(f"--max-matches {args.max_matches}: must be >= 1")
+    ref_key = args.ref_key
+    if ref_key is None and args.references.is_file() and \
+            args.references.name.endswith((".sdf", ".sdf.gz")):
+        ref_key = detect_group_key(args.references, "--references")
     settings = EvaluationSettings(
-        threshold=threshold, dataset=args.dataset, ref_key=args.ref_key,
+        threshold=threshold, dataset=args.dataset, ref_key=ref_key or "molecule",
         max_matches=args.max_matches,
         symmetrize_conjugated_terminal_groups=not args.no_symmetrize_terminal_groups,
         only_generated=args.only_generated, validity_confs_per_molecule=args.validity_confs)
-    references = load_references(args.references, args.ref_key, args.test_csv, args.dataset)
+    references = load_references(args.references, ref_key, args.test_csv, args.dataset)
     if not references:
         raise UserInputError(f"--references {args.references}: no reference conformers found")
     document = evaluate(args.generated, references, args.out, settings, workers=args.workers,
                         progress=not args.no_progress,
                         extra_settings={"references": str(args.references),
                                         "test_csv": str(args.test_csv) if args.test_csv else None})
+    for warning in document["warnings"]:
+        print(f"conformer evaluate: warning: {warning}", file=sys.stderr)
     print(format_table(document["metrics"]))
     print(f"failures: {document['n_failures']} (listed in {args.out / 'results.json'})")
     return 0

@@ -13,7 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GEOM rdkit_folder (holds summary_<dataset>.json and <dataset>/)")
     parser.add_argument("--split", type=Path, required=True,
                         help="GEOM split file (object array of train/val/test index arrays into "
-                             "the sorted pickle list), e.g. data/geom/drugs/split0.npy")
+                             "the sorted pickle list), e.g. data/geom/drugs/split0.npy; read with "
+                             "an unpickler that builds numpy arrays only, so it never runs code "
+                             "from the file (a pickle asking for anything else is refused)")
     parser.add_argument("--out", type=Path, default=None,
                         help="cache folder (default: $CONFORMER_CACHE); records go to "
                              "<out>/<dataset>-<parameter hash>/<split>/")

@@ -28,10 +28,10 @@ import numpy as np
 from rdkit import Chem, RDLogger
 from rdkit.Chem import rdDistGeom, rdForceFieldHelpers, rdMolAlign
 from rdkit.Chem.EnumerateStereoisomers import EnumerateStereoisomers, StereoEnumerationOptions
-from tqdm import tqdm
 
 from conformer.data import geom
 from conformer.errors import UserInputError
+from conformer.progress import progress as show_progress
 
 # geom_id = line_number * GEOM_ID_STRIDE + conformer index: unique, deterministic, resumable.
 GEOM_ID_STRIDE = 10_000
@@ -198,14 +198,22 @@ def _deduplicate(mol: Chem.Mol, order: list[int], threshold: float) -> list[int]
 
 
 def _conformers_with_key_stereo(mol: Chem.Mol, conf_ids: list[int], key: str) -> list[int]:
-    """The conformers whose 3D stereochemistry gives back the isomeric SMILES ``key``."""
-    kept = []
-    for cid in conf_ids:
-        probe = Chem.Mol(mol, confId=cid)
-        Chem.AssignStereochemistryFrom3D(probe, confId=cid, replaceExistingTags=True)
-        if Chem.MolToSmiles(Chem.RemoveHs(probe)) == key:
-            kept.append(cid)
-    return kept
+    """The conformers that carry the stereochemistry the SMILES ``key`` specifies.
+
+    Checked as ``conformer generate`` checks its output (:class:`conformer.stereo.StereoChecker`):
+    each tetrahedral centre's tag and each E/Z bond's dihedral the SMILES sets. Not by
+    comparing the SMILES perceived from 3D with ``key``: 3D perception also labels double bonds
+    the SMILES leaves open, such as the E/Z of an imine's N-H (``N=c1[nH]cc(...)s1`` comes
+    back as ``[H]/N=c1/...``), which no conformer can then match. ``mol`` is ``key`` with
+    explicit hydrogens, in the same atom order.
+    """
+    from conformer.stereo import StereoChecker
+
+    checker = StereoChecker(mol)
+    if not checker.has_stereo:
+        return list(conf_ids)
+    return [cid for cid in conf_ids
+            if checker.check(mol.GetConformer(cid).GetPositions()).correct]
 
 
 def build_molecule(key: str, line_number: int, settings: BuildSettings) -> dict:
@@ -358,7 +366,7 @@ def build_geom_folder(smiles_file: Path, out_dir: Path, settings: BuildSettings,
     failures: list[tuple[int, str, str]] = []
     first_line_of: dict[str, int] = {}
     tasks, done_keys = [], []
-    for entry in tqdm(entries, desc="canonical SMILES", unit="mol", disable=not progress):
+    for entry in show_progress(entries, desc="canonical SMILES", unit="mol", enabled=progress):
         try:
             key = canonical_key(entry.smiles, settings.seed)
         except MoleculeBuildError as error:
@@ -376,7 +384,7 @@ def build_geom_folder(smiles_file: Path, out_dir: Path, settings: BuildSettings,
 
     input_of = {t[1]: t[3] for t in tasks}
     built = 0
-    bar = tqdm(total=len(tasks), desc="build-geom", unit="mol", disable=not progress)
+    bar = show_progress(total=len(tasks), desc="build-geom", unit="mol", enabled=progress)
     results: Iterable
     if workers == 1:
         results = map(_build_task, tasks)

@@ -32,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 from rdkit import Chem, RDLogger
-from tqdm import tqdm
 
 from conformer.data import geom, keys
 from conformer.data.features import FEATURE_VERSION, FeaturizationError, featurize_mol
 from conformer.data.splits import SPLIT_NAMES, load_split
 from conformer.errors import UserInputError
+from conformer.progress import progress as show_progress
 from conformer.versions import environment_info, file_sha256, stable_hash
 
 FILTER_VERSION = 1
@@ -278,8 +278,8 @@ def prepare(geom_dir: Path, split_file: Path, cache_dir: Path | None,
     already = len(done)
     started = time.time()
     if tasks:
-        bar = tqdm(total=len(tasks), desc=f"prepare shard {shard_tag}", unit="mol",
-                   disable=not progress)
+        bar = show_progress(total=len(tasks), desc=f"prepare shard {shard_tag}", unit="mol",
+                            enabled=progress)
         pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
         results = pool.imap_unordered(_work, tasks, chunksize=4) if pool else map(_work, tasks)
         try:

@@ -2,14 +2,16 @@
 
 The split files (GeoMol repository, MIT; copies in ``data/geom/``) are pickled numpy object
 arrays of three int arrays (train, val, test) indexing the sorted list of molecule pickles.
-Loading them needs ``allow_pickle=True``; it is used only for this known format, and what comes
-out is checked before it is returned.
+``np.load(allow_pickle=True)`` would run whatever a crafted file's pickle asks for, so they are
+read by :class:`NumpyArrayUnpickler`, which builds numpy arrays and dtypes and refuses every
+other global; what comes out is then checked before it is returned.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,57 @@ def standard_split_path(dataset: str = "drugs") -> Path:
     return REPO_DATA / dataset / "split0.npy"
 
 
+def _numpy_reconstruct():
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+class NumpyArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays (object arrays of arrays included) and nothing else.
+
+    A pickle names the callables it runs as globals; only the three that rebuild an ndarray
+    (``ndarray``, ``dtype`` and ``multiarray._reconstruct``, under numpy 1 and 2 module
+    names) are allowed, so a crafted file's ``os.system`` or ``eval`` is refused before
+    anything runs.
+    """
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"),
+               ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not a numpy array type")
+        if name == "_reconstruct":
+            return _numpy_reconstruct()
+        return getattr(np, name)
+
+
+def load_numpy_arrays(path: Path) -> np.ndarray:
+    """The array in an ``.npy`` file, object arrays unpickled by :class:`NumpyArrayUnpickler`.
+
+    Raises ``ValueError``/``pickle.UnpicklingError`` (and friends) on a malformed or crafted file.
+    """
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            _, _, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            _, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+        if dtype.hasobject:
+            array = NumpyArrayUnpickler(handle).load()
+            if not isinstance(array, np.ndarray):
+                raise ValueError(f"the pickle holds a {type(array).__name__}, not an array")
+            return array
+        handle.seek(0)
+        return np.load(handle, allow_pickle=False)
+
+
 def load_split(path: Path, n_molecules: int | None = None, allow_subset: bool = False
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(train, val, test) int64 index arrays from a GEOM split file.
@@ -38,7 +91,10 @@ def load_split(path: Path, n_molecules: int | None = None, allow_subset: bool = 
     if not path.is_file():
         raise UserInputError(f"split file {path}: not found")
     try:
-        raw = np.load(path, allow_pickle=True)  # known GEOM format, validated below
+        raw = load_numpy_arrays(path)  # never runs code from the file; validated below
+    except pickle.UnpicklingError as error:
+        raise UserInputError(f"split file {path}: refused, its pickle asks for more than numpy "
+                             f"arrays ({error})") from None
     except Exception as error:
         raise UserInputError(f"split file {path}: not a numpy .npy file ({error})") from None
     if not (isinstance(raw, np.ndarray) and raw.dtype == object and raw.shape == (3,)):

@@ -7,9 +7,21 @@ References come from one of three layouts (:func:`load_references`):
   GEOM conformers whose heavy-atom, non-isomeric canonical SMILES equals the molecule's;
 - a ``test_mols.pkl``-style pickle: dict SMILES -> list of RDKit molecules (trusted files only).
 
-Generated records (see :mod:`conformer.sdf_io`) are matched to a reference group by ``name``;
-failing that by isomeric canonical SMILES of their ``smiles`` property, then by non-isomeric
-canonical SMILES when that is unambiguous. Generated groups matching no reference are listed.
+SDF records are grouped by a key property: ``--ref-key`` when given, else the first of
+``molecule`` (GEOM/Hutchison files), ``name`` (``conformer generate``'s own output) and the
+record title that the first record has (:func:`detect_group_key`). Records that share a name
+but carry different ``smiles`` (two different molecules) are kept apart, under
+``"name [canonical SMILES]"``, and the clash is reported.
+
+Generated records (see :mod:`conformer.sdf_io`) are matched to a reference group by name when
+their molecule is the reference's (same heavy-atom graph); failing that by isomeric canonical
+SMILES of their ``smiles`` property, then by non-isomeric canonical SMILES when that is
+unambiguous. Generated groups matching no reference are listed; when none matches at all, the
+evaluation stops with one line naming the keys tried. A generated molecule with fewer records
+than its records' ``n_conformers`` (a file cut short) is scored on what is there and reported
+as incomplete. RMSD matrices come from the batched engine
+(:func:`conformer.evaluate.rmsd.rmsd_matrices`), a chunk of molecules at a time, each chunk's
+per-molecule results cached on disk so that a rerun resumes.
 """
 
 from __future__ import annotations
@@ -23,14 +35,14 @@ from pathlib import Path
 
 import numpy as np
 from rdkit import Chem, RDLogger
-from tqdm import tqdm
 
 from conformer.errors import UserInputError
 from conformer.evaluate import metrics as M
-from conformer.evaluate.rmsd import DEFAULT_MAX_MATCHES, rmsd_matrix
+from conformer.evaluate.rmsd import DEFAULT_MAX_MATCHES, rmsd_matrices
 from conformer.evaluate.validity import SETTINGS as VALIDITY_SETTINGS
 from conformer.evaluate.validity import summarize, validity_report
-from conformer.sdf_io import read_conformer_groups
+from conformer.progress import progress as show_progress
+from conformer.sdf_io import iter_sdf, read_conformer_groups
 from conformer.versions import environment_info, file_sha256, stable_hash
 
 
@@ -47,8 +59,9 @@ class EvaluationSettings:
                  "substructure self-matches uniquify=False, useChirality=False; proper rotation")
     comparison: str = "strict <"
     empty_generation: str = M.EMPTY_GENERATION_POLICY
-    generated_matching: str = ("name, else isomeric canonical SMILES, else non-isomeric "
-                               "canonical SMILES if unique")
+    generated_matching: str = ("name (same heavy-atom graph), else isomeric canonical SMILES, "
+                               "else non-isomeric canonical SMILES if unique; same name with "
+                               "different smiles kept apart")
     graph_mismatch: str = ("generated conformers whose heavy-atom graph does not match the "
                            "reference are dropped and counted (n_gen_mismatched)")
     only_generated: bool = False
@@ -67,9 +80,40 @@ def canonical(smiles_or_mol, isomeric: bool) -> str | None:
         return None
 
 
-def load_references(path: Path, ref_key: str = "molecule", test_csv: Path | None = None,
+# Group keys tried, in order, when none is given: GEOM/Hutchison files, then generate's output.
+GROUP_KEYS = ("molecule", "name")
+TITLE_KEY = "_Name"  # the record's first line, RDKit's name for it
+# Properties `conformer generate` writes on every record (see conformer.sdf_io).
+GENERATE_PROPS = ("input_line", "n_conformers")
+
+
+def detect_group_key(path: Path, option: str) -> str:
+    """The property that groups the records of SDF ``path`` into molecules: the first of
+    :data:`GROUP_KEYS` its first readable record has, else its title line. ``option`` names
+    the command-line option in errors."""
+    for _, mol in iter_sdf(path, sanitize=False):
+        if mol is None:
+            continue
+        for key in GROUP_KEYS:
+            if mol.HasProp(key):
+                return key
+        if mol.HasProp(TITLE_KEY) and mol.GetProp(TITLE_KEY).strip():
+            return TITLE_KEY
+        raise UserInputError(f"{option} {path}: its records have none of the properties "
+                             f"{', '.join(GROUP_KEYS)} and no title line; name the grouping "
+                             "property with --ref-key")
+    raise UserInputError(f"{option} {path}: no readable SDF record")
+
+
+def written_by_generate(mols) -> bool:
+    """Whether these records carry the properties ``conformer generate`` writes."""
+    return any(all(m.HasProp(p) for p in GENERATE_PROPS) for m in mols)
+
+
+def load_references(path: Path, ref_key: str | None = None, test_csv: Path | None = None,
                     dataset: str = "drugs") -> dict[str, list[Chem.Mol]]:
-    """Reference conformers grouped by molecule name (see module docstring for layouts)."""
+    """Reference conformers grouped by molecule name (see module docstring for layouts);
+    ``ref_key`` None detects the SDF grouping property (:func:`detect_group_key`)."""
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"--references {path}: not found")
@@ -85,7 +129,8 @@ def load_references(path: Path, ref_key: str = "molecule", test_csv: Path | None
         return {str(k): list(v) for k, v in data.items() if len(v)}
     if not (path.name.endswith(".sdf") or path.name.endswith(".sdf.gz")):
         raise UserInputError(f"--references {path}: expected .sdf, .sdf.gz, .pkl or a folder")
-    return read_conformer_groups(path, key=ref_key)
+    key = ref_key or detect_group_key(path, "--references")
+    return read_conformer_groups(path, key=key)
 
 
 def _load_geom_references(geom_dir: Path, test_csv: Path, dataset: str) -> dict:
@@ -111,26 +156,58 @@ def _load_geom_references(geom_dir: Path, test_csv: Path, dataset: str) -> dict:
     return references
 
 
+def split_name_clashes(groups: dict[str, list[Chem.Mol]]
+                       ) -> tuple[dict[str, list[Chem.Mol]], list[dict]]:
+    """Groups whose records carry different ``smiles`` (different molecules under one name)
+    split into ``"name [canonical isomeric SMILES]"`` groups; returns the groups and one clash
+    report per split name. Records without ``smiles`` stay with their name."""
+    out: dict[str, list[Chem.Mol]] = {}
+    clashes = []
+    for name, mols in groups.items():
+        texts = {m.GetProp("smiles") for m in mols if m.HasProp("smiles")}
+        if len(texts) < 2:
+            out[name] = mols
+            continue
+        canon = {t: canonical(t, True) or t for t in texts}
+        if len(set(canon.values())) < 2:
+            out[name] = mols
+            continue
+        parts: dict[str, list[Chem.Mol]] = defaultdict(list)
+        for mol in mols:
+            smiles = canon.get(mol.GetProp("smiles")) if mol.HasProp("smiles") else None
+            parts[f"{name} [{smiles}]" if smiles else name].append(mol)
+        out.update(parts)
+        clashes.append({"name": name, "smiles": sorted(set(canon.values())),
+                        "reason": f"{len(set(canon.values()))} different molecules share this "
+                                  "name; kept apart as 'name [SMILES]'"})
+    return out, clashes
+
+
 def match_generated(references: dict[str, list[Chem.Mol]], generated: dict[str, list[Chem.Mol]]
                     ) -> tuple[dict[str, list[Chem.Mol]], list[dict]]:
-    """Generated conformers per reference name, and the generated groups that matched none."""
+    """Generated conformers per reference name, and the generated groups that matched none.
+
+    By name only when the molecules agree (same non-isomeric heavy-atom SMILES, when the
+    generated records carry ``smiles``); else by SMILES (module docstring).
+    """
     by_iso: dict[str, list[str]] = defaultdict(list)
     by_flat: dict[str, list[str]] = defaultdict(list)
+    flat_of: dict[str, str | None] = {}
     for name, mols in references.items():
         smiles = _group_smiles(name, mols)
+        flat_of[name] = canonical(smiles, False) if smiles else None
         if smiles:
             by_iso[canonical(smiles, True) or ""].append(name)
-            by_flat[canonical(smiles, False) or ""].append(name)
+            by_flat[flat_of[name] or ""].append(name)
     matched: dict[str, list[Chem.Mol]] = defaultdict(list)
     unmatched = []
     for gen_name, mols in generated.items():
-        if gen_name in references:
-            matched[gen_name].extend(mols)
-            continue
         smiles = mols[0].GetProp("smiles") if mols[0].HasProp("smiles") else None
         iso = canonical(smiles, True) if smiles else None
         flat = canonical(smiles, False) if smiles else None
-        if iso and len(by_iso.get(iso, [])) == 1:
+        if gen_name in references and (flat is None or flat_of[gen_name] in (None, flat)):
+            matched[gen_name].extend(mols)
+        elif iso and len(by_iso.get(iso, [])) == 1:
             matched[by_iso[iso][0]].extend(mols)
         elif flat and len(by_flat.get(flat, [])) == 1:
             matched[by_flat[flat][0]].extend(mols)
@@ -140,33 +217,92 @@ def match_generated(references: dict[str, list[Chem.Mol]], generated: dict[str, 
     return dict(matched), unmatched
 
 
+def incomplete_molecules(generated: dict[str, list[Chem.Mol]]) -> dict[str, tuple[int, int]]:
+    """``name -> (records present, records announced)`` for generated molecules with fewer
+    records than their ``n_conformers`` property says (a file cut short, or unreadable
+    records); counted per ``input_line``, so a name given on two input lines is judged per line."""
+    out = {}
+    for name, mols in generated.items():
+        present: dict[str, int] = defaultdict(int)
+        expected: dict[str, int] = {}
+        for mol in mols:
+            if not all(mol.HasProp(p) for p in GENERATE_PROPS):
+                continue
+            line = mol.GetProp("input_line")
+            present[line] += 1
+            try:
+                expected[line] = int(mol.GetProp("n_conformers"))
+            except ValueError:
+                continue
+        short = [(present[line], expected[line]) for line in expected
+                 if present[line] < expected[line]]
+        if short:
+            out[name] = (sum(p for p, _ in short), sum(e for _, e in short))
+    return out
+
+
+def _no_match_message(generated_path: Path, generated: dict, references: dict, gen_key: str
+                      ) -> str:
+    gen_name, gen_mols = next(iter(generated.items()))
+    gen_smiles = gen_mols[0].GetProp("smiles") if gen_mols[0].HasProp("smiles") else None
+    ref_name = next(iter(references))
+    ref_smiles = _group_smiles(ref_name, references[ref_name])
+    return (f"--generated {generated_path}: none of its {len(generated)} molecules matches any "
+            f"of the {len(references)} reference molecules; tried the generated '{gen_key}' "
+            "against the reference names, then the canonical SMILES of the 'smiles' property "
+            f"(isomeric, then not); e.g. generated {gen_name!r} (smiles {gen_smiles!r}), "
+            f"reference {ref_name!r} (smiles {ref_smiles!r}); check --references and --ref-key")
+
+
 def _group_smiles(name: str, mols: list[Chem.Mol]) -> str | None:
     first = mols[0] if mols else None
     if first is not None:
-        return Chem.MolToSmiles(Chem.RemoveHs(Chem.Mol(first)))
+        try:
+            return Chem.MolToSmiles(Chem.RemoveHs(Chem.Mol(first)))
+        except (RuntimeError, ValueError):
+            return None
     return name if Chem.MolFromSmiles(name) is not None else None
 
 
-# RDKit pickles coordinates as float32 by default; workers must see the exact float64 values.
-_BINARY_OPTIONS = Chem.PropertyPickleOptions.AllProps | Chem.PropertyPickleOptions.CoordsAsDouble
+# What the cache key digests of each reference: the float64 coordinates (RDKit pickles float32
+# by default) and the file's properties, not computed ones (ring info, invariants), which
+# RDKit caches on a molecule as the RMSD engine reads it and would change the key mid-run.
+_P = Chem.PropertyPickleOptions
+_BINARY_OPTIONS = _P.MolProps | _P.AtomProps | _P.BondProps | _P.CoordsAsDouble
 
 
 def _to_bytes(mols: list[Chem.Mol]) -> list[bytes]:
     return [mol.ToBinary(_BINARY_OPTIONS) for mol in mols]
 
 
-def evaluate_molecule(task: tuple) -> dict:
-    """Worker: RMSD matrix, scores and validity of one molecule (picklable in and out)."""
-    name, refs, gens, settings_dict = task
-    refs, gens = [Chem.Mol(b) for b in refs], [Chem.Mol(b) for b in gens]
-    RDLogger.DisableLog("rdApp.*")
-    settings = EvaluationSettings(**settings_dict)
+# Molecules whose RMSD matrices are computed together (one call of the batched engine, its
+# worker pool forked once) before their results are cached: a killed run loses at most one
+# chunk. ~1M pairs is a few seconds of work, long enough that forking workers is cheap beside it.
+CACHE_CHUNK_PAIRS = 1_000_000
+
+
+def _chunks_by_pairs(names: list[str], pairs: dict[str, int], limit: int) -> list[list[str]]:
+    chunks, current, total = [], [], 0
+    for name in names:
+        current.append(name)
+        total += pairs[name]
+        if total >= limit:
+            chunks.append(current)
+            current, total = [], 0
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def molecule_result(name: str, refs: list[Chem.Mol], gens: list[Chem.Mol], matrix: np.ndarray,
+                    settings: EvaluationSettings) -> dict:
+    """One molecule's cached result from its RMSD matrix (K, G), Angstrom, NaN columns for
+    generated conformers whose graph does not match: those columns are dropped and counted,
+    and the first kept conformers get the validity checks."""
     out: dict = {"name": name, "n_gen_mismatched": 0, "error": None, "validity": None}
     if not gens:
         out["rmsd"] = np.zeros((len(refs), 0))
         return out
-    matrix = rmsd_matrix(refs, gens, settings.max_matches,
-                         settings.symmetrize_conjugated_terminal_groups, on_mismatch="nan")
     keep = ~np.isnan(matrix).any(axis=0)
     out["n_gen_mismatched"] = int((~keep).sum())
     out["rmsd"] = matrix[:, keep]
@@ -182,14 +318,83 @@ def evaluate_molecule(task: tuple) -> dict:
     return out
 
 
+def compute_results(names: list[str], references: dict[str, list[Chem.Mol]],
+                    matched: dict[str, list[Chem.Mol]], settings: EvaluationSettings,
+                    workers: int = 1, on_done=None):
+    """Yield :func:`molecule_result` for each name, chunk by chunk (see CACHE_CHUNK_PAIRS);
+    ``on_done(n)`` is called as the engine finishes molecules (a progress bar's update)."""
+    RDLogger.DisableLog("rdApp.*")
+    pairs = {n: len(references[n]) * max(1, len(matched.get(n, []))) for n in names}
+    for chunk in _chunks_by_pairs(names, pairs, CACHE_CHUNK_PAIRS):
+        problems = [(references[n], matched.get(n, [])) for n in chunk]
+        with_gens = [i for i, (_, gens) in enumerate(problems) if gens]
+        matrices = rmsd_matrices([problems[i] for i in with_gens], workers=workers,
+                                 max_matches=settings.max_matches,
+                                 symmetrize=settings.symmetrize_conjugated_terminal_groups,
+                                 on_mismatch="nan", progress=on_done)
+        matrix_of = dict(zip(with_gens, matrices, strict=True))
+        if on_done is not None and len(with_gens) < len(chunk):
+            on_done(len(chunk) - len(with_gens))
+        for i, name in enumerate(chunk):
+            refs, gens = problems[i]
+            yield molecule_result(name, refs, gens, matrix_of.get(i), settings)
+
+
+def _check_not_swapped(generated_path: Path, generated: dict, references: dict,
+                       matched: dict) -> list[str]:
+    """Refuse files that look swapped; return warnings for the doubtful cases."""
+    refs_from_generate = written_by_generate(m for mols in references.values() for m in mols[:1])
+    gens_from_generate = written_by_generate(m for mols in generated.values() for m in mols[:1])
+    if refs_from_generate and not gens_from_generate:
+        raise UserInputError(
+            f"--generated {generated_path} was not written by `conformer generate` but the "
+            "references were: the two files look swapped (COV-R and COV-P would trade places); "
+            "give generate's output as --generated")
+    if not (refs_from_generate and gens_from_generate):
+        return []
+    fewer = sum(len(matched[n]) < len(references[n]) for n in matched)
+    if fewer * 2 > len(matched):
+        return [f"both files were written by `conformer generate` and --generated has fewer "
+                f"conformers than --references for {fewer} of {len(matched)} molecules: if the "
+                "two are swapped, so are COV-R and COV-P"]
+    return []
+
+
 def evaluate(generated_path: Path, references: dict[str, list[Chem.Mol]], out_dir: Path,
              settings: EvaluationSettings, workers: int = 1, progress: bool = True,
-             extra_settings: dict | None = None) -> dict:
-    """Evaluate and write ``results.json``, ``table.md``, ``coverage.png``, ``rmsd.npz``."""
+             extra_settings: dict | None = None, generated_key: str | None = None) -> dict:
+    """Evaluate and write ``results.json``, ``table.md``, ``coverage.png``, ``rmsd.npz``.
+
+    ``generated_key`` groups the generated records (None: detected, see
+    :func:`detect_group_key`). The returned document's ``warnings`` are lines for the user
+    (incomplete molecules, name clashes, files that may be swapped).
+    """
     unreadable: list[dict] = []
-    generated = read_conformer_groups(generated_path, key="name", errors=unreadable)
+    generated_path = Path(generated_path)
+    gen_key = generated_key or detect_group_key(generated_path, "--generated")
+    generated = read_conformer_groups(generated_path, key=gen_key, errors=unreadable)
+    if not generated:
+        raise UserInputError(f"--generated {generated_path}: no readable conformer record")
+    generated, gen_clashes = split_name_clashes(generated)
+    references, ref_clashes = split_name_clashes(references)
     matched, unmatched = match_generated(references, generated)
+    if not matched:
+        raise UserInputError(_no_match_message(generated_path, generated, references, gen_key))
+    warnings = _check_not_swapped(generated_path, generated, references, matched)
+    incomplete = incomplete_molecules(matched)
     failures: list[dict] = unreadable + list(unmatched)
+    for clash, side in [(c, "generated") for c in gen_clashes] + \
+            [(c, "references") for c in ref_clashes]:
+        failures.append(clash | {"file": side})
+        warnings.append(f"{side}: {clash['reason']}: {clash['name']!r}")
+    for name, (present, expected) in sorted(incomplete.items()):
+        failures.append({"name": name, "reason": f"incomplete: {present} of {expected} generated "
+                         "conformers in the file (cut short?); scored on those present"})
+    if incomplete:
+        name, (present, expected) = next(iter(sorted(incomplete.items())))
+        warnings.append(f"{len(incomplete)} molecule(s) have fewer generated conformers than "
+                        f"their records' n_conformers (file cut short?), e.g. {name!r}: "
+                        f"{present} of {expected}; flagged 'incomplete' in results.json")
     names = sorted(references)
     skipped_no_refs = [n for n in names if not references[n]]
     for name in skipped_no_refs:
@@ -198,18 +403,16 @@ def evaluate(generated_path: Path, references: dict[str, list[Chem.Mol]], out_di
     if settings.only_generated:
         names = [n for n in names if n in matched]
     settings_dict = asdict(settings)
-    tasks = [(n, _to_bytes(references[n]), _to_bytes(matched.get(n, [])), settings_dict)
-             for n in names]
     out_dir = Path(out_dir)
     cache = _MoleculeCache(out_dir / "per_molecule_cache", {
         "settings": settings_dict, "generated_sha256": file_sha256(generated_path),
         "references": _references_digest(references, names)})
     results = [r for r in (cache.load(n) for n in names) if r is not None]
-    todo = [t for t in tasks if not cache.has(t[0])]
-    iterator = _run_tasks(todo, workers)
-    for result in tqdm(iterator, total=len(todo), desc="evaluate", disable=not progress):
-        cache.save(result)
-        results.append(result)
+    todo = [n for n in names if not cache.has(n)]
+    with show_progress(total=len(todo), desc="evaluate", unit="mol", enabled=progress) as bar:
+        for result in compute_results(todo, references, matched, settings, workers, bar.update):
+            cache.save(result)
+            results.append(result)
     results.sort(key=lambda r: r["name"])
 
     scores, matrices, validity_entries = [], {}, []
@@ -229,18 +432,23 @@ def evaluate(generated_path: Path, references: dict[str, list[Chem.Mol]], out_di
         validity_entries.extend(r["validity"] or [])
 
     table_metrics = M.aggregate(scores, settings.threshold)
+    table_metrics["n_incomplete"] = sum(r["name"] in incomplete for r in results)
     curves = M.coverage_curves(matrices)
-    per_molecule = [s.as_dict() | {"n_gen_mismatched": r["n_gen_mismatched"]}
+    per_molecule = [s.as_dict() | {"n_gen_mismatched": r["n_gen_mismatched"],
+                                   "incomplete": r["name"] in incomplete,
+                                   "n_gen_expected": incomplete.get(r["name"], (0, None))[1]}
                     for s, r in zip(scores, results, strict=True)]
     document = {
         "metrics": table_metrics,
         "per_molecule": per_molecule,
         "failures": failures,
         "n_failures": len(failures),
+        "warnings": warnings,
         "validity": summarize(validity_entries) | {"settings": settings.validity},
         "curves": curves,
         "settings": settings_dict | (extra_settings or {}) | {
-            "generated": str(generated_path), "generated_sha256": file_sha256(generated_path),
+            "generated": str(generated_path), "generated_key": gen_key,
+            "generated_sha256": file_sha256(generated_path),
             "environment": environment_info()},
     }
     (out_dir / "results.json").write_text(json.dumps(document, indent=2))
@@ -301,23 +509,6 @@ class _MoleculeCache:
         partial.replace(path)  # atomic: a killed run never leaves half a file
 
 
-def _run_tasks(tasks: list, workers: int):
-    if workers <= 1:
-        return map(evaluate_molecule, tasks)
-    return _pool_tasks(tasks, workers)
-
-
-def _pool_tasks(tasks: list, workers: int):
-    import multiprocessing as mp
-
-    pool = mp.get_context("spawn").Pool(workers)
-    try:
-        yield from pool.imap_unordered(evaluate_molecule, tasks, chunksize=1)
-    finally:
-        pool.close()
-        pool.join()
-
-
 def _table_markdown(document: dict) -> str:
     v = document["validity"]
 
@@ -325,6 +516,8 @@ def _table_markdown(document: dict) -> str:
         return "-" if x is None else f"{100 * x:.1f}"
 
     lines = [M.format_table(document["metrics"], "COV / MAT"),
+             f"incomplete molecules (fewer generated conformers than announced, scored on "
+             f"those present): {document['metrics'].get('n_incomplete', 0)}",
              f"failures listed in results.json: {document['n_failures']}", "",
              "## Validity (sampled generated conformers)", "",
              "| conformers | bonds within 0.1 A of MMFF % | angles within 10 deg % | "

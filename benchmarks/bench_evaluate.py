@@ -1,0 +1,135 @@
+"""``conformer evaluate``'s code path against a GetBestRMS loop, same SDF files, same process.
+
+Both sides start from SDF files on disk and end at COV/MAT:
+
+- evaluate: :func:`conformer.evaluate.evaluator.evaluate` as ``conformer evaluate`` runs it
+  (reading and matching the files, the batched RMSD engine, the per-molecule cache, COV/MAT
+  and the output files), validity checks off (``--validity-confs 0``: they are not COV/MAT),
+  a fresh output folder per round so no cached result is reused;
+- loop: read the same files, group them, ``RemoveHs`` once per conformer, then
+  ``rdMolAlign.GetBestRMS(ref, gen)`` for every pair, then the same COV/MAT.
+
+Two sets, as ``benchmarks/bench_rmsd.py`` builds them: the first 20 Hutchison molecules (with at
+least 5 references) with their K references and 2K ETKDG conformers, and the GEOM-sized set
+(each molecule's references replaced by K = 49 ETKDG conformers, 49 x 98 pairs per molecule).
+Prints the times, the ratio and the largest |RMSD difference| to the loop. Targets (issue 12):
+>= 10x on the Hutchison set, >= 30x on the GEOM-sized set. Meaningful only on an idle machine.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_evaluate.py [--workers 2] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from rdkit import Chem, RDLogger  # noqa: E402
+from rdkit.Chem import rdMolAlign  # noqa: E402
+
+from conformer.baselines import generate_rdkit  # noqa: E402
+from conformer.evaluate import metrics as M  # noqa: E402
+from conformer.evaluate.evaluator import EvaluationSettings, evaluate, load_references  # noqa: E402
+from conformer.sdf_io import ConformerSDFWriter, read_conformer_groups  # noqa: E402
+
+TARGETS = {"hutchison": 10.0, "geom-sized": 30.0}
+
+
+def write_set(folder: Path, references: str, n_molecules: int, geom_like_k: int) -> tuple:
+    """refs.sdf (grouped by 'molecule') and gen.sdf (generate's layout) for one set."""
+    groups = read_conformer_groups(references, key="molecule")
+    names = [n for n in sorted(groups) if len(groups[n]) >= 5][:n_molecules]
+    folder.mkdir(parents=True, exist_ok=True)
+    ref_path, gen_path = folder / "refs.sdf", folder / "gen.sdf"
+    ref_writer = Chem.SDWriter(str(ref_path))
+    with ConformerSDFWriter(gen_path) as gen_writer:
+        for i, name in enumerate(names):
+            refs = groups[name]
+            smiles = Chem.MolToSmiles(refs[0])
+            graph = Chem.MolFromSmiles(smiles)
+            if geom_like_k:
+                ref_mol = generate_rdkit(graph, geom_like_k, seed=5000 + i)
+                refs = [Chem.Mol(ref_mol, confId=c.GetId()) for c in ref_mol.GetConformers()]
+            for ref in refs:
+                ref = Chem.Mol(ref)
+                ref.SetProp("molecule", name)
+                ref_writer.write(ref)
+            gen_writer.write_molecule(generate_rdkit(graph, 2 * len(refs), seed=100 + i), name,
+                                      smiles, i + 1)
+    ref_writer.close()
+    return ref_path, gen_path
+
+
+def loop(ref_path: Path, gen_path: Path, threshold: float) -> tuple[dict, dict]:
+    """COV/MAT from a pair-by-pair GetBestRMS loop over the same files."""
+    refs = read_conformer_groups(ref_path, key="molecule")
+    gens = read_conformer_groups(gen_path, key="name")
+    matrices, scores = {}, []
+    for name in sorted(refs):
+        heavy_refs = [Chem.RemoveHs(m) for m in refs[name]]
+        heavy_gens = [Chem.RemoveHs(m) for m in gens.get(name, [])]
+        matrix = np.array([[rdMolAlign.GetBestRMS(r, g) for g in heavy_gens]
+                           for r in heavy_refs]).reshape(len(heavy_refs), len(heavy_gens))
+        matrices[name] = matrix
+        scores.append(M.molecule_scores(name, matrix, threshold))
+    return M.aggregate(scores, threshold), matrices
+
+
+def run_evaluate(ref_path: Path, gen_path: Path, out: Path, workers: int) -> tuple[dict, dict]:
+    shutil.rmtree(out, ignore_errors=True)
+    settings = EvaluationSettings(validity_confs_per_molecule=0)
+    document = evaluate(gen_path, load_references(ref_path), out, settings, workers=workers,
+                        progress=False)
+    with np.load(out / "rmsd.npz") as data:
+        names = list(data["names"])
+        matrices = {n: data[f"m{i}"] for i, n in enumerate(names)}
+    return document["metrics"], matrices
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--molecules", type=int, default=20)
+    parser.add_argument("--references", default="data/hutchison/hutchison_conformers.sdf.gz")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="evaluate's --workers (default 1: both sides on one core)")
+    parser.add_argument("--repeats", type=int, default=3, help="best of this many rounds")
+    parser.add_argument("--sets", default="hutchison,geom-sized")
+    args = parser.parse_args()
+    RDLogger.DisableLog("rdApp.*")
+    with tempfile.TemporaryDirectory() as tmp:
+        for label in args.sets.split(","):
+            folder = Path(tmp) / label
+            ref_path, gen_path = write_set(folder, args.references, args.molecules,
+                                           49 if label == "geom-sized" else 0)
+            loop_s, fast_s = [], []
+            for _ in range(args.repeats):  # interleaved: machine load hits both alike
+                start = time.perf_counter()
+                loop_metrics, loop_matrices = loop(ref_path, gen_path, 0.75)
+                loop_s.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                metrics, matrices = run_evaluate(ref_path, gen_path, folder / "out",
+                                                 args.workers)
+                fast_s.append(time.perf_counter() - start)
+            diff = max(float(np.abs(matrices[n] - loop_matrices[n]).max()) for n in matrices)
+            same_cov = all(metrics[k] == loop_metrics[k] for k in
+                           ("cov_r_mean", "cov_r_median", "cov_p_mean", "cov_p_median"))
+            pairs = sum(m.size for m in matrices.values())
+            ratio = min(loop_s) / min(fast_s)
+            verdict = "meets" if ratio >= TARGETS[label] else "below"
+            print(f"{label}: {len(matrices)} molecules, {pairs} pairs, best of {args.repeats}: "
+                  f"loop {min(loop_s):.3f} s, evaluate {min(fast_s):.3f} s "
+                  f"(workers {args.workers}), {ratio:.1f}x ({verdict} the "
+                  f"{TARGETS[label]:.0f}x target), max |diff| {diff:.2e} A, "
+                  f"COV identical: {same_cov}")
+
+
+if __name__ == "__main__":
+    main()
