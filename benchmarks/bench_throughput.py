@@ -35,11 +35,11 @@ from bench_denoiser import DRUG_SMILES, molecule_batch  # noqa: E402
 from conformer.data import keys  # noqa: E402
 from conformer.data.features import ATOM_FEATURE_CARDINALITIES  # noqa: E402
 from conformer.diffusion import EDMDiffusion, EDMSettings  # noqa: E402
+from conformer.model_io import load_model  # noqa: E402
 from conformer.nn import build_denoiser  # noqa: E402
 from conformer.nn.denoiser import CategoricalEmbedding  # noqa: E402
 from conformer.nn.graph import radius_graph  # noqa: E402
 from conformer.nn.layers import GaussianRadialBasis, InteractionBlock, smooth_cutoff  # noqa: E402
-from conformer.model_io import load_model  # noqa: E402
 from conformer.versions import environment_info  # noqa: E402
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "conformer" / "assets" / "model.pt"
