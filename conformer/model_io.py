@@ -25,6 +25,7 @@ import torch
 
 from conformer.diffusion import EDMDiffusion, EDMSettings
 from conformer.errors import UserInputError
+from conformer.recm.controller import controller_of
 from conformer.recm.export import align_dropped_branches
 from conformer.versions import environment_info, file_sha256
 
@@ -130,7 +131,7 @@ def save_model(net, model_spec: dict, diffusion_settings: dict, out: str | Path,
         "environment": environment or {},
         "export_environment": environment_info(),
         "training": training or {},
-        "gammas": net.recm.gammas() if hasattr(net, "recm") else [],
+        "gammas": controller_of(net).gammas(),
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
