@@ -16,7 +16,9 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 
 from conformer.data import keys
+from conformer.data.batching import collate_molecules
 from conformer.data.features import featurize_mol
+from conformer.data.records import molecule_graph
 from conformer.nn import build_denoiser
 
 # well-known drugs (public names), a spread of sizes, rings, charges and stereocentres
@@ -43,24 +45,16 @@ DRUG_SMILES = (
 )
 
 
-def molecule_batch(smiles=DRUG_SMILES) -> dict:
-    """RDKit-embedded molecules (explicit H) collated as a float32 batch."""
-    parts, offset = [], 0
-    for graph, text in enumerate(smiles):
+def molecule_batch(smiles=DRUG_SMILES):
+    """RDKit-embedded molecules (explicit H) as a float32 PyG batch (the training builder)."""
+    graphs = []
+    for index, text in enumerate(smiles):
         mol = Chem.AddHs(Chem.MolFromSmiles(text))
-        if AllChem.EmbedMolecule(mol, randomSeed=1 + graph) != 0:
+        if AllChem.EmbedMolecule(mol, randomSeed=1 + index) != 0:
             raise RuntimeError(f"embedding failed for {text}")
-        features = featurize_mol(mol)
-        parts.append((torch.tensor(features[keys.ATOM_FEATURES]),
-                      torch.tensor(features[keys.BOND_INDEX]) + offset,
-                      torch.tensor(features[keys.BOND_FEATURES]),
-                      torch.tensor(mol.GetConformer().GetPositions(), dtype=torch.float32),
-                      torch.full((mol.GetNumAtoms(),), graph)))
-        offset += mol.GetNumAtoms()
-    atom, bond_index, bond, pos, graph = zip(*parts, strict=True)
-    return {keys.ATOM_FEATURES: torch.cat(atom), keys.BOND_INDEX: torch.cat(bond_index, 1),
-            keys.BOND_FEATURES: torch.cat(bond), keys.POS: torch.cat(pos),
-            keys.BATCH: torch.cat(graph), keys.NUM_GRAPHS: len(smiles)}
+        pos = torch.tensor(mol.GetConformer().GetPositions(), dtype=torch.float32)
+        graphs.append(molecule_graph(featurize_mol(mol), pos=pos))
+    return collate_molecules(graphs)
 
 
 def time_steps(net, batch, noise, repeats: int) -> float:

@@ -69,7 +69,7 @@ class PlainUVUNetwork(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.head = o3.Linear(irreps, "1x1o")
 
-    def forward(self, batch: dict, noise_conditioning: torch.Tensor) -> torch.Tensor:
+    def forward(self, batch, noise_conditioning: torch.Tensor) -> torch.Tensor:
         pos, graph = batch[keys.POS], batch[keys.BATCH]
         source, target = radius_graph(pos, graph, int(batch[keys.NUM_GRAPHS]), self.cutoff)
         vectors = pos[source] - pos[target]
@@ -91,11 +91,11 @@ def plain_network_like(net) -> PlainUVUNetwork:
                            c.num_radial, c.radial_hidden, c.avg_num_neighbors)
 
 
-def tiled_batch(base_smiles, count: int, device) -> dict:
+def tiled_batch(base_smiles, count: int, device):
     """``count`` molecules (the base list repeated), collated and moved to ``device``."""
     smiles = [base_smiles[i % len(base_smiles)] for i in range(count)]
     batch = molecule_batch(smiles)
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return batch.to(device)
 
 
 def synchronize(device: torch.device) -> None:

@@ -22,6 +22,12 @@ import typing
 from conformer.errors import UserInputError
 
 
+def option(default=dataclasses.MISSING, help: str = "", **metadata):  # noqa: A002
+    """A settings field that is also a command-line option: ``help`` and ``metadata`` (flag,
+    default_text, choices, metavar) as described in the module docstring."""
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
 def option_flag(field: dataclasses.Field) -> str:
     """The command-line flag of ``field``: ``--geom-dir`` for ``geom_dir``."""
     return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
@@ -127,5 +133,5 @@ def settings_from_args(settings_class, args: argparse.Namespace, ignore: tuple[s
     return settings_class(**given)
 
 
-__all__ = ["add_settings_arguments", "default_text", "option_flag", "option_fields",
+__all__ = ["add_settings_arguments", "default_text", "option", "option_flag", "option_fields",
            "settings_from_args"]

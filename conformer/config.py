@@ -5,12 +5,15 @@ file (a path relative to itself) whose settings it extends; then dotted command-
 (``optim.lr=3e-4 model.overrides.num_layers=4``) are applied, each value parsed as YAML. Unknown
 keys are errors that name the key and the file, so a typo never silently trains the default.
 
-The resolved config (``to_dict``) is what every checkpoint stores.
+The resolved config (``to_dict``) is what every checkpoint stores. ``conformer train`` takes its
+own options from :class:`TrainCommandSettings` and lists every config key with its default
+(:func:`config_keys_help`) in its ``--help``, so each default is written once, here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from conformer.cli_settings import default_of, option
 from conformer.diffusion.edm import (
     EDMSettings as DiffusionConfig,  # the schema is the settings class
 )
@@ -114,6 +118,44 @@ class ExperimentConfig:
     @property
     def run_path(self) -> Path:
         return Path(self.logging.run_dir) / self.name
+
+
+@dataclass
+class TrainCommandSettings:
+    """The options of ``conformer train`` (the run itself is an :class:`ExperimentConfig`,
+    read from ``config`` with ``overrides`` applied)."""
+
+    config: str = option(help="experiment YAML, e.g. configs/experiment/drugs_recm.yaml",
+                         metavar="YAML")
+    resume: bool = option(False, help="continue the interrupted run from "
+                                      "RUN_DIR/NAME/checkpoints/last.ckpt")
+    export_to: str | None = option(None, metavar="MODEL.pt",
+                                   help="after training, write the exported EMA model (for "
+                                        "`conformer generate --ckpt`) to this file")
+    print_config: bool = option(False, help="print the resolved config as JSON and exit "
+                                            "without training")
+    overrides: list[str] = field(default_factory=list)  # the positional KEY=VALUE arguments
+
+
+def _default_text(value) -> str:
+    return "null" if value is None else json.dumps(value) if isinstance(value, dict) else str(value)
+
+
+def config_keys_help() -> str:
+    """Every config key (dotted) with its default, section by section, read from the
+    dataclasses: the reference ``conformer train --help`` prints."""
+    hints = typing.get_type_hints(ExperimentConfig)
+    lines = ["config keys (YAML sections, or KEY=VALUE overrides) and their defaults:"]
+    for top in dataclasses.fields(ExperimentConfig):
+        section = hints[top.name]
+        if not dataclasses.is_dataclass(section):
+            lines.append(f"  {top.name} = {_default_text(default_of(top))}")
+            continue
+        summary = " ".join((section.__doc__ or "").strip().split("\n\n")[0].split())
+        lines.append(f"  {top.name}: {summary}")
+        lines.extend(f"    {top.name}.{f.name} = {_default_text(default_of(f))}"
+                     for f in dataclasses.fields(section))
+    return "\n".join(lines)
 
 
 def _deep_merge(base: dict, update: dict) -> dict:

@@ -77,3 +77,55 @@ def test_unknown_model_setting_is_a_clear_error():
     config = load_config(ROOT / "configs/experiment/tiny.yaml", ["model.overrides.layerz=3"])
     with pytest.raises(UserInputError, match="layerz"):
         build_module(config)
+
+
+def _train_help() -> str:
+    import argparse
+
+    from conformer import cli
+
+    subparsers = next(a for a in cli.build_parser("train")._actions
+                      if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices["train"].format_help()
+
+
+def test_train_help_shows_every_option_default_and_every_config_key_default():
+    import dataclasses
+
+    from conformer.cli_settings import default_text, option_fields
+    from conformer.config import ExperimentConfig, TrainCommandSettings
+
+    text = " ".join(_train_help().split())  # argparse wraps lines
+    for field in option_fields(TrainCommandSettings):
+        flag = "--" + field.name.replace("_", "-")
+        assert flag in text, flag
+        if field.name != "config":
+            assert f"(default: {default_text(field)})" in text, field.name
+    assert "(required)" in text  # --config
+    defaults = ExperimentConfig()
+    for section in dataclasses.fields(ExperimentConfig):
+        value = getattr(defaults, section.name)
+        if not dataclasses.is_dataclass(value):
+            assert f"{section.name} = {value}" in text
+            continue
+        for field in dataclasses.fields(value):
+            shown = getattr(value, field.name)
+            shown = "null" if shown is None else "{}" if shown == {} else shown
+            assert f"{section.name}.{field.name} = {shown}" in text, field.name
+
+
+def test_train_print_config_takes_the_file_and_dotted_overrides(capsys):
+    import json
+
+    from conformer import cli
+
+    code = cli.main(["train", "--config", str(ROOT / "configs/experiment/tiny.yaml"),
+                     "--print-config", "optim.lr=3e-4", "trainer.max_steps=7"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["optim"]["lr"] == 3e-4 and printed["trainer"]["max_steps"] == 7
+    assert printed["model"]["preset"] == load_config(
+        ROOT / "configs/experiment/tiny.yaml").model.preset
+    assert cli.main(["train", "--config", str(ROOT / "configs/experiment/tiny.yaml"),
+                     "--print-config", "optim.lrr=1"]) == 2
+    assert "unknown key(s) lrr" in capsys.readouterr().err

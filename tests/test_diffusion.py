@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch_geometric.data import Batch
 
 from conformer.data import keys
+from conformer.data.batching import with_positions
 from conformer.diffusion import EDMDiffusion, EDMSettings, center, karras_sigmas, random_rotations
 
 
@@ -17,15 +19,9 @@ def toy_batch(dtype=torch.float64, seed=0):
     bonds = [(0, 1), (1, 2), (2, 3), (3, 4), (5, 6), (6, 7)]
     index = torch.tensor([[a for a, b in bonds] + [b for a, b in bonds],
                           [b for a, b in bonds] + [a for a, b in bonds]])
-    return {
-        keys.ATOM_FEATURES: torch.zeros(8, 9, dtype=torch.long),
-        keys.ATOMIC_NUMBERS: torch.full((8,), 6),
-        keys.BOND_INDEX: index,
-        keys.BOND_FEATURES: torch.zeros(index.shape[1], 4, dtype=torch.long),
-        keys.POS: pos,
-        keys.BATCH: torch.tensor([0, 0, 0, 0, 0, 1, 1, 1]),
-        keys.NUM_GRAPHS: 2,
-    }
+    return Batch(x=torch.zeros(8, 9, dtype=torch.long), z=torch.full((8,), 6),
+                 edge_index=index, edge_attr=torch.zeros(index.shape[1], 4, dtype=torch.long),
+                 pos=pos, batch=torch.tensor([0, 0, 0, 0, 0, 1, 1, 1]))
 
 
 class OracleNet(nn.Module):
@@ -109,7 +105,7 @@ def test_denoiser_wrapper_is_equivariant_and_translation_invariant_float64():
             out = diffusion.denoise(net, batch, x, sigma)
             moved = diffusion.denoise(net, batch, x @ q.T, sigma)
         assert torch.allclose(moved, out @ q.T, atol=1e-9)
-        shifted = batch | {keys.POS: x + torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)}
+        shifted = with_positions(batch, x + torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
         with torch.no_grad():
             again = diffusion.denoise(net, shifted, center(shifted[keys.POS],
                                                            batch[keys.BATCH], 2), sigma)

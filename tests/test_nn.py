@@ -7,7 +7,9 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 
 from conformer.data import keys
+from conformer.data.batching import collate_molecules, with_positions
 from conformer.data.features import featurize_mol
+from conformer.data.records import molecule_graph
 from conformer.nn import build_denoiser
 from conformer.nn.graph import intra_graph_pairs, radius_graph
 from conformer.nn.layers import InteractionBlock
@@ -20,29 +22,20 @@ SMILES = ("C[C@H](N)C(=O)O", "CC(=O)Nc1ccc(O)cc1", "F/C=C/Cl")
 one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
 
 
-def molecule_batch(smiles=SMILES, seed=1) -> dict:
-    """A float64 batch of RDKit-embedded molecules (keys as in conformer.data.keys)."""
-    parts, offset = [], 0
-    for graph, text in enumerate(smiles):
+def molecule_batch(smiles=SMILES, seed=1):
+    """A float64 PyG batch of RDKit-embedded molecules, built as training builds its batches."""
+    graphs = []
+    for index, text in enumerate(smiles):
         mol = Chem.AddHs(Chem.MolFromSmiles(text))
-        AllChem.EmbedMolecule(mol, randomSeed=seed + graph)
-        feats = featurize_mol(mol)
-        n = mol.GetNumAtoms()
-        parts.append((torch.tensor(feats[keys.ATOM_FEATURES]),
-                      torch.tensor(feats[keys.BOND_INDEX]) + offset,
-                      torch.tensor(feats[keys.BOND_FEATURES]),
-                      torch.tensor(mol.GetConformer().GetPositions(), dtype=torch.float64),
-                      torch.full((n,), graph)))
-        offset += n
-    atom, bond_index, bond, pos, graph = zip(*parts, strict=True)
-    return {keys.ATOM_FEATURES: torch.cat(atom), keys.BOND_INDEX: torch.cat(bond_index, 1),
-            keys.BOND_FEATURES: torch.cat(bond), keys.POS: torch.cat(pos),
-            keys.BATCH: torch.cat(graph), keys.NUM_GRAPHS: len(smiles)}
+        AllChem.EmbedMolecule(mol, randomSeed=seed + index)
+        pos = torch.tensor(mol.GetConformer().GetPositions(), dtype=torch.float64)
+        graphs.append(molecule_graph(featurize_mol(mol), pos=pos))
+    return collate_molecules(graphs)
 
 
 def denoiser_fn(net, batch, noise):
     def fn(pos):
-        return net({**batch, keys.POS: pos}, noise)
+        return net(with_positions(batch, pos), noise)
     return fn
 
 
@@ -148,15 +141,15 @@ def test_denoiser_is_permutation_equivariant(batch):
         torch.randperm(int((batch[keys.BATCH] == g).sum()))] for g in range(3)])
     inverse = torch.empty_like(perm)
     inverse[perm] = torch.arange(num_atoms)
-    permuted = {**batch, keys.ATOM_FEATURES: batch[keys.ATOM_FEATURES][perm],
-                keys.POS: batch[keys.POS][perm], keys.BATCH: batch[keys.BATCH][perm],
-                keys.BOND_INDEX: inverse[batch[keys.BOND_INDEX]]}
+    permuted = with_positions(batch, batch.pos[perm])
+    permuted.x, permuted.batch = batch.x[perm], batch.batch[perm]
+    permuted.edge_index = inverse[batch.edge_index]
     assert torch.allclose(net(permuted, noise), out[perm], atol=1e-10)
 
 
 def test_denoiser_runs_in_float32_and_backpropagates(batch):
     net = build_denoiser("tiny", "recm")
-    batch32 = {**batch, keys.POS: batch[keys.POS].float()}
+    batch32 = with_positions(batch, batch.pos.float())
     out = net(batch32, torch.rand(3))
     assert out.dtype == torch.float32 and out.shape == (batch[keys.POS].shape[0], 3)
     out.pow(2).mean().backward()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from rdkit import Chem
 
 from conformer import cli
@@ -44,7 +45,9 @@ def test_records_have_the_keys_shapes_and_dtypes(prepared):
     assert len(store) > 0
     for i in range(len(store)):
         record = store[i]
-        assert set(record) == set(keys.RECORD_ARRAY_KEYS) | set(keys.RECORD_STRING_KEYS)
+        # a torch_geometric Data under PyG's field names; the record key names read it too
+        assert set(record.keys()) == {keys.GRAPH_FIELDS.get(k, k) for k in
+                                      keys.RECORD_ARRAY_KEYS + keys.RECORD_STRING_KEYS}
         n = record[keys.ATOMIC_NUMBERS].shape[0]
         assert record[keys.ATOM_FEATURES].shape == (n, len(ATOM_FEATURE_CARDINALITIES))
         e = record[keys.BOND_INDEX].shape[1]
@@ -52,12 +55,12 @@ def test_records_have_the_keys_shapes_and_dtypes(prepared):
         assert record[keys.BOND_FEATURES].shape == (e, len(BOND_FEATURE_CARDINALITIES))
         c = record[keys.POSITIONS].shape[0]
         assert record[keys.POSITIONS].shape == (c, n, 3)
-        assert record[keys.POSITIONS].dtype == np.float32
+        assert record[keys.POSITIONS].dtype == torch.float32
         weights = record[keys.BOLTZMANN_WEIGHTS]
-        assert weights.dtype == np.float32 and weights.shape == (c,)
-        assert np.isclose(weights.sum(), 1.0) and np.all(np.diff(weights) <= 1e-7)
+        assert weights.dtype == torch.float32 and weights.shape == (c,)
+        assert np.isclose(weights.sum(), 1.0) and np.all(np.diff(weights.numpy()) <= 1e-7)
         for k in keys.RECORD_ARRAY_KEYS[:4]:
-            assert record[k].dtype == np.int64
+            assert record[k].dtype == torch.int64
         # the graph is the molblock's, featurised the same way, atom order preserved
         mol = Chem.MolFromMolBlock(record[keys.MOLBLOCK], removeHs=False)
         features = featurize_mol(mol)

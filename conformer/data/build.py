@@ -17,11 +17,10 @@ import dataclasses
 import hashlib
 import itertools
 import math
-import multiprocessing
 import random
 import sys
 import time
-from collections.abc import Iterable
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from rdkit.Chem.EnumerateStereoisomers import EnumerateStereoisomers, StereoEnum
 
 from conformer.data import geom
 from conformer.errors import UserInputError
+from conformer.parallel import parallel_map
 from conformer.progress import progress as show_progress
 
 # geom_id = line_number * GEOM_ID_STRIDE + conformer index: unique, deterministic, resumable.
@@ -385,24 +385,17 @@ def build_geom_folder(smiles_file: Path, out_dir: Path, settings: BuildSettings,
     input_of = {t[1]: t[3] for t in tasks}
     built = 0
     bar = show_progress(total=len(tasks), desc="build-geom", unit="mol", enabled=progress)
-    results: Iterable
-    if workers == 1:
-        results = map(_build_task, tasks)
-    else:
-        pool = multiprocessing.get_context("spawn").Pool(workers)
-        results = pool.imap_unordered(_build_task, tasks, chunksize=1)
     try:
-        for line_number, key, reason in results:
-            if reason is None:
-                built += 1
-            else:
-                failures.append((line_number, input_of[key], reason))
-            bar.update(1)
+        with closing(parallel_map(_build_task, tasks, workers, ordered=False,
+                                  chunksize=1)) as results:
+            for line_number, key, reason in results:
+                if reason is None:
+                    built += 1
+                else:
+                    failures.append((line_number, input_of[key], reason))
+                bar.update(1)
     finally:
         bar.close()
-        if workers > 1:
-            pool.terminate()
-            pool.join()
 
     expected = {geom.pickle_relpath(key, settings.name).split("/", 1)[1] for key in first_line_of}
     stray = [p.name for p in geom.sorted_pickle_paths(out_dir, settings.name)

@@ -1,8 +1,11 @@
 """Batches of molecules for training: one random conformer per molecule per epoch, packed by
 atom count.
 
-A store is anything with ``len(store)`` and ``store[i] -> record`` (``conformer.data.keys``),
-normally ``conformer.data.records.open_prepared(cache_dir, dataset, split)``.
+A store is anything with ``len(store)`` and ``store[i] -> record`` (a
+``conformer.data.records.MoleculeGraph`` or a dict under the record key names of
+``conformer.data.keys``), normally ``conformer.data.records.open_prepared(cache_dir, dataset,
+split)``. Items are torch_geometric ``Data`` and batches PyG ``Batch`` objects, so the dataset
+also feeds a plain ``torch_geometric.loader.DataLoader`` and any PyG model.
 
 Batching by atom count: molecules differ tenfold in size, so a fixed number of molecules per
 batch gives wildly varying memory and step times. ``MaxAtomsBatchSampler`` packs shuffled
@@ -18,10 +21,12 @@ from collections.abc import Iterator, Sequence
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from conformer.data import keys
 from conformer.data.batching import collate_molecules
+from conformer.data.records import MoleculeGraph, molecule_graph
 
 
 def record_num_atoms(store, i: int) -> int:
@@ -39,8 +44,8 @@ class ConformerDataset(Dataset):
     The conformer is drawn uniformly from the stored ones by a generator seeded with
     (seed, epoch, i): a different conformer each epoch, the same one on every rank and on a
     resumed run. ``fixed_conformer=True`` always takes the first (lowest-energy) one
-    (validation). Returns numpy arrays; ``conformer.data.batching.collate_molecules`` makes the
-    batch.
+    (validation). Returns a MoleculeGraph (x, z, edge_index, edge_attr and pos [N, 3] float32,
+    Angstrom); ``conformer.data.batching.collate_molecules`` makes the batch.
     """
 
     def __init__(self, store, seed: int = 0, fixed_conformer: bool = False,
@@ -64,7 +69,7 @@ class ConformerDataset(Dataset):
             self._num_atoms = [record_num_atoms(self.store, i) for i in range(self.size)]
         return self._num_atoms
 
-    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+    def __getitem__(self, item: int | tuple[int, int]) -> MoleculeGraph:
         # the batch sampler passes (index, epoch): the epoch then reaches worker processes too
         i, epoch = item if isinstance(item, tuple) else (item, self.epoch)
         record = self.store[i]
@@ -74,13 +79,9 @@ class ConformerDataset(Dataset):
         else:
             rng = np.random.default_rng((self.seed, epoch, i))
             choice = int(rng.integers(positions.shape[0]))
-        return {
-            keys.ATOM_FEATURES: record[keys.ATOM_FEATURES],
-            keys.ATOMIC_NUMBERS: record[keys.ATOMIC_NUMBERS],
-            keys.BOND_INDEX: record[keys.BOND_INDEX],
-            keys.BOND_FEATURES: record[keys.BOND_FEATURES],
-            keys.POS: positions[choice].astype(np.float32),
-        }
+        # a copy: an in-memory store must not share its arrays with the items handed out
+        pos = torch.as_tensor(positions[choice]).to(torch.float32, copy=True)
+        return molecule_graph(record, pos=pos)
 
 
 class MaxAtomsBatchSampler(Sampler[list[int]]):

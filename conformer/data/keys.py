@@ -15,12 +15,19 @@ Record (one molecule, numpy, written by ``conformer prepare`` and read by the Da
     MOLBLOCK           str    V2000/V3000 molblock of the molecule (H explicit, no coordinates
                               needed) so the RDKit graph can be rebuilt without re-parsing SMILES
 
-Batch (torch, built by the collate function; molecules concatenated):
-    ATOM_FEATURES, ATOMIC_NUMBERS, BOND_FEATURES as above, concatenated
-    BOND_INDEX         int64  [2, E_total]  offset into the concatenated atoms
-    POS                float32 [N_total, 3]  one conformer per molecule
-    BATCH              int64  [N_total]  molecule index of each atom
-    NUM_GRAPHS         int    B
+Graph (torch_geometric ``Data`` per molecule, ``conformer.data.records.MoleculeGraph``): the
+record's arrays as torch tensors under the field names PyG models expect (GRAPH_FIELDS):
+    x = ATOM_FEATURES, z = ATOMIC_NUMBERS, edge_index = BOND_INDEX, edge_attr = BOND_FEATURES;
+a record also holds POSITIONS, BOLTZMANN_WEIGHTS and the strings; a training or generation item
+holds instead POS float32 [N, 3] (one conformer). ``graph[ATOM_FEATURES]`` reads ``graph.x``:
+the record key names keep working on graphs and batches.
+
+Batch (torch_geometric ``Batch``, built by ``conformer.data.batching.collate_molecules``):
+    x, z, edge_attr     as above, concatenated
+    edge_index         int64  [2, E_total]  offset into the concatenated atoms
+    pos                float32 [N_total, 3]  one conformer per molecule
+    batch              int64  [N_total]  molecule index of each atom (sorted)
+    num_graphs         int    B
 """
 
 ATOM_FEATURES = "atom_features"
@@ -36,6 +43,12 @@ MOLBLOCK = "molblock"
 POS = "pos"
 BATCH = "batch"
 NUM_GRAPHS = "num_graphs"
+
+X = "x"
+Z = "z"
+EDGE_INDEX = "edge_index"
+EDGE_ATTR = "edge_attr"
+GRAPH_FIELDS = {ATOM_FEATURES: X, ATOMIC_NUMBERS: Z, BOND_INDEX: EDGE_INDEX, BOND_FEATURES: EDGE_ATTR}
 
 RECORD_ARRAY_KEYS = (ATOM_FEATURES, ATOMIC_NUMBERS, BOND_INDEX, BOND_FEATURES, POSITIONS,
                      BOLTZMANN_WEIGHTS)

@@ -25,9 +25,9 @@ import csv
 import dataclasses
 import io
 import json
-import multiprocessing
 import os
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ from conformer.data import geom, keys
 from conformer.data.features import FEATURE_VERSION, FeaturizationError, featurize_mol
 from conformer.data.splits import SPLIT_NAMES, load_split
 from conformer.errors import UserInputError
+from conformer.parallel import parallel_map
 from conformer.progress import progress as show_progress
 from conformer.versions import environment_info, file_sha256, stable_hash
 
@@ -280,10 +281,9 @@ def prepare(geom_dir: Path, split_file: Path, cache_dir: Path | None,
     if tasks:
         bar = show_progress(total=len(tasks), desc=f"prepare shard {shard_tag}", unit="mol",
                             enabled=progress)
-        pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
-        results = pool.imap_unordered(_work, tasks, chunksize=4) if pool else map(_work, tasks)
         try:
-            with open(progress_path, "a+") as log:
+            with (closing(parallel_map(_work, tasks, workers, ordered=False, chunksize=4))
+                  as results, open(progress_path, "a+") as log):
                 log.seek(0, os.SEEK_END)
                 if log.tell() > 0:
                     log.seek(log.tell() - 1)
@@ -296,9 +296,6 @@ def prepare(geom_dir: Path, split_file: Path, cache_dir: Path | None,
                     bar.update(1)
         finally:
             bar.close()
-            if pool:
-                pool.terminate()
-                pool.join()
 
     entries = sorted(done.values(), key=lambda e: e["index"])
     shard_manifest = {

@@ -1,22 +1,60 @@
-"""Read the records written by ``conformer prepare`` (one NPZ per molecule, no pickles)."""
+"""Read the records written by ``conformer prepare`` (one NPZ per molecule, no pickles) as
+torch_geometric ``Data`` graphs, which any PyG model or loader can take."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch_geometric.data import Data
 
 from conformer.data import keys
 from conformer.errors import UserInputError
 
 
+class MoleculeGraph(Data):
+    """One molecule as a torch_geometric ``Data`` (fields and shapes in ``conformer.data.keys``):
+    x [N, 9] and edge_attr [E, 4] int64 categorical features, z [N] atomic numbers,
+    edge_index [2, E], plus pos [N, 3] (Angstrom, one conformer) or a record's positions
+    [C, N, 3], boltzmann_weights [C] and strings.
+
+    ``graph[keys.ATOM_FEATURES]`` reads ``graph.x`` (and so on, ``keys.GRAPH_FIELDS``), on a
+    graph and on a ``Batch`` of graphs, so code written against the record key names keeps
+    working; ``batch[keys.NUM_GRAPHS]`` is ``batch.num_graphs``.
+    """
+
+    def __getitem__(self, key):
+        if key == keys.NUM_GRAPHS:
+            return self.num_graphs
+        return super().__getitem__(keys.GRAPH_FIELDS.get(key, key) if isinstance(key, str)
+                                   else key)
+
+    def __setitem__(self, key, value):
+        super().__setitem__(keys.GRAPH_FIELDS.get(key, key), value)
+
+    def __contains__(self, key) -> bool:
+        return super().__contains__(keys.GRAPH_FIELDS.get(key, key))
+
+
+def molecule_graph(features: Mapping, **fields) -> MoleculeGraph:
+    """The MoleculeGraph of ``features`` (a record or ``featurize_mol`` dict under the record
+    key names, numpy or torch) with ``fields`` added as they are (e.g. ``pos=[N, 3]``)."""
+    graph = {field: torch.as_tensor(features[key]).long()
+             for key, field in keys.GRAPH_FIELDS.items()}
+    return MoleculeGraph(**graph, **fields)
+
+
 class RecordStore:
     """The records of one split folder ``CACHE_DIR/<dataset>-<hash>/<split>/``.
 
-    ``store[i]`` is a dict: keys.RECORD_ARRAY_KEYS -> numpy arrays (shapes and units in
-    ``conformer/data/keys.py``), keys.RECORD_STRING_KEYS -> ``str``. Records are ordered by
-    their molecule index in the sorted GEOM pickle list.
+    ``store[i]`` is a MoleculeGraph: x, z, edge_index, edge_attr, positions [C, N, 3] float32
+    (Angstrom), boltzmann_weights [C] as tensors and smiles, geom_key, molblock as ``str``
+    (shapes in ``conformer/data/keys.py``; ``store[i][keys.POSITIONS]`` and the other record
+    key names work too). Records are ordered by their molecule index in the sorted GEOM
+    pickle list.
     """
 
     def __init__(self, path: Path):
@@ -28,11 +66,12 @@ class RecordStore:
     def __len__(self) -> int:
         return len(self._files)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i: int) -> MoleculeGraph:
         with np.load(self._files[i], allow_pickle=False) as data:
-            record = {k: data[k] for k in keys.RECORD_ARRAY_KEYS}
-            record.update({k: str(data[k]) for k in keys.RECORD_STRING_KEYS})
-        return record
+            arrays = {k: data[k] for k in keys.RECORD_ARRAY_KEYS}
+            strings = {k: str(data[k]) for k in keys.RECORD_STRING_KEYS}
+        return molecule_graph(arrays, **{k: torch.from_numpy(arrays[k]) for k in
+                                         (keys.POSITIONS, keys.BOLTZMANN_WEIGHTS)}, **strings)
 
     def file(self, i: int) -> Path:
         return self._files[i]

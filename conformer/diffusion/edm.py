@@ -4,10 +4,11 @@ Why EDM: the network ``F`` sees inputs and targets of unit variance at every noi
 (preconditioning), training noise levels concentrate where the loss can be reduced (log-normal
 sigma), and the deterministic Heun sampler reaches good samples in about 20 steps.
 
-Conventions: x [N_total, 3] Angstrom, molecules concatenated, ``batch`` [N_total] gives each
-atom's molecule, sigma [B] Angstrom (one noise level per molecule). Every quantity lives in
-the zero-centre-of-mass subspace (unweighted centroid per molecule): translations are removed by
-centring, never learned; noise is centred the same way.
+Conventions: x [N_total, 3] Angstrom, molecules concatenated; ``batch`` (a torch_geometric
+``Batch`` from ``conformer.data.batching``) holds the molecules' graphs and ``batch.batch``
+[N_total] gives each atom's molecule; sigma [B] Angstrom (one noise level per molecule). Every
+quantity lives in the zero-centre-of-mass subspace (unweighted centroid per molecule):
+translations are removed by centring, never learned; noise is centred the same way.
 
 Denoiser:  D(x; sigma) = c_skip x + c_out F(c_in x; c_noise), with
     c_skip = sd^2 / (sigma^2 + sd^2), c_out = sigma sd / sqrt(sigma^2 + sd^2),
@@ -26,9 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch_geometric.data import Batch
+from torch_geometric.utils import scatter
 
-from conformer.data import keys
-from conformer.nn.graph import scatter_mean
+from conformer.data.batching import with_positions
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ class EDMSettings:
 
 def center(x: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
     """``x`` [N, 3] with each molecule's centroid subtracted."""
-    return x - scatter_mean(x, batch, num_graphs)[batch]
+    return x - scatter(x, batch, 0, num_graphs, reduce="mean")[batch]
 
 
 def random_rotations(num: int, generator: torch.Generator | None = None,
@@ -128,24 +130,21 @@ class EDMDiffusion:
         self.settings = settings or EDMSettings()
 
     # -- preconditioning -------------------------------------------------------------------
-    def denoise(self, net, batch: dict, x_noisy: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def denoise(self, net, batch: Batch, x_noisy: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """D(x; sigma) [N, 3]: the network's estimate of the clean centred coordinates.
 
         x_noisy [N, 3] Angstrom (centred), sigma [B] Angstrom (> 0).
         """
         sd = self.settings.sigma_data
-        graph = batch[keys.BATCH]
-        num_graphs = int(batch[keys.NUM_GRAPHS])
+        graph, num_graphs = batch.batch, batch.num_graphs
         sigma = sigma.to(x_noisy.dtype)
         c_skip = sd ** 2 / (sigma ** 2 + sd ** 2)
         c_out = sigma * sd / (sigma ** 2 + sd ** 2).sqrt()
         c_in = 1.0 / (sigma ** 2 + sd ** 2).sqrt()
         c_noise = sigma.log() / 4.0
-        net_batch = dict(batch)
         # c_in x has unit variance; times sd it has the data's scale, so at low noise the
         # network sees distances in Angstrom, which its radial basis and cutoff are made for
-        net_batch[keys.POS] = x_noisy * (sd * c_in)[graph].unsqueeze(1)
-        out = net(net_batch, c_noise)
+        out = net(with_positions(batch, x_noisy * (sd * c_in)[graph].unsqueeze(1)), c_noise)
         out = center(out, graph, num_graphs)
         return c_skip[graph].unsqueeze(1) * x_noisy + c_out[graph].unsqueeze(1) * out
 
@@ -156,19 +155,17 @@ class EDMDiffusion:
         normal = torch.randn(num, generator=generator, device=device)
         return (s.p_mean + s.p_std * normal).exp() * s.sigma_data
 
-    def loss(self, net, batch: dict, generator: torch.Generator | None = None,
+    def loss(self, net, batch: Batch, generator: torch.Generator | None = None,
              sigma: torch.Tensor | None = None, rotate: bool = True) -> torch.Tensor:
         """The weighted denoising loss (scalar), averaged per molecule then over molecules.
 
-        batch[POS] [N, 3] holds one clean conformer per molecule (Angstrom). With ``rotate``
+        batch.pos [N, 3] holds one clean conformer per molecule (Angstrom). With ``rotate``
         each molecule is first turned by its own random rotation (augmentation). ``generator``
         (CPU) makes noise, sigma and rotations reproducible, e.g. for validation.
         """
         s = self.settings
-        x = batch[keys.POS]
-        graph = batch[keys.BATCH]
-        num_graphs = int(batch[keys.NUM_GRAPHS])
-        x = center(x, graph, num_graphs)
+        graph, num_graphs = batch.batch, batch.num_graphs
+        x = center(batch.pos, graph, num_graphs)
         if rotate:
             rot = random_rotations(num_graphs, generator, dtype=x.dtype).to(x.device)
             x = torch.einsum("nij,nj->ni", rot[graph], x)
@@ -179,7 +176,7 @@ class EDMDiffusion:
         denoised = self.denoise(net, batch, x + noise, sigma)
         weight = (sigma ** 2 + s.sigma_data ** 2) / (sigma * s.sigma_data) ** 2
         per_atom = ((denoised - x) ** 2).mean(dim=1)
-        per_molecule = scatter_mean(per_atom.unsqueeze(1), graph, num_graphs).squeeze(1)
+        per_molecule = scatter(per_atom, graph, 0, num_graphs, reduce="mean")
         return (weight.to(x.dtype) * per_molecule).mean()
 
     # -- sampling --------------------------------------------------------------------------
@@ -191,14 +188,14 @@ class EDMDiffusion:
         return ode + self.settings.refine_steps
 
     @torch.no_grad()
-    def sample(self, net, batch: dict, steps: int | None = None,
+    def sample(self, net, batch: Batch, steps: int | None = None,
                generator: torch.Generator | None = None, solver: str | None = None,
                x_init: torch.Tensor | None = None, guidance=None,
                noise_generators: list[torch.Generator] | None = None) -> torch.Tensor:
         """Sample one conformer per molecule of ``batch``: [N, 3] Angstrom, centred.
 
         The deterministic EDM ODE from sigma_max to 0; ``heun`` uses 2 * steps - 1 network
-        evaluations (the last step is Euler), ``euler`` uses ``steps``. batch[POS] is ignored.
+        evaluations (the last step is Euler), ``euler`` uses ``steps``. batch.pos is ignored.
         ``guidance(denoised [N, 3], sigma: float) -> [N, 3]`` (optional, e.g.
         ``conformer.diffusion.guidance.StereoGuidance``) adjusts every denoised estimate before
         the ODE uses it; None leaves the sampler unchanged.
@@ -209,8 +206,7 @@ class EDMDiffusion:
         s = self.settings
         steps = steps or s.sample_steps
         solver = solver or s.solver
-        graph = batch[keys.BATCH]
-        num_graphs = int(batch[keys.NUM_GRAPHS])
+        graph, num_graphs = batch.batch, batch.num_graphs
         device = graph.device
         dtype = next((p.dtype for p in net.parameters()), torch.float32)
         sigmas = karras_sigmas(steps, s.sigma_min, s.sigma_max, s.rho)
@@ -263,4 +259,4 @@ def log_normal_quantiles(settings: EDMSettings, count: int) -> torch.Tensor:
 
 
 __all__ = ["EDMDiffusion", "EDMSettings", "center", "karras_sigmas", "random_rotations",
-           "scatter_mean", "log_normal_quantiles"]
+           "log_normal_quantiles"]

@@ -6,13 +6,9 @@ import dataclasses
 import json
 from pathlib import Path
 
+from conformer.cli_settings import option
 from conformer.errors import UserInputError
 from conformer.recm import MODES
-
-
-def option(default=dataclasses.MISSING, help: str = "", **metadata):  # noqa: A002
-    """A settings field that is also a command-line option (see :mod:`conformer.cli_settings`)."""
-    return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
 @dataclasses.dataclass

@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 from e3nn import o3
 from torch import nn
+from torch_geometric.utils import scatter
 from tqdm import tqdm
 
 from conformer.equivariance import POSITION, max_equivariance_error
 from conformer.errors import UserInputError
 from conformer.experiments.common import ExperimentSettings, atomic_json, option
-from conformer.nn.graph import intra_graph_pairs, scatter_mean
+from conformer.nn.graph import intra_graph_pairs
 from conformer.nn.layers import GaussianRadialBasis, InteractionBlock
 from conformer.parallel import parallel_map
 from conformer.recm import MODES, ModulatedLayer, RECMConfig, RECMController, export
@@ -147,7 +148,7 @@ class NBodyNet(nn.Module):
                                   q[source] * q[target]], dim=-1)
         edge_sh = o3.spherical_harmonics(self.irreps_sh, vectors, normalize=True,
                                          normalization="component")
-        centred = x - scatter_mean(x, graph, systems)[graph]
+        centred = x - scatter(x, graph, 0, systems, reduce="mean")[graph]
         h = self.embed(torch.cat([q, vel.reshape(-1, 3)], dim=-1))
         for layer in self.interactions:
             h = layer(h, source, target, edge_sh, edge_scalars,

@@ -10,6 +10,7 @@ cannot be generated comes back with its reason instead: nothing is dropped.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,7 @@ from conformer.generation.sampler import (
     rdkit_conformers,
     resolve_device,
 )
+from conformer.parallel import parallel_map
 from conformer.stereo import StereoChecker, StereoTally, correct_ensemble
 
 FAILURE_PROPERTY = "failure_reason"
@@ -172,15 +174,11 @@ class MoleculeGenerator:
         options = self.options
         tasks = [(line, options.conformer_count(line), options.method, options.seed,
                   options.max_atoms) for line in lines]
-        if options.workers and options.workers > 1 and len(tasks) > 1:
-            import multiprocessing
-
-            pool = multiprocessing.get_context("spawn").Pool(options.workers,
-                                                             initializer=_quiet_rdkit)
-            results = pool.imap(_rdkit_task, tasks)
-        else:
-            pool, results = None, map(_rdkit_task, tasks)
-        try:
+        workers = options.workers if options.workers and len(tasks) > 1 else 1
+        # quiet only in worker processes: a serial run keeps this process's RDKit log as it is
+        initializer = _quiet_rdkit if workers > 1 else None
+        with closing(parallel_map(_rdkit_task, tasks, workers, ordered=True,
+                                  initializer=initializer)) as results:
             for line, positions, error in results:
                 if error is not None:
                     yield GeneratedMolecule(line, failure=error, extra=self._extra(line))
@@ -189,10 +187,6 @@ class MoleculeGenerator:
                 # ETKDG enforces stereo; the check still runs so the rates are measured, and
                 # no resampling is needed beyond the reflection rule
                 yield self._finish(line, mol, positions, None)
-        finally:
-            if pool is not None:
-                pool.close()
-                pool.join()
 
 
 def _quiet_rdkit() -> None:

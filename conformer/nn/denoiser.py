@@ -8,10 +8,11 @@ from dataclasses import dataclass
 import torch
 from e3nn import o3
 from torch import nn
+from torch_geometric.data import Batch
+from torch_geometric.utils import scatter
 
-from conformer.data import keys
 from conformer.data.features import ATOM_FEATURE_CARDINALITIES, BOND_FEATURE_CARDINALITIES
-from conformer.nn.graph import radius_graph, scatter_mean, scatter_sum
+from conformer.nn.graph import radius_graph
 from conformer.nn.layers import (
     GaussianRadialBasis,
     InteractionBlock,
@@ -129,14 +130,15 @@ class OutputHead(nn.Module):
         # target away from the source, i.e. lengthens the edge
         length = edge_vectors.norm(dim=-1, keepdim=True).clamp(min=1e-2)
         push = -edge_vectors / length * (weight * envelope.unsqueeze(-1))
-        return out + scatter_sum(push, edge_target, h.shape[0])
+        return out + scatter(push, edge_target, 0, h.shape[0], reduce="sum")
 
 
 class Denoiser(nn.Module):
     """``net(batch, noise_conditioning [B]) -> [N_total, 3]``, one ``1o`` vector per atom.
 
-    batch keys (conformer.data.keys): atom_features [N, 9], bond_index [2, E], bond_features
-    [E, 4], pos [N, 3] (Angstrom), batch [N] (sorted), num_graphs. Only relative positions
+    batch: a torch_geometric ``Batch`` (``conformer.data.batching.collate_molecules``; fields in
+    conformer.data.keys): x [N, 9] atom features, edge_index [2, E] bonds, edge_attr [E, 4]
+    bond features, pos [N, 3] (Angstrom), batch [N] (sorted), num_graphs. Only relative positions
     enter, so the output is translation invariant; in ``equivariant`` mode (or after export
     with every gamma 0) it is exactly O(3)-equivariant. ``net.recm`` is the RECM controller;
     each modulated layer keeps its RECM state under ``<layer>.state``.
@@ -175,18 +177,18 @@ class Denoiser(nn.Module):
                                    layer_index=len(layers))
         self.recm = RECMController([*layers, self.head], recm)
 
-    def edges(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def edges(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Bond edges then radius edges that are not bonds: (source [E], target [E],
         edge type embedding [E, edge_embedding_dim], 1.0 for bond edges else 0.0 [E])."""
-        pos, graph = batch[keys.POS], batch[keys.BATCH]
+        pos, graph = batch.pos, batch.batch
         num_atoms = pos.shape[0]
-        bond_source, bond_target = batch[keys.BOND_INDEX]
-        radius_source, radius_target = radius_graph(pos, graph, int(batch[keys.NUM_GRAPHS]),
+        bond_source, bond_target = batch.edge_index
+        radius_source, radius_target = radius_graph(pos, graph, batch.num_graphs,
                                                     self.config.cutoff)
         pair_id = bond_source * num_atoms + bond_target
         is_bond = torch.isin(radius_source * num_atoms + radius_target, pair_id)
         radius_source, radius_target = radius_source[~is_bond], radius_target[~is_bond]
-        bond_type = self.bond_embedding(batch[keys.BOND_FEATURES])
+        bond_type = self.bond_embedding(batch.edge_attr)
         radius_type = self.radius_embedding.to(pos.dtype).expand(radius_source.numel(), -1)
         source = torch.cat([bond_source, radius_source])
         target = torch.cat([bond_target, radius_target])
@@ -194,9 +196,9 @@ class Denoiser(nn.Module):
                               torch.zeros_like(radius_source, dtype=pos.dtype)])
         return source, target, torch.cat([bond_type.to(pos.dtype), radius_type]), envelope
 
-    def forward(self, batch: dict, noise_conditioning: torch.Tensor) -> torch.Tensor:
-        pos, graph = batch[keys.POS], batch[keys.BATCH]
-        num_graphs = int(batch[keys.NUM_GRAPHS])
+    def forward(self, batch: Batch, noise_conditioning: torch.Tensor) -> torch.Tensor:
+        pos, graph = batch.pos, batch.batch
+        num_graphs = batch.num_graphs
         source, target, edge_type, is_bond = self.edges(batch)
         vectors = pos[source] - pos[target]
         length = vectors.norm(dim=-1)
@@ -208,9 +210,9 @@ class Denoiser(nn.Module):
         edge_scalars = torch.cat([radial * envelope.unsqueeze(-1), edge_type], dim=-1)
         edge_sh = o3.spherical_harmonics(self.irreps_sh, vectors, normalize=True,
                                          normalization="component") * envelope.unsqueeze(-1)
-        centred = pos - scatter_mean(pos, graph, num_graphs)[graph]
+        centred = pos - scatter(pos, graph, 0, num_graphs, reduce="mean")[graph]
         noise = self.noise_embedding(noise_conditioning.to(pos.dtype))
-        h = self.atom_embedding(batch[keys.ATOM_FEATURES]).to(pos.dtype) + noise[graph]
+        h = self.atom_embedding(batch.x).to(pos.dtype) + noise[graph]
         for layer in self.interactions:
             h = layer(h, source, target, edge_sh, edge_scalars,
                       free_input=torch.cat([h, centred], dim=-1))

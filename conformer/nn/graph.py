@@ -1,21 +1,12 @@
-"""Plain-torch graph helpers (no compiled extensions): scatter sums and radius graphs."""
+"""Plain-torch graph helpers (no compiled extensions): all-pairs and radius graphs.
+
+Scatters (sums and means over edges or atoms) come from ``torch_geometric.utils.scatter``, whose
+sum and mean run on plain torch; ``torch_geometric.nn.radius_graph`` needs the compiled
+torch-cluster, so the radius graph stays here."""
 
 from __future__ import annotations
 
 import torch
-
-
-def scatter_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
-    """Sum rows of ``values`` [E, ...] into ``size`` rows by ``index`` [E]: [size, ...]."""
-    out = values.new_zeros((size,) + values.shape[1:])
-    return out.index_add_(0, index, values)
-
-
-def scatter_mean(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
-    """Mean of rows of ``values`` per ``index`` (empty groups give 0): [size, ...]."""
-    total = scatter_sum(values, index, size)
-    count = scatter_sum(torch.ones_like(index, dtype=values.dtype), index, size).clamp(min=1)
-    return total / count.view((size,) + (1,) * (values.dim() - 1))
 
 
 def intra_graph_pairs(batch: torch.Tensor, num_graphs: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,8 +8,7 @@ import torch
 from e3nn import nn as e3nn_nn
 from e3nn import o3
 from torch import nn
-
-from conformer.nn.graph import scatter_sum
+from torch_geometric.utils import scatter
 
 
 class GaussianRadialBasis(nn.Module):
@@ -96,6 +95,6 @@ class InteractionBlock(nn.Module):
 
     def forward(self, h, edge_source, edge_target, edge_sh, edge_scalars):
         messages = self.tp(h[edge_source], edge_sh, self.radial(edge_scalars))
-        aggregated = scatter_sum(messages, edge_target, h.shape[0]) * self.norm
+        aggregated = scatter(messages, edge_target, 0, h.shape[0], reduce="sum") * self.norm
         out = self.gate(self.mix(aggregated) + self.self_connection(h))
         return h + out if self.residual else out

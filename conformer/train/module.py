@@ -20,6 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
+from torch_geometric.data import Batch
 
 from conformer.diffusion import EDMDiffusion
 from conformer.model_io import CHECKPOINT_FORMAT
@@ -103,14 +104,14 @@ class ConformerDiffusionModule(L.LightningModule):
         return controller_of(self.net)
 
     # -- steps -----------------------------------------------------------------------------
-    def forward(self, batch: dict, noise_conditioning: torch.Tensor) -> torch.Tensor:
+    def forward(self, batch: Batch, noise_conditioning: torch.Tensor) -> torch.Tensor:
         return self.net(batch, noise_conditioning)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self.diffusion.loss(self.net, batch)
         regularization = self.recm.regularization_loss().to(loss)
         total = loss + regularization
-        size = int(batch["num_graphs"])
+        size = batch.num_graphs
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/regularization", regularization, batch_size=size)
         return total
@@ -148,10 +149,10 @@ class ConformerDiffusionModule(L.LightningModule):
             steps = trainer.max_steps
         return int(steps) if steps and math.isfinite(steps) and steps > 0 else 0
 
-    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.val_seed + batch_idx)
         loss = self.diffusion.loss(self.net, batch, generator=generator)
-        self.log("val/loss", loss, prog_bar=True, batch_size=int(batch["num_graphs"]),
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch.num_graphs,
                  sync_dist=True)
         return loss
 
