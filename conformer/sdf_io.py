@@ -44,6 +44,19 @@ def _record_prop(record: bytes, key: str) -> str | None:
     return match.group(1).decode().strip() if match else None
 
 
+def _terminated_records(data: bytes) -> Iterator[tuple[bytes, int]]:
+    """``(record, end offset)`` for every record of ``data`` that ends in ``$$$$`` and a
+    newline; a trailing record cut before its terminator (a killed run) is not one."""
+    offset = 0
+    while True:
+        end = data.find(RECORD_END + b"\n", offset)
+        if end < 0:
+            return
+        record_end = end + len(RECORD_END) + 1
+        yield data[offset:record_end], record_end
+        offset = record_end
+
+
 def _truncate_to_complete_molecules(path: Path) -> None:
     """Cut a trailing, incompletely written molecule (a run killed while writing it).
 
@@ -52,13 +65,8 @@ def _truncate_to_complete_molecules(path: Path) -> None:
     """
     with open(path, "rb") as handle:
         data = handle.read()
-    keep, offset, counts = 0, 0, defaultdict(int)
-    while True:
-        end = data.find(RECORD_END + b"\n", offset)
-        if end < 0:
-            break
-        record_end = end + len(RECORD_END) + 1
-        record = data[offset:record_end]
+    keep, counts = 0, defaultdict(int)
+    for record, record_end in _terminated_records(data):
         line, total = _record_prop(record, "input_line"), _record_prop(record, "n_conformers")
         if line is not None and total is not None:
             counts[line] += 1
@@ -66,7 +74,6 @@ def _truncate_to_complete_molecules(path: Path) -> None:
                 keep = record_end
         else:  # a record not written by this class: keep it as it is
             keep = record_end
-        offset = record_end
     if keep != len(data):
         with open(path, "r+b") as handle:
             handle.truncate(keep)
@@ -147,18 +154,28 @@ def iter_sdf(path: str | Path, remove_hs: bool = False,
 
 
 def completed_input_lines(path: str | Path) -> set[int]:
-    """Input lines whose ``n_conformers`` records are all present in ``path`` (empty if absent)."""
+    """Input lines whose ``n_conformers`` records are all present in ``path`` (empty if absent).
+
+    Only records ending in ``$$$$`` count: a record cut mid-way (RDKit would still parse it)
+    is removed when the writer reopens the file, so counting it would lose its molecule.
+    """
     path = Path(path)
     if not path.exists():
         return set()
+    with open(path, "rb") as handle:
+        data = handle.read()
     counts: dict[int, int] = defaultdict(int)
     expected: dict[int, int] = {}
-    for _, mol in iter_sdf(path, sanitize=False):
-        if mol is None or not mol.HasProp("input_line") or not mol.HasProp("n_conformers"):
+    for record, _ in _terminated_records(data):
+        line, total = _record_prop(record, "input_line"), _record_prop(record, "n_conformers")
+        if line is None or total is None:
             continue
-        line = int(mol.GetProp("input_line"))
-        counts[line] += 1
-        expected[line] = int(mol.GetProp("n_conformers"))
+        try:
+            line_number, count = int(line), int(total)
+        except ValueError:
+            continue
+        counts[line_number] += 1
+        expected[line_number] = count
     return {line for line, n in counts.items() if n >= expected[line]}
 
 
