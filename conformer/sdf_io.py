@@ -32,6 +32,7 @@ from rdkit import Chem
 from conformer.errors import UserInputError
 
 RECORD_END = b"$$$$"
+_TERMINATOR = re.compile(rb"^\$\$\$\$\n", re.M)  # a whole line: a title may hold "$$$$"
 REQUIRED_PROPS = ("name", "smiles", "input_line", "conformer", "n_conformers")
 
 
@@ -48,13 +49,9 @@ def _terminated_records(data: bytes) -> Iterator[tuple[bytes, int]]:
     """``(record, end offset)`` for every record of ``data`` that ends in ``$$$$`` and a
     newline; a trailing record cut before its terminator (a killed run) is not one."""
     offset = 0
-    while True:
-        end = data.find(RECORD_END + b"\n", offset)
-        if end < 0:
-            return
-        record_end = end + len(RECORD_END) + 1
-        yield data[offset:record_end], record_end
-        offset = record_end
+    for match in _TERMINATOR.finditer(data):
+        yield data[offset:match.end()], match.end()
+        offset = match.end()
 
 
 def _truncate_to_complete_molecules(path: Path) -> None:
@@ -112,7 +109,7 @@ class ConformerSDFWriter:
             record = Chem.Mol(mol)
             record.RemoveAllConformers()
             record.AddConformer(Chem.Conformer(mol.GetConformer(conf_id)), assignId=True)
-            record.SetProp("_Name", str(name))
+            record.SetProp("_Name", _one_line(name))
             props: dict[str, Any] = {"name": name, "smiles": smiles, "input_line": int(input_line),
                                      "conformer": index, "n_conformers": len(ids)}
             props.update(extra_props or {})
@@ -133,10 +130,16 @@ class ConformerSDFWriter:
         self.close()
 
 
+def _one_line(value: Any) -> str:
+    """``value`` as one line: a line break in a title or property value would end it early
+    and make the record unreadable (and its molecule never count as done)."""
+    return " ".join(str(value).splitlines())
+
+
 def _mol_block_with_props(mol: Chem.Mol, props: Mapping[str, Any]) -> str:
     lines = [Chem.MolToMolBlock(mol, kekulize=False)]
     for key, value in props.items():
-        lines.append(f">  <{key}>\n{value}\n\n")
+        lines.append(f">  <{key}>\n{_one_line(value)}\n\n")
     lines.append("$$$$\n")
     return "".join(lines)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 
 import pytest
-from rdkit import Chem
 
 from conformer import cli
 from conformer.sdf_io import completed_input_lines, read_conformer_groups
@@ -36,3 +35,45 @@ def test_a_molecule_cut_mid_record_is_generated_again_on_resume(tmp_path):
     groups = read_conformer_groups(out)
     assert sorted(groups) == ["a", "b"] and len(groups["b"]) == 2
     assert out.read_bytes() == whole
+
+
+# -- item 2: names with line breaks ---------------------------------------------------------
+def test_a_csv_name_with_a_newline_gives_readable_records_and_no_reappend(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text('smiles,name\nCCO,"eth\nanol"\nCCN,"a\\x00b\tc"\n'.replace("\\x00", "\x00"))
+    out = tmp_path / "out.sdf"
+    assert _etkdg(path, out) == 0
+    groups = read_conformer_groups(out)
+    assert sorted(groups) == ["a b c", "eth anol"]
+    assert all(len(v) == 2 for v in groups.values())
+    before = out.read_bytes()
+    assert _etkdg(path, out) == 0
+    assert out.read_bytes() == before
+
+
+# -- item 3: physical line numbers in failures.csv ------------------------------------------
+def test_failure_lines_are_physical_lines_after_blank_rows_and_multiline_fields(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text('smiles,name\n\nCCO,"two\nlines"\n\nnot_a_smiles,bad\nCCN,ok\n')
+    out = tmp_path / "out.sdf"
+    assert _etkdg(path, out) == 0
+    rows = _failures(tmp_path / "out.failures.csv")
+    assert [row["line"] for row in rows] == ["6"]
+    assert {m[0].GetProp("input_line") for m in read_conformer_groups(out).values()} == {"3", "7"}
+
+
+# -- item 4: Unicode whitespace inside a SMILES ---------------------------------------------
+@pytest.mark.parametrize("suffix", [".smi", ".csv"])
+def test_unicode_whitespace_inside_a_smiles_is_an_invalid_smiles(tmp_path, suffix):
+    path = tmp_path / f"in{suffix}"
+    body = "C\u00a0CO nbsp\nCCO\u2003emsp\n"
+    if suffix == ".csv":
+        body = "smiles,name\nC\u00a0CO,nbsp\nCCO\u2003,emsp\n"
+    path.write_text(body, encoding="utf-8")
+    out = tmp_path / "out.sdf"
+    assert _etkdg(path, out) == 0
+    rows = _failures(tmp_path / "out.failures.csv")
+    assert len(rows) == 2
+    assert not out.exists() or not read_conformer_groups(out)
+    assert "U+00A0" in rows[0]["reason"] and "invalid SMILES" in rows[0]["reason"]
+    assert "U+2003" in rows[1]["reason"]

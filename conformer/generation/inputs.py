@@ -8,6 +8,7 @@ number also seeds the molecule's random stream (see ``conformer.generation.sampl
 from __future__ import annotations
 
 import csv
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,33 +47,55 @@ def read_inputs(path: str | Path) -> Iterator[InputLine]:
         yield from _read_smi(path)
 
 
+# Only ASCII blanks separate a SMILES from its name: any other whitespace (a non-breaking
+# space pasted from a web page, U+00A0) inside a SMILES makes it an invalid SMILES, reported
+# as such, instead of silently cutting ``C\u00a0CO`` down to methane.
+_SEPARATORS = " \t"
+
+
+def clean_name(name: str) -> str:
+    """``name`` fit for an SDF title line and property value: control characters (newlines,
+    tabs, NUL) become spaces, runs of whitespace one space; a name that would read as the
+    SDF record terminator ``$$$$`` is quoted. An empty result stays empty."""
+    chars = [" " if unicodedata.category(c).startswith("C") else c for c in name]
+    cleaned = " ".join("".join(chars).split())
+    return f"'{cleaned}'" if cleaned.startswith("$$$$") else cleaned
+
+
 def _read_smi(path: Path) -> Iterator[InputLine]:
-    with open(path, encoding="utf-8", errors="replace") as handle:
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
         for number, raw in enumerate(handle, start=1):
             text = raw.rstrip("\r\n")
-            stripped = text.strip()
+            stripped = text.strip(_SEPARATORS)
             if not stripped or stripped.startswith("#"):
                 continue
-            parts = stripped.split(None, 1)
-            smiles = parts[0]
-            name = parts[1].strip() if len(parts) > 1 else f"line{number}"
+            cut = min((i for i in (stripped.find(c) for c in _SEPARATORS) if i >= 0),
+                      default=len(stripped))
+            smiles = stripped[:cut]
+            name = clean_name(stripped[cut:]) or f"line{number}"
             yield InputLine(number, text, smiles, name, smiles)
 
 
 def _read_csv(path: Path) -> Iterator[InputLine]:
     with open(path, newline="", encoding="utf-8", errors="replace") as handle:
-        reader = csv.DictReader(handle)
-        fields = [f.strip() for f in (reader.fieldnames or [])]
+        reader = csv.reader(handle)
+        header = next(reader, None) or []
+        fields = [f.strip() for f in header]
         if "smiles" not in fields:
             raise UserInputError(f"input {path}: CSV has no 'smiles' column "
                                  f"(columns: {', '.join(fields) or 'none'})")
-        reader.fieldnames = fields
-        for index, row in enumerate(reader):
-            number = index + 2  # line 1 is the header (multi-line fields are not expected)
-            text = ",".join(str(row.get(f) or "") for f in fields)
-            smiles = (row.get("smiles") or "").strip()
-            corrected = (row.get("corrected_smiles") or "").strip()
-            name = (row.get("name") or "").strip() or f"line{number}"
+        previous_end = reader.line_num
+        for values in reader:
+            # a row's number is the physical line it starts on: blank rows and quoted fields
+            # spanning several lines count, so failures.csv points at the right line
+            number, previous_end = previous_end + 1, reader.line_num
+            if not values:
+                continue
+            row = dict(zip(fields, values, strict=False))
+            text = ",".join(values)
+            smiles = (row.get("smiles") or "").strip(_SEPARATORS)
+            corrected = (row.get("corrected_smiles") or "").strip(_SEPARATORS)
+            name = clean_name(row.get("name") or "") or f"line{number}"
             count_text = (row.get("n_conformers") or "").strip()
             try:
                 count = int(float(count_text)) if count_text else None
@@ -94,8 +117,9 @@ def lines_from_molecules(molecules: Iterable[str | Chem.Mol]) -> list[InputLine]
             smiles = item.strip()
             lines.append(InputLine(number, item, smiles, f"mol{number}", smiles))
         elif isinstance(item, Chem.Mol):
-            name = next((item.GetProp(key) for key in ("_Name", "name")
-                         if item.HasProp(key) and item.GetProp(key).strip()), f"mol{number}")
+            name = next((clean_name(item.GetProp(key)) for key in ("_Name", "name")
+                         if item.HasProp(key) and clean_name(item.GetProp(key))),
+                        f"mol{number}")
             try:
                 smiles = Chem.MolToSmiles(Chem.RemoveHs(item, sanitize=False))
             except (RuntimeError, ValueError):  # an unsanitizable Mol fails in prepare_molecule
@@ -131,6 +155,10 @@ def prepare_molecule(line: InputLine, max_atoms: int) -> Chem.Mol:
     else:
         if not line.smiles:
             raise MoleculeError("empty SMILES")
+        odd = next((c for c in line.smiles if not c.isascii() or not c.isprintable()), None)
+        if odd is not None:
+            raise MoleculeError(f"invalid SMILES (contains U+{ord(odd):04X}, "
+                                f"{unicodedata.name(odd, 'a control character')})")
         mol = Chem.MolFromSmiles(line.smiles)
         if mol is None:
             raise MoleculeError("invalid SMILES (RDKit cannot parse it)")
