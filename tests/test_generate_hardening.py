@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 
 import pytest
+from rdkit import Chem
 
 from conformer import cli
 from conformer.sdf_io import completed_input_lines, read_conformer_groups
@@ -40,7 +41,7 @@ def test_a_molecule_cut_mid_record_is_generated_again_on_resume(tmp_path):
 # -- item 2: names with line breaks ---------------------------------------------------------
 def test_a_csv_name_with_a_newline_gives_readable_records_and_no_reappend(tmp_path):
     path = tmp_path / "in.csv"
-    path.write_text('smiles,name\nCCO,"eth\nanol"\nCCN,"a\\x00b\tc"\n'.replace("\\x00", "\x00"))
+    path.write_text('smiles,name\nCCO,"eth\nanol"\nCCN,"a\x0bb\r\n\tc"\n')
     out = tmp_path / "out.sdf"
     assert _etkdg(path, out) == 0
     groups = read_conformer_groups(out)
@@ -77,3 +78,63 @@ def test_unicode_whitespace_inside_a_smiles_is_an_invalid_smiles(tmp_path, suffi
     assert not out.exists() or not read_conformer_groups(out)
     assert "U+00A0" in rows[0]["reason"] and "invalid SMILES" in rows[0]["reason"]
     assert "U+2003" in rows[1]["reason"]
+
+
+# -- item 6: binary input, SDF given as SMILES, SDF input on purpose ------------------------
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", b"CCO \xff\xfe name\n",
+                                     b"\x1f\x8b\x08\x00\x00\x00"])
+def test_a_binary_input_is_one_clear_error_and_writes_nothing(tmp_path, capsys, content):
+    path = tmp_path / "in.smi"
+    path.write_bytes(content)
+    out = tmp_path / "out.sdf"
+    assert _etkdg(path, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "in.smi" in err and "not a text file" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.smi"]
+
+
+def _sdf_text(smiles_and_names, embed=True):
+    from rdkit.Chem import AllChem
+
+    blocks = []
+    for smiles, name in smiles_and_names:
+        mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+        if embed:
+            AllChem.EmbedMolecule(mol, randomSeed=7)
+        mol.SetProp("_Name", name)
+        blocks.append(Chem.MolToMolBlock(mol) + "$$$$\n")
+    return "".join(blocks)
+
+
+@pytest.mark.parametrize("suffix", [".smi", ".csv"])
+def test_an_sdf_given_as_smiles_is_one_clear_error(tmp_path, capsys, suffix):
+    path = tmp_path / f"in{suffix}"
+    path.write_text(("smiles\n" if suffix == ".csv" else "") + _sdf_text([("CCO", "x")]))
+    assert _etkdg(path, tmp_path / "out.sdf") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "SDF/MOL" in err and f"in{suffix}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"in{suffix}"]
+
+
+@pytest.mark.parametrize("suffix", [".sdf", ".sdf.gz"])
+def test_sdf_input_gives_one_molecule_per_record_with_its_name_and_stereo(tmp_path, suffix):
+    import gzip
+
+    text = _sdf_text([("C[C@H](N)C(=O)O", "L-alanine"), ("C[C@@H](N)C(=O)O", "D-alanine")])
+    text += "garbage\nnot a record\n$$$$\n"
+    path = tmp_path / f"in{suffix}"
+    if suffix.endswith(".gz"):
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+    out = tmp_path / "out.sdf"
+    assert _etkdg(path, out) == 0
+    groups = read_conformer_groups(out)
+    assert sorted(groups) == ["D-alanine", "L-alanine"]
+    for name, smiles in (("L-alanine", "C[C@H](N)C(=O)O"), ("D-alanine", "C[C@@H](N)C(=O)O")):
+        for record in groups[name]:
+            record = Chem.Mol(record)
+            Chem.AssignStereochemistryFrom3D(record)
+            assert Chem.MolToSmiles(Chem.RemoveHs(record)) == Chem.CanonSmiles(smiles)
+    rows = _failures(tmp_path / "out.failures.csv")
+    assert [row["line"] for row in rows] == ["3"] and "cannot read" in rows[0]["reason"]

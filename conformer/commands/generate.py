@@ -1,4 +1,5 @@
-"""``conformer generate INPUT --out OUT.sdf``: conformers for every molecule of a SMILES/CSV file."""
+"""``conformer generate INPUT --out OUT.sdf``: conformers for every molecule of a SMILES, CSV
+or SDF file."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ HELP = "generate conformers for a SMILES/CSV file and write an SDF"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("input", help="a .smi/.txt file (SMILES and optional name per line) or a "
-                        ".csv with a 'smiles' column (optional: name, n_conformers, "
-                        "corrected_smiles; corrected_smiles is generated from when present)")
+    parser.add_argument("input", help="a .smi/.txt file (SMILES and optional name per line, "
+                        "separated by blanks or tabs), a .csv with a 'smiles' column (optional: "
+                        "name, n_conformers, corrected_smiles; corrected_smiles is generated "
+                        "from when present), or an .sdf/.sdf.gz/.mol file (one molecule per "
+                        "record, with its hydrogens, stereo and title as name; failures.csv "
+                        "then gives record numbers). A binary file, or SDF text in a SMILES/CSV "
+                        "file, is refused")
     parser.add_argument("--out", required=True,
                         help="output SDF; failures go to OUT.failures.csv; rerun the same "
                         "command to resume an interrupted run")

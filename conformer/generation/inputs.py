@@ -8,12 +8,15 @@ number also seeds the molecule's random stream (see ``conformer.generation.sampl
 from __future__ import annotations
 
 import csv
+import gzip
+import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from rdkit import Chem
+from rdkit.rdBase import BlockLogs
 
 from conformer.errors import UserInputError
 
@@ -23,7 +26,8 @@ class InputLine:
     """One molecule to generate. line_number counts from 1 over the file's lines (a CSV
     header is line 1) or over the list given to the API. text is the input as given; smiles
     the one generated from. mol, when set, is the molecule itself (an RDKit Mol handed to the
-    API: its atoms, stereo tags and hydrogens are used instead of parsing ``smiles``)."""
+    API or an SDF record: its atoms, stereo tags and hydrogens are used instead of parsing
+    ``smiles``). For an SDF input, line_number is the record's number (1-based)."""
 
     line_number: int
     text: str
@@ -32,19 +36,79 @@ class InputLine:
     input_smiles: str
     n_conformers: int | None = None
     mol: Chem.Mol | None = None
+    problem: str | None = None  # why this entry cannot be a molecule (an unreadable record)
+
+
+SDF_SUFFIXES = (".sdf", ".sdf.gz", ".mol")
 
 
 def read_inputs(path: str | Path) -> Iterator[InputLine]:
-    """Molecules of a ``.smi``/``.txt`` (SMILES, optional name; whitespace separated; ``#``
-    comments and blank lines skipped) or ``.csv`` file (``smiles`` column; optional ``name``,
-    ``n_conformers``, ``corrected_smiles`` — generated from when present and non-empty)."""
+    """Molecules of a ``.smi``/``.txt`` (SMILES, optional name; blank or tab separated; ``#``
+    comments and blank lines skipped), ``.csv`` (``smiles`` column; optional ``name``,
+    ``n_conformers``, ``corrected_smiles`` — generated from when present and non-empty) or
+    ``.sdf``/``.sdf.gz``/``.mol`` file (one molecule per record, numbered 1, 2, ... by record:
+    its atoms, hydrogens and stereo, from the 3D coordinates or wedges, and its title as
+    the name).
+
+    A SMILES or CSV file that is not UTF-8 text (a binary file) or that holds SDF/MOL records
+    raises UserInputError before any molecule is read.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"input {path}: no such file")
+    name = path.name.lower()
+    if name.endswith(SDF_SUFFIXES):
+        yield from _read_sdf(path)
+        return
+    _check_text_input(path)
     if path.suffix.lower() == ".csv":
         yield from _read_csv(path)
     else:
         yield from _read_smi(path)
+
+
+_SDF_MARKERS = re.compile(rb"^(M  END|\$\$\$\$|.{33,39}V[23]000)\s*$", re.M)
+
+
+def _check_text_input(path: Path) -> None:
+    """UserInputError unless ``path`` is UTF-8 text without SDF/MOL records."""
+    data = path.read_bytes()
+    where = data.find(b"\0")
+    if where < 0:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            where = error.start
+    if where >= 0:
+        raise UserInputError(f"input {path}: not a text file (byte 0x{data[where]:02x} at "
+                             f"offset {where}); give SMILES or CSV text, or an .sdf file")
+    marker = _SDF_MARKERS.search(data)
+    if marker is not None:
+        line = data.count(b"\n", 0, marker.start()) + 1
+        raise UserInputError(f"input {path}: line {line} is SDF/MOL syntax, not SMILES; "
+                             "to read SDF records, name the file .sdf or .sdf.gz")
+
+
+def _read_sdf(path: Path) -> Iterator[InputLine]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            supplier = Chem.ForwardSDMolSupplier(handle, removeHs=False, sanitize=True)
+            with BlockLogs():  # an unreadable record is reported in the failures file
+                for number, mol in enumerate(supplier, start=1):
+                    yield _sdf_line(number, mol)
+    except (OSError, EOFError, RuntimeError) as error:  # gzip/RDKit on a damaged file
+        raise UserInputError(f"input {path}: cannot be read as SDF ({error})") from None
+
+
+def _sdf_line(number: int, mol: Chem.Mol | None) -> InputLine:
+    if mol is None:
+        return InputLine(number, f"record {number}", "", f"record{number}", "",
+                         problem="SDF record RDKit cannot read")
+    name = next((clean_name(mol.GetProp(key)) for key in ("_Name", "name")
+                 if mol.HasProp(key) and clean_name(mol.GetProp(key))), f"record{number}")
+    smiles = Chem.MolToSmiles(Chem.RemoveHs(mol, sanitize=False))
+    return InputLine(number, smiles, smiles, name, smiles, mol=Chem.Mol(mol))
 
 
 # Only ASCII blanks separate a SMILES from its name: any other whitespace (a non-breaking
@@ -141,6 +205,8 @@ def prepare_molecule(line: InputLine, max_atoms: int) -> Chem.Mol:
     From ``line.mol`` when set (its atom order kept; missing hydrogens added after the heavy
     atoms), else parsed from ``line.smiles``.
     """
+    if line.problem is not None:
+        raise MoleculeError(line.problem)
     if line.n_conformers is not None and line.n_conformers < 0:
         raise MoleculeError("n_conformers is not a non-negative integer")
     if line.mol is not None:
