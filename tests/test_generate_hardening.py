@@ -138,3 +138,66 @@ def test_sdf_input_gives_one_molecule_per_record_with_its_name_and_stereo(tmp_pa
             assert Chem.MolToSmiles(Chem.RemoveHs(record)) == Chem.CanonSmiles(smiles)
     rows = _failures(tmp_path / "out.failures.csv")
     assert [row["line"] for row in rows] == ["3"] and "cannot read" in rows[0]["reason"]
+
+
+# -- item 7: bad output paths and devices ---------------------------------------------------
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+@pytest.fixture
+def small_smi(tmp_path):
+    path = tmp_path / "in" / "in.smi"
+    path.parent.mkdir()
+    path.write_text("CCO a\n")
+    return path
+
+
+def test_an_output_path_that_is_a_directory_is_one_clear_error(tmp_path, small_smi, capsys):
+    out = tmp_path / "out.sdf"
+    out.mkdir()
+    assert _etkdg(small_smi, out) == 2
+    _one_line_error(capsys, str(out), "is a directory")
+    assert list(out.iterdir()) == []
+
+
+def test_an_output_parent_that_is_a_file_is_one_clear_error(tmp_path, small_smi, capsys):
+    (tmp_path / "file").write_text("x")
+    assert _etkdg(small_smi, tmp_path / "file" / "sub" / "out.sdf") == 2
+    _one_line_error(capsys, str(tmp_path / "file"), "is a file")
+
+
+def test_a_read_only_output_directory_is_one_clear_error(tmp_path, small_smi, capsys,
+                                                         monkeypatch):
+    import os
+
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    directory.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: make the check see what a user would
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False
+                            if str(p).startswith(str(directory)) else real_access(p, mode, **kw))
+    try:
+        assert _etkdg(small_smi, directory / "out.sdf") == 2
+        _one_line_error(capsys, str(directory), "not writable")
+        assert list(directory.iterdir()) == []
+    finally:
+        directory.chmod(0o755)
+
+
+def test_a_missing_device_is_one_clear_error_and_leaves_no_file(tmp_path, small_smi, capsys):
+    out = tmp_path / "out.sdf"
+    assert cli.main(["generate", str(small_smi), "--out", str(out), "--device", "cuda:99",
+                     "--num-confs", "1", "--no-progress"]) == 2
+    _one_line_error(capsys, "--device cuda:99")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_a_run_without_failures_leaves_no_failures_file(tmp_path, small_smi):
+    assert _etkdg(small_smi, tmp_path / "out.sdf") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out.sdf"]

@@ -10,6 +10,7 @@ lines already in the SDF or in the failures file. Per-molecule seeding (see
 from __future__ import annotations
 
 import csv
+import os
 import sys
 import time
 from collections import Counter
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 from rdkit import RDLogger
 
+from conformer.errors import UserInputError
 from conformer.generation.ensemble import MoleculeGenerator
 from conformer.generation.inputs import InputLine, read_inputs
 from conformer.generation.options import GenerateOptions
@@ -87,21 +89,59 @@ def _failed_lines(path: Path) -> set[int]:
 
 
 class _FailureLog:
+    """``OUT.failures.csv``, created at the first failure (a run without failures leaves no
+    file behind) and appended to on resume."""
+
     def __init__(self, path: Path):
         self.path = path
-        new = not path.exists() or path.stat().st_size == 0
-        self.handle = open(path, "a", newline="")
-        self.writer = csv.writer(self.handle)
-        if new:
-            self.writer.writerow(["line", "input", "reason"])
-            self.handle.flush()
+        self.handle = None
+        self.writer = None
 
     def write(self, line: InputLine, reason: str) -> None:
+        if self.handle is None:
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            self.handle = _open_output(self.path, "a", newline="")
+            self.writer = csv.writer(self.handle)
+            if new:
+                self.writer.writerow(["line", "input", "reason"])
         self.writer.writerow([line.line_number, line.text, reason])
         self.handle.flush()
 
     def close(self) -> None:
-        self.handle.close()
+        if self.handle is not None:
+            self.handle.close()
+
+
+def _open_output(path: Path, mode: str, **kwargs):
+    try:
+        return open(path, mode, **kwargs)
+    except OSError as error:
+        raise UserInputError(f"--out {path}: cannot write ({error.strerror or error})") from None
+
+
+def check_output_path(out: Path) -> None:
+    """UserInputError (naming the path and the reason) unless ``out`` and its failures file
+    can be written: not a directory, every existing parent a directory, the directory
+    writable. Creates missing parent directories."""
+    for path in (out, failures_path(out)):
+        if path.is_dir():
+            raise UserInputError(f"--out {path}: is a directory; give a file name such as "
+                                 f"{path / 'conformers.sdf'}")
+    parent = out.parent
+    for ancestor in (parent, *parent.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise UserInputError(f"--out {out}: {ancestor} is a file, not a directory")
+            break
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserInputError(f"--out {out}: cannot create {parent} "
+                             f"({error.strerror or error})") from None
+    for path in (out, failures_path(out)):
+        target = path if path.exists() else parent
+        if not os.access(target, os.W_OK):
+            raise UserInputError(f"--out {out}: {target} is not writable (permission denied)")
 
 
 def _progress(total: int, enabled: bool | None):
@@ -115,11 +155,11 @@ def generate_file(input_path: str | Path, out: str | Path,
                   options: GenerateOptions | None = None) -> GenerateSummary:
     """Generate conformers for every molecule of ``input_path`` into the SDF ``out``.
 
-    The inputs are read and the model loaded (device checked) before any output file is
-    created, so a bad input file, model or device leaves nothing behind.
+    The inputs are read, the model loaded (device checked) and the output path checked before
+    any output file is created, so a bad input file, model, device or output path is one
+    UserInputError and leaves nothing behind. ``OUT.failures.csv`` is created at the first
+    failure.
     """
-    from conformer import sdf_io
-
     options = options or GenerateOptions()
     out = Path(out)
     lines = list(read_inputs(input_path))
@@ -127,7 +167,22 @@ def generate_file(input_path: str | Path, out: str | Path,
     if options.method == "model" and options.workers and options.workers > 0:
         torch.set_num_threads(options.workers)
     generator = MoleculeGenerator(options)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_output_path(out)
+    existed = {path: path.exists() for path in (out, failures_path(out))}
+    try:
+        return _generate_lines(lines, out, options, generator, start)
+    except BaseException:
+        # an error before anything was written leaves no empty file behind
+        for path, was_there in existed.items():
+            if not was_there and path.exists() and path.stat().st_size == 0:
+                path.unlink()
+        raise
+
+
+def _generate_lines(lines, out: Path, options: GenerateOptions, generator: MoleculeGenerator,
+                    start: float) -> GenerateSummary:
+    from conformer import sdf_io
+
     done = set(sdf_io.completed_input_lines(out)) if out.exists() else set()
     fail_path = failures_path(out)
     done |= _failed_lines(fail_path)
@@ -137,7 +192,10 @@ def generate_file(input_path: str | Path, out: str | Path,
         summary.stereo_guidance = options.stereo_guidance
     RDLogger.DisableLog("rdApp.*")
     failures = _FailureLog(fail_path)
-    writer = sdf_io.ConformerSDFWriter(out, append=True)
+    try:
+        writer = sdf_io.ConformerSDFWriter(out, append=True)
+    except OSError as error:
+        raise UserInputError(f"--out {out}: cannot write ({error.strerror or error})") from None
     bar = _progress(len(todo), options.progress)
     try:
         for result in generator.run(todo):
