@@ -200,4 +200,43 @@ def test_a_missing_device_is_one_clear_error_and_leaves_no_file(tmp_path, small_
 
 def test_a_run_without_failures_leaves_no_failures_file(tmp_path, small_smi):
     assert _etkdg(small_smi, tmp_path / "out.sdf") == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out.sdf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out.sdf", "out.settings.json"]
+
+
+# -- item 8: settings kept beside the output, compared on resume ----------------------------
+def test_a_rerun_with_other_settings_stops_unless_overwrite(tmp_path, small_smi, capsys):
+    import json
+
+    out = tmp_path / "out.sdf"
+    assert _etkdg(small_smi, out) == 0
+    stored = json.loads((tmp_path / "out.settings.json").read_text())
+    assert stored["method"] == "etkdg" and stored["num_confs"] == 2 and stored["seed"] == 0
+    before = out.read_bytes()
+    assert _etkdg(small_smi, out) == 0  # same settings: resumed (nothing left to do)
+    assert out.read_bytes() == before
+    capsys.readouterr()
+    for changed in (["--num-confs", "3"], ["--method", "etkdg-mmff"], ["--seed", "1"]):
+        argv = ["generate", str(small_smi), "--out", str(out), "--method", "etkdg",
+                "--num-confs", "2", "--no-progress", *changed]
+        assert cli.main(argv) == 2
+        err = _one_line_error(capsys, str(out), "other settings", "--overwrite")
+        assert changed[0].lstrip("-").replace("-", "_") in err
+        assert out.read_bytes() == before
+    assert cli.main(["generate", str(small_smi), "--out", str(out), "--method", "etkdg",
+                     "--num-confs", "3", "--no-progress", "--overwrite"]) == 0
+    assert len(read_conformer_groups(out)["a"]) == 3
+    assert json.loads((tmp_path / "out.settings.json").read_text())["num_confs"] == 3
+
+
+def test_the_model_file_hash_is_part_of_the_settings(tmp_path):
+    from conformer.generation import GenerateOptions
+    from conformer.generation.runner import run_settings
+
+    first, second = tmp_path / "a.pt", tmp_path / "b.pt"
+    first.write_bytes(b"one")
+    second.write_bytes(b"two")
+    a = run_settings(GenerateOptions(ckpt=str(first)))
+    b = run_settings(GenerateOptions(ckpt=str(second)))
+    assert a["model_sha256"] != b["model_sha256"] and len(a["model_sha256"]) == 64
+    assert {k: v for k, v in a.items() if k != "model_sha256"} == \
+        {k: v for k, v in b.items() if k != "model_sha256"}

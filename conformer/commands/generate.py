@@ -20,8 +20,15 @@ def add_arguments(parser) -> None:
                         "then gives record numbers). A binary file, or SDF text in a SMILES/CSV "
                         "file, is refused")
     parser.add_argument("--out", required=True,
-                        help="output SDF; failures go to OUT.failures.csv; rerun the same "
-                        "command to resume an interrupted run")
+                        help="output SDF; failures go to OUT.failures.csv, the run's settings "
+                        "to OUT.settings.json; rerun the same command to resume an interrupted "
+                        "run")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start OUT afresh (deleting OUT, OUT.failures.csv and "
+                        "OUT.settings.json) instead of resuming it. Without it, a rerun whose "
+                        "settings (method, model file sha256, conformer counts, seed, sampler, "
+                        "guidance, output options) differ from those in OUT.settings.json stops "
+                        "with an error")
     parser.add_argument("--ckpt", default=None,
                         help="model file or training checkpoint (default: the bundled model "
                         "in conformer/assets/, which is not a GEOM-Drugs model)")
@@ -79,7 +86,7 @@ def run(args) -> int:
         hydrogens=not args.no_hydrogens, workers=args.workers, max_atoms=args.max_atoms,
         max_resamples=args.max_resamples, stereo_guidance=args.stereo_guidance,
         progress=False if args.no_progress else None)
-    summary = generate_file(args.input, args.out, options)
+    summary = generate_file(args.input, args.out, options, overwrite=args.overwrite)
     if args.summary:
         print(summary.text())
         if summary.failures:

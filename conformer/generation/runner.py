@@ -10,6 +10,9 @@ lines already in the SDF or in the failures file. Per-molecule seeding (see
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
+import json
 import os
 import sys
 import time
@@ -79,6 +82,75 @@ class GenerateSummary:
 def failures_path(out: str | Path) -> Path:
     out = Path(out)
     return out.with_name(out.stem + ".failures.csv")
+
+
+def settings_path(out: str | Path) -> Path:
+    """Where the settings of the run that writes ``out`` are kept (``OUT.settings.json``)."""
+    out = Path(out)
+    return out.with_name(out.stem + ".settings.json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_settings(options: GenerateOptions) -> dict:
+    """The settings that decide what a run writes, as stored in ``OUT.settings.json``: method,
+    conformer counts, seed, output form and, for the model, its file's sha256, sampler steps
+    and guidance. Device, workers, batch size and progress change no conformer: not kept."""
+    settings = {
+        "method": options.method, "num_confs": options.num_confs, "ratio": options.ratio,
+        "seed": options.seed, "hydrogens": options.hydrogens, "max_atoms": options.max_atoms,
+        "max_resamples": options.max_resamples,
+    }
+    if options.method == "model":
+        from conformer.model_io import BUNDLED_MODEL
+
+        model = Path(options.ckpt) if options.ckpt else BUNDLED_MODEL
+        settings.update({"model_sha256": _sha256(model), "steps": options.steps,
+                         "stereo_guidance": options.stereo_guidance,
+                         "guidance": dataclasses.asdict(options.guidance)})
+    return settings
+
+
+def _settings_differences(stored: dict, current: dict) -> list[str]:
+    keys = sorted(set(stored) | set(current))
+    return [f"{key} {stored.get(key)!r} -> {current.get(key)!r}" for key in keys
+            if stored.get(key) != current.get(key)]
+
+
+def _start_or_resume(out: Path, options: GenerateOptions, overwrite: bool) -> None:
+    """Compare this run's settings with those stored beside an existing output: resuming with
+    other settings would mix two runs in one file, so it is an error unless ``overwrite``,
+    which deletes the output, its failures and settings files and starts afresh."""
+    paths = (out, failures_path(out), settings_path(out))
+    current = json.loads(json.dumps(run_settings(options)))  # tuples as lists, as stored
+    if overwrite:
+        for path in paths:
+            path.unlink(missing_ok=True)
+    elif out.exists() or failures_path(out).exists():
+        stored = None
+        if settings_path(out).exists():
+            try:
+                stored = json.loads(settings_path(out).read_text())
+            except (OSError, ValueError) as error:
+                raise UserInputError(f"--out {out}: cannot read {settings_path(out)} "
+                                     f"({error}); add --overwrite to start afresh") from None
+        # an output without settings file (written before they were kept): resumed as is
+        if stored is not None and stored != current:
+            changed = "; ".join(_settings_differences(stored, current))
+            raise UserInputError(f"--out {out}: written with other settings ({changed}); rerun "
+                                 "with the same settings to resume, or add --overwrite to "
+                                 "start afresh")
+    try:
+        settings_path(out).write_text(json.dumps(current, indent=2) + "\n")
+    except OSError as error:
+        raise UserInputError(f"--out {out}: cannot write {settings_path(out)} "
+                             f"({error.strerror or error})") from None
 
 
 def _failed_lines(path: Path) -> set[int]:
@@ -152,13 +224,16 @@ def _progress(total: int, enabled: bool | None):
 
 
 def generate_file(input_path: str | Path, out: str | Path,
-                  options: GenerateOptions | None = None) -> GenerateSummary:
+                  options: GenerateOptions | None = None,
+                  overwrite: bool = False) -> GenerateSummary:
     """Generate conformers for every molecule of ``input_path`` into the SDF ``out``.
 
     The inputs are read, the model loaded (device checked) and the output path checked before
     any output file is created, so a bad input file, model, device or output path is one
     UserInputError and leaves nothing behind. ``OUT.failures.csv`` is created at the first
-    failure.
+    failure. The run's settings (``run_settings``) are kept in ``OUT.settings.json``; resuming
+    an output written with other settings is a UserInputError unless ``overwrite``, which
+    starts the output afresh.
     """
     options = options or GenerateOptions()
     out = Path(out)
@@ -168,6 +243,7 @@ def generate_file(input_path: str | Path, out: str | Path,
         torch.set_num_threads(options.workers)
     generator = MoleculeGenerator(options)
     check_output_path(out)
+    _start_or_resume(out, options, overwrite)
     existed = {path: path.exists() for path in (out, failures_path(out))}
     try:
         return _generate_lines(lines, out, options, generator, start)
@@ -176,6 +252,8 @@ def generate_file(input_path: str | Path, out: str | Path,
         for path, was_there in existed.items():
             if not was_there and path.exists() and path.stat().st_size == 0:
                 path.unlink()
+        if not out.exists() and not failures_path(out).exists():
+            settings_path(out).unlink(missing_ok=True)
         raise
 
 
