@@ -240,3 +240,97 @@ def test_the_model_file_hash_is_part_of_the_settings(tmp_path):
     assert a["model_sha256"] != b["model_sha256"] and len(a["model_sha256"]) == 64
     assert {k: v for k, v in a.items() if k != "model_sha256"} == \
         {k: v for k, v in b.items() if k != "model_sha256"}
+
+
+# -- item 5: the model's domain, and conformers with impossible bonds -----------------------
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """An untrained tiny equivariant denoiser as a model file (plumbing, not quality)."""
+    import torch
+
+    from conformer.diffusion import EDMSettings
+    from conformer.model_io import save_model
+    from conformer.nn import build_denoiser
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_model(build_denoiser("tiny", "equivariant"),
+               {"preset": "tiny", "mode": "equivariant", "overrides": {}},
+               vars(EDMSettings(sample_steps=3)), path)
+    return path
+
+
+OUT_OF_DOMAIN = {
+    "C[Hg]Cl": "unsupported element Hg",
+    "[H][H]": "no heavy atom",
+    "FS(F)(F)(F)(F)F": "unsupported valence: S with 6 neighbours",
+    "CC[Pt](Cl)(Cl)N": "unsupported element Pt",
+    "C[C-](C)C": "unsupported formal charge -1 on C",
+    "C[Fe]C": "unsupported element Fe",
+}
+
+
+def test_out_of_domain_molecules_go_to_the_failures_file_with_their_reason(tmp_path,
+                                                                          model_file):
+    import torch
+
+    torch.set_num_threads(1)
+    smi = tmp_path / "in.smi"
+    smi.write_text("".join(f"{s} m{i}\n" for i, s in enumerate(OUT_OF_DOMAIN)) + "CCO ok\n")
+    out = tmp_path / "out.sdf"
+    assert cli.main(["generate", str(smi), "--out", str(out), "--ckpt", str(model_file),
+                     "--num-confs", "2", "--no-progress", "--no-bond-check"]) == 0
+    rows = _failures(tmp_path / "out.failures.csv")
+    assert [row["input"].split()[0] for row in rows] == list(OUT_OF_DOMAIN)
+    for row, reason in zip(rows, OUT_OF_DOMAIN.values(), strict=True):
+        assert reason in row["reason"], row
+    assert list(read_conformer_groups(out)) == ["ok"]
+
+
+def test_the_api_applies_the_same_domain(model_file):
+    import conformer
+
+    mols = conformer.generate(["C[Hg]Cl", "CCO"], num_confs=1, model=str(model_file),
+                              device="cpu", bond_check=False)  # untrained: raw samples
+    assert mols[0].GetNumConformers() == 0
+    assert "unsupported element Hg" in mols[0].GetProp("failure_reason")
+    assert mols[1].GetNumConformers() == 1
+
+
+def test_implausible_bond_lengths_are_found():
+    from conformer.generation.domain import implausible_bonds
+
+    hydrogen = Chem.AddHs(Chem.MolFromSmiles("[H][H]"))
+    assert implausible_bonds(hydrogen, [[[0, 0, 0], [0.02, 0, 0]]]).tolist() == [True]
+    assert implausible_bonds(hydrogen, [[[0, 0, 0], [0.74, 0, 0]]]).tolist() == [False]
+    chloro = Chem.MolFromSmiles("CCl")  # C-Cl 1.78 A; radii sum 1.78
+    positions = [[[0, 0, 0], [1.78, 0, 0]], [[0, 0, 0], [2.9, 0, 0]], [[0, 0, 0], [1.0, 0, 0]]]
+    assert implausible_bonds(chloro, positions).tolist() == [False, True, True]
+
+
+def test_conformers_with_implausible_bonds_are_counted_and_never_written(tmp_path,
+                                                                         monkeypatch, capsys):
+    import numpy as np
+
+    from conformer.generation import ensemble
+
+    real = ensemble.rdkit_conformers
+
+    def one_broken(mol, count, method, seed):
+        positions = real(mol, count, method, seed)
+        positions[0, 1] = positions[0, 0] + 0.05  # atom 1 on top of atom 0 (bonded in CCO)
+        return positions
+
+    monkeypatch.setattr(ensemble, "rdkit_conformers", one_broken)
+    smi = tmp_path / "in.smi"
+    smi.write_text("CCO a\nC[H] b\n")
+    out = tmp_path / "out.sdf"
+    assert cli.main(["generate", str(smi), "--out", str(out), "--method", "etkdg",
+                     "--num-confs", "3", "--no-progress", "--summary"]) == 0
+    text = capsys.readouterr().out
+    groups = read_conformer_groups(out)
+    assert len(groups["a"]) == 2 and groups["a"][0].GetProp("n_conformers") == "2"
+    for record in groups["a"] + groups.get("b", []):
+        xyz = record.GetConformer().GetPositions()
+        assert np.linalg.norm(xyz[1] - xyz[0]) > 1.0
+    assert "rejected for implausible bond lengths" in text

@@ -67,6 +67,11 @@ def add_arguments(parser) -> None:
                         "and E/Z stereo (default on); --no-stereo-guidance gives the raw "
                         "model's samples (reflection/resampling still apply afterwards). "
                         "Recorded in each SDF record and in the summary")
+    parser.add_argument("--no-bond-check", action="store_true",
+                        help="keep conformers with a bond shorter than 0.6 or longer than 1.5 "
+                        "times the sum of its atoms' covalent radii (by default they are "
+                        "dropped, never written, and counted in the summary; a molecule left "
+                        "without conformers goes to the failures file)")
     parser.add_argument("--summary", action="store_true",
                         help="print molecules, conformers, failures, stereo-correct rates "
                         "(before and after correction) and time")
@@ -85,6 +90,7 @@ def run(args) -> int:
         steps=args.steps, batch_size=args.batch_size, device=args.device, seed=args.seed,
         hydrogens=not args.no_hydrogens, workers=args.workers, max_atoms=args.max_atoms,
         max_resamples=args.max_resamples, stereo_guidance=args.stereo_guidance,
+        bond_check=not args.no_bond_check,
         progress=False if args.no_progress else None)
     summary = generate_file(args.input, args.out, options, overwrite=args.overwrite)
     if args.summary:

@@ -33,6 +33,9 @@ class GenerateOptions:
     # conformer/diffusion/guidance.py); off gives the raw model's samples
     stereo_guidance: bool = True
     guidance: GuidanceSettings = field(default_factory=GuidanceSettings)
+    # drop conformers with bonds outside [0.6, 1.5] x the covalent radii sum (see
+    # conformer/generation/domain.py); off only to inspect a model's raw output
+    bond_check: bool = True
     progress: bool | None = None  # None: a bar only on a terminal
 
     def __post_init__(self) -> None:

@@ -36,6 +36,7 @@ class GenerateSummary:
     conformers: int = 0
     failures: int = 0
     skipped_done: int = 0
+    rejected_conformers: int = 0  # implausible bond lengths: never written
     failure_reasons: Counter = field(default_factory=Counter)
     stereo: StereoTally = field(default_factory=StereoTally)
     stereo_guidance: bool | None = None  # None: not a model run (no guidance to speak of)
@@ -45,6 +46,7 @@ class GenerateSummary:
         return {
             "molecules": self.molecules, "conformers": self.conformers,
             "failures": self.failures, "skipped_already_done": self.skipped_done,
+            "conformers_rejected_bond_lengths": self.rejected_conformers,
             "failure_reasons": dict(self.failure_reasons),
             "stereo_guidance": self.stereo_guidance,
             "stereo_conformers_checked": self.stereo.conformers,
@@ -67,7 +69,9 @@ class GenerateSummary:
         lines = [
             f"molecules:   {self.molecules}" + (f" (+{self.skipped_done} done earlier)"
                                                  if self.skipped_done else ""),
-            f"conformers:  {self.conformers}",
+            f"conformers:  {self.conformers}" + (
+                f" ({self.rejected_conformers} more rejected for implausible bond lengths, "
+                "not written)" if self.rejected_conformers else ""),
             f"failures:    {self.failures}" + (f" ({reasons})" if reasons else ""),
             f"stereo-correct before correction: {pct(self.stereo.rate_before())} "
             f"of {self.stereo.conformers} conformers with specified stereo{sampled}",
@@ -105,7 +109,7 @@ def run_settings(options: GenerateOptions) -> dict:
     settings = {
         "method": options.method, "num_confs": options.num_confs, "ratio": options.ratio,
         "seed": options.seed, "hydrogens": options.hydrogens, "max_atoms": options.max_atoms,
-        "max_resamples": options.max_resamples,
+        "max_resamples": options.max_resamples, "bond_check": options.bond_check,
     }
     if options.method == "model":
         from conformer.model_io import BUNDLED_MODEL
@@ -278,6 +282,7 @@ def _generate_lines(lines, out: Path, options: GenerateOptions, generator: Molec
     try:
         for result in generator.run(todo):
             line = result.line
+            summary.rejected_conformers += result.rejected
             if result.failure is not None:
                 failures.write(line, result.failure)
                 summary.failures += 1
