@@ -8,7 +8,8 @@ One SDF record per conformer. Every record carries these properties:
 - ``conformer``: 0-based index of the conformer within its molecule,
 - ``n_conformers``: how many records this molecule has in total (the completion marker),
 
-plus any extra properties the caller passes (for example ``method`` or ``seed``).
+plus any extra properties the caller passes (for example ``method`` or ``seed``) and each
+conformer's own properties (``mmff94_energy``). Bonds are written in Kekulé form.
 
 Resume without a sidecar: a molecule is complete when the file holds ``n_conformers`` records
 with its ``input_line``. Records are flushed to disk after each molecule, so a killed run loses
@@ -113,6 +114,9 @@ class ConformerSDFWriter:
             props: dict[str, Any] = {"name": name, "smiles": smiles, "input_line": int(input_line),
                                      "conformer": index, "n_conformers": len(ids)}
             props.update(extra_props or {})
+            # the conformer's own properties (its MMFF94 energy)
+            props.update(mol.GetConformer(conf_id).GetPropsAsDict(includePrivate=False,
+                                                                  includeComputed=False))
             blocks.append(_mol_block_with_props(record, props))
         self._handle.write("".join(blocks))
         self._handle.flush()
@@ -137,7 +141,11 @@ def _one_line(value: Any) -> str:
 
 
 def _mol_block_with_props(mol: Chem.Mol, props: Mapping[str, Any]) -> str:
-    lines = [Chem.MolToMolBlock(mol, kekulize=False)]
+    try:  # Kekulé bonds: SDF bond type 4 (aromatic) is meant for queries, not structures
+        block = Chem.MolToMolBlock(mol, kekulize=True)
+    except (RuntimeError, ValueError):  # Chem.KekulizeException is a ValueError
+        block = Chem.MolToMolBlock(mol, kekulize=False)
+    lines = [block]
     for key, value in props.items():
         lines.append(f">  <{key}>\n{_one_line(value)}\n\n")
     lines.append("$$$$\n")

@@ -334,3 +334,101 @@ def test_conformers_with_implausible_bonds_are_counted_and_never_written(tmp_pat
         xyz = record.GetConformer().GetPositions()
         assert np.linalg.norm(xyz[1] - xyz[0]) > 1.0
     assert "rejected for implausible bond lengths" in text
+
+
+# -- item 11: docking-ready output ----------------------------------------------------------
+def _rdkit_rmsd(mol, i, j, heavy):
+    from rdkit.Chem import rdMolAlign
+
+    probe = Chem.Mol(mol)
+    return rdMolAlign.AlignMol(probe, mol, prbCid=i, refCid=j,
+                               atomMap=[(a, a) for a in heavy])
+
+
+def test_output_is_kekulized_and_aligned_to_the_first_conformer(tmp_path):
+    smi = tmp_path / "in.smi"
+    smi.write_text("c1ccccc1CCO phenethyl\n")
+    out = tmp_path / "out.sdf"
+    assert cli.main(["generate", str(smi), "--out", str(out), "--method", "etkdg",
+                     "--num-confs", "4", "--no-progress"]) == 0
+    bond_types = set()
+    for block in out.read_text().split("$$$$\n")[:-1]:
+        lines = block.splitlines()
+        atoms, bonds = int(lines[3][:3]), int(lines[3][3:6])  # V2000 counts line
+        bond_types |= {int(line[6:9]) for line in lines[4 + atoms: 4 + atoms + bonds]}
+    assert bond_types == {1, 2}  # Kekule: no type 4 (aromatic)
+    records = read_conformer_groups(out)["phenethyl"]
+    assert any(b.GetBondType() == Chem.BondType.AROMATIC for b in records[0].GetBonds())
+    first = records[0]
+    heavy = [a.GetIdx() for a in first.GetAtoms() if a.GetAtomicNum() > 1]
+    import numpy as np
+
+    for record in records[1:]:
+        moved = np.sqrt(((record.GetConformer().GetPositions()[heavy]
+                          - first.GetConformer().GetPositions()[heavy]) ** 2).sum(1).mean())
+        joint = Chem.Mol(first)
+        joint.AddConformer(record.GetConformer(), assignId=True)
+        # already superposed: the in-place RMSD is the best-fit RMSD
+        assert moved == pytest.approx(_rdkit_rmsd(joint, 1, 0, heavy), abs=2e-3)
+
+
+def test_mmff_energies_sort_the_conformers_and_prune_rms_follows_rdkit(tmp_path):
+    import numpy as np
+
+    smi = tmp_path / "in.smi"
+    smi.write_text("CCCCCCO hexanol\n")
+    out = tmp_path / "out.sdf"
+    assert cli.main(["generate", str(smi), "--out", str(out), "--method", "etkdg",
+                     "--num-confs", "12", "--no-progress", "--energies", "mmff",
+                     "--prune-rms", "0.5"]) == 0
+    records = read_conformer_groups(out)["hexanol"]
+    energies = [float(r.GetProp("mmff94_energy")) for r in records]
+    assert energies == sorted(energies)
+    assert float(records[0].GetProp("mmff94_relative_energy")) == 0.0
+    pruned = int(records[0].GetProp("pruned_conformers"))
+    assert len(records) + pruned == 12 and pruned > 0
+    heavy = [a.GetIdx() for a in records[0].GetAtoms() if a.GetAtomicNum() > 1]
+    joint = Chem.Mol(records[0])
+    for record in records[1:]:
+        joint.AddConformer(record.GetConformer(), assignId=True)
+    for i in range(len(records)):
+        for j in range(i):
+            assert _rdkit_rmsd(joint, i, j, heavy) >= 0.5 - 1e-3
+    # recomputed MMFF94 energies agree with the written ones
+    from rdkit.Chem import AllChem
+
+    props = AllChem.MMFFGetMoleculeProperties(records[0])
+    again = [AllChem.MMFFGetMoleculeForceField(r, props).CalcEnergy() for r in records]
+    assert np.allclose(again, energies, atol=0.05)
+
+
+def test_prune_by_rms_keeps_the_first_of_each_cluster():
+    import numpy as np
+
+    from conformer.generation.output import prune_by_rms
+
+    base = np.array([[0.0, 0, 0], [1.5, 0, 0], [1.5, 1.5, 0], [0, 1.5, 0.5]])
+    rotation = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]], dtype=float)
+    near = base + 0.05
+    far = base.copy()
+    far[3] += [0, 0, 3.0]
+    positions = np.stack([base, base @ rotation.T + 4.0, near, far, far + 0.01])
+    assert prune_by_rms(positions, 0.5) == [0, 3]
+
+
+def test_the_api_gives_energies_pruning_and_aligned_conformers():
+    import conformer
+
+    (mol,) = conformer.generate(["CCCCCCO"], method="etkdg", num_confs=8, seed=1,
+                                energies="mmff", prune_rms=0.5)
+    energies = [c.GetDoubleProp("mmff94_energy") for c in mol.GetConformers()]
+    assert energies == sorted(energies) and len(energies) + mol.GetIntProp(
+        "pruned_conformers") == 8
+
+
+def test_bad_energy_and_prune_settings_are_one_clear_error(tmp_path, small_smi, capsys):
+    assert _etkdg(small_smi, tmp_path / "o.sdf", "--prune-rms", "0") == 2
+    _one_line_error(capsys, "--prune-rms 0")
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own choices check
+        _etkdg(small_smi, tmp_path / "o.sdf", "--energies", "uff")
+    assert exit_info.value.code == 2 and "--energies" in capsys.readouterr().err

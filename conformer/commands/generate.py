@@ -67,6 +67,18 @@ def add_arguments(parser) -> None:
                         "and E/Z stereo (default on); --no-stereo-guidance gives the raw "
                         "model's samples (reflection/resampling still apply afterwards). "
                         "Recorded in each SDF record and in the summary")
+    parser.add_argument("--energies", choices=["mmff"], default=None,
+                        help="mmff: write each conformer's MMFF94 energy (kcal/mol, single "
+                        "point of the conformer as written, not minimised) as mmff94_energy "
+                        "and mmff94_relative_energy (above the molecule's lowest), and sort "
+                        "the conformers by it, lowest first")
+    parser.add_argument("--prune-rms", type=float, default=None, metavar="A",
+                        help="drop conformers within A Angstrom heavy-atom RMSD (after "
+                        "superposition) of one kept before them, as RDKit's pruneRmsThresh: "
+                        "the first of each cluster is kept (the lowest in energy with "
+                        "--energies); pruned_conformers gives the count. Output conformers "
+                        "are always aligned to the first on their heavy atoms and written "
+                        "with Kekule bonds")
     parser.add_argument("--no-bond-check", action="store_true",
                         help="keep conformers with a bond shorter than 0.6 or longer than 1.5 "
                         "times the sum of its atoms' covalent radii (by default they are "
@@ -90,7 +102,7 @@ def run(args) -> int:
         steps=args.steps, batch_size=args.batch_size, device=args.device, seed=args.seed,
         hydrogens=not args.no_hydrogens, workers=args.workers, max_atoms=args.max_atoms,
         max_resamples=args.max_resamples, stereo_guidance=args.stereo_guidance,
-        bond_check=not args.no_bond_check,
+        bond_check=not args.no_bond_check, energies=args.energies, prune_rms=args.prune_rms,
         progress=False if args.no_progress else None)
     summary = generate_file(args.input, args.out, options, overwrite=args.overwrite)
     if args.summary:

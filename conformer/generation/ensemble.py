@@ -21,6 +21,7 @@ from conformer.errors import UserInputError
 from conformer.generation.domain import check_domain, implausible_bonds
 from conformer.generation.inputs import InputLine, MoleculeError, prepare_molecule
 from conformer.generation.options import GenerateOptions
+from conformer.generation.output import arrange_ensemble
 from conformer.generation.sampler import (
     ConformerModel,
     ModelSampler,
@@ -154,13 +155,22 @@ class MoleculeGenerator:
                 line, failure=f"implausible bond lengths in all {rejected} conformers "
                 "(out of the model's domain?)", extra=extra, tally=result.tally,
                 rejected=rejected)
+        ensemble, order, note = arrange_ensemble(
+            ensemble_mol(mol, result.positions[keep], hydrogens=True), options.energies,
+            options.prune_rms)
+        if note is not None:
+            extra["energy_note"] = note
+        if options.prune_rms is not None:
+            extra["pruned_conformers"] = int(keep.sum()) - len(order)
         if checker.has_stereo:
-            # conformers that still miss the input's stereo after correction (empty: none)
-            extra["stereo_wrong_conformers"] = ",".join(
-                str(i) for i in np.flatnonzero(~result.correct_after[keep]))
-        return GeneratedMolecule(line, ensemble_mol(mol, result.positions[keep],
-                                                    options.hydrogens),
-                                 extra=extra, tally=result.tally, rejected=rejected)
+            # conformers that still miss the input's stereo after correction (empty: none),
+            # numbered as written
+            wrong = ~result.correct_after[keep][order]
+            extra["stereo_wrong_conformers"] = ",".join(str(i) for i in np.flatnonzero(wrong))
+        if not options.hydrogens:
+            ensemble = Chem.RemoveHs(ensemble)
+        return GeneratedMolecule(line, ensemble, extra=extra, tally=result.tally,
+                                 rejected=rejected)
 
     def _model_molecule(self, line: InputLine) -> GeneratedMolecule:
         options, sampler = self.options, self.sampler

@@ -110,6 +110,8 @@ def run_settings(options: GenerateOptions) -> dict:
         "method": options.method, "num_confs": options.num_confs, "ratio": options.ratio,
         "seed": options.seed, "hydrogens": options.hydrogens, "max_atoms": options.max_atoms,
         "max_resamples": options.max_resamples, "bond_check": options.bond_check,
+        "energies": options.energies, "prune_rms": options.prune_rms, "kekulized": True,
+        "aligned": True,
     }
     if options.method == "model":
         from conformer.model_io import BUNDLED_MODEL
