@@ -432,3 +432,40 @@ def test_bad_energy_and_prune_settings_are_one_clear_error(tmp_path, small_smi, 
     with pytest.raises(SystemExit) as exit_info:  # argparse's own choices check
         _etkdg(small_smi, tmp_path / "o.sdf", "--energies", "uff")
     assert exit_info.value.code == 2 and "--energies" in capsys.readouterr().err
+
+
+# -- item 11: PoseBusters as an optional check ----------------------------------------------
+def _posebusters_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("posebusters") is not None
+
+
+def _generated_and_references(tmp_path):
+    smi = tmp_path / "in.smi"
+    smi.write_text("CCO a\nCCN b\n")
+    generated, references = tmp_path / "gen.sdf", tmp_path / "ref.sdf"
+    assert _etkdg(smi, generated) == 0
+    assert _etkdg(smi, references, "--seed", "3") == 0
+    return generated, references
+
+
+@pytest.mark.skipif(_posebusters_importable(), reason="posebusters is installed")
+def test_evaluate_posebusters_without_the_package_is_one_clear_line(tmp_path, capsys):
+    generated, references = _generated_and_references(tmp_path)
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--generated", str(generated), "--references",
+                     str(references), "--out", str(tmp_path / "eval"), "--posebusters",
+                     "--no-progress"]) == 2
+    _one_line_error(capsys, "--posebusters", "not installed", "conformer[posebusters]")
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.skipif(not _posebusters_importable(), reason="posebusters is not installed")
+def test_evaluate_posebusters_writes_its_table(tmp_path, capsys):
+    generated, references = _generated_and_references(tmp_path)
+    assert cli.main(["evaluate", "--generated", str(generated), "--references",
+                     str(references), "--out", str(tmp_path / "eval"), "--posebusters",
+                     "--no-progress"]) == 0
+    assert "PoseBusters: 4 conformers" in capsys.readouterr().out
+    assert (tmp_path / "eval" / "posebusters.csv").exists()
