@@ -41,7 +41,9 @@ def generate(molecules: str | Chem.Mol | Iterable[str | Chem.Mol], num_confs: in
              seed: int = 0, method: str = "model", model: ConformerModel | str | Path | None = None,
              device: str = "auto", stereo_guidance: bool = True, steps: int | None = None,
              batch_size: int = 64, hydrogens: bool = True, max_atoms: int = 400,
-             max_resamples: int = 3, guidance: GuidanceSettings | None = None) -> list[Chem.Mol]:
+             max_resamples: int = 3, guidance: GuidanceSettings | None = None,
+             bond_check: bool = True, energies: str | None = None,
+             prune_rms: float | None = None) -> list[Chem.Mol]:
     """Conformers for each molecule: one Mol per input, in input order.
 
     molecules: SMILES strings and/or RDKit Mols (a Mol keeps its atom order, stereo tags and
@@ -56,7 +58,14 @@ def generate(molecules: str | Chem.Mol | Iterable[str | Chem.Mol], num_confs: in
     stereo_guidance: steer the sampler towards the input's tetrahedral and E/Z stereo. Either
     way each conformer's stereo is checked and corrected (mirrored or resampled, at most
     ``max_resamples`` rounds) as the CLI does. steps, batch_size, hydrogens, max_atoms,
-    guidance: as the CLI options of the same names.
+    guidance: as the CLI options of the same names. The model method takes only molecules of
+    its domain (``conformer.generation.domain.SUPPORTED_ATOMS``: elements, formal charges,
+    neighbours); bond_check drops conformers with a bond outside [0.6, 1.5] x the sum of its
+    atoms' covalent radii (a molecule left without any fails), as the CLI does.
+    energies: ``"mmff"`` sets each conformer's ``mmff94_energy`` and ``mmff94_relative_energy``
+    (kcal/mol, conformer properties: ``mol.GetConformer(i).GetDoubleProp(...)``) and sorts
+    the conformers by it; prune_rms: Angstrom, drops conformers within that heavy-atom RMSD
+    of one kept before them (RDKit's pruneRmsThresh). Conformers are aligned to the first.
 
     Each returned Mol carries its conformers (ids 0..C-1, Angstrom; hydrogens unless
     ``hydrogens=False``) and the properties the CLI writes into the SDF: ``name`` (also
@@ -81,7 +90,7 @@ def generate(molecules: str | Chem.Mol | Iterable[str | Chem.Mol], num_confs: in
         num_confs=num_confs, steps=steps, batch_size=batch_size, device=device, seed=seed,
         hydrogens=hydrogens, max_atoms=max_atoms, max_resamples=max_resamples,
         stereo_guidance=stereo_guidance, guidance=guidance or GuidanceSettings(),
-        progress=False)
+        bond_check=bond_check, energies=energies, prune_rms=prune_rms, progress=False)
     generator = MoleculeGenerator(options, loaded, device_option="device")
     return [result.as_mol() for result in generator.run(lines)]
 

@@ -8,7 +8,8 @@ One SDF record per conformer. Every record carries these properties:
 - ``conformer``: 0-based index of the conformer within its molecule,
 - ``n_conformers``: how many records this molecule has in total (the completion marker),
 
-plus any extra properties the caller passes (for example ``method`` or ``seed``).
+plus any extra properties the caller passes (for example ``method`` or ``seed``) and each
+conformer's own properties (``mmff94_energy``). Bonds are written in Kekulé form.
 
 Resume without a sidecar: a molecule is complete when the file holds ``n_conformers`` records
 with its ``input_line``. Records are flushed to disk after each molecule, so a killed run loses
@@ -32,6 +33,7 @@ from rdkit import Chem
 from conformer.errors import UserInputError
 
 RECORD_END = b"$$$$"
+_TERMINATOR = re.compile(rb"^\$\$\$\$\n", re.M)  # a whole line: a title may hold "$$$$"
 REQUIRED_PROPS = ("name", "smiles", "input_line", "conformer", "n_conformers")
 
 
@@ -44,6 +46,15 @@ def _record_prop(record: bytes, key: str) -> str | None:
     return match.group(1).decode().strip() if match else None
 
 
+def _terminated_records(data: bytes) -> Iterator[tuple[bytes, int]]:
+    """``(record, end offset)`` for every record of ``data`` that ends in ``$$$$`` and a
+    newline; a trailing record cut before its terminator (a killed run) is not one."""
+    offset = 0
+    for match in _TERMINATOR.finditer(data):
+        yield data[offset:match.end()], match.end()
+        offset = match.end()
+
+
 def _truncate_to_complete_molecules(path: Path) -> None:
     """Cut a trailing, incompletely written molecule (a run killed while writing it).
 
@@ -52,13 +63,8 @@ def _truncate_to_complete_molecules(path: Path) -> None:
     """
     with open(path, "rb") as handle:
         data = handle.read()
-    keep, offset, counts = 0, 0, defaultdict(int)
-    while True:
-        end = data.find(RECORD_END + b"\n", offset)
-        if end < 0:
-            break
-        record_end = end + len(RECORD_END) + 1
-        record = data[offset:record_end]
+    keep, counts = 0, defaultdict(int)
+    for record, record_end in _terminated_records(data):
         line, total = _record_prop(record, "input_line"), _record_prop(record, "n_conformers")
         if line is not None and total is not None:
             counts[line] += 1
@@ -66,7 +72,6 @@ def _truncate_to_complete_molecules(path: Path) -> None:
                 keep = record_end
         else:  # a record not written by this class: keep it as it is
             keep = record_end
-        offset = record_end
     if keep != len(data):
         with open(path, "r+b") as handle:
             handle.truncate(keep)
@@ -105,10 +110,13 @@ class ConformerSDFWriter:
             record = Chem.Mol(mol)
             record.RemoveAllConformers()
             record.AddConformer(Chem.Conformer(mol.GetConformer(conf_id)), assignId=True)
-            record.SetProp("_Name", str(name))
+            record.SetProp("_Name", _one_line(name))
             props: dict[str, Any] = {"name": name, "smiles": smiles, "input_line": int(input_line),
                                      "conformer": index, "n_conformers": len(ids)}
             props.update(extra_props or {})
+            # the conformer's own properties (its MMFF94 energy)
+            props.update(mol.GetConformer(conf_id).GetPropsAsDict(includePrivate=False,
+                                                                  includeComputed=False))
             blocks.append(_mol_block_with_props(record, props))
         self._handle.write("".join(blocks))
         self._handle.flush()
@@ -126,10 +134,20 @@ class ConformerSDFWriter:
         self.close()
 
 
+def _one_line(value: Any) -> str:
+    """``value`` as one line: a line break in a title or property value would end it early
+    and make the record unreadable (and its molecule never count as done)."""
+    return " ".join(str(value).splitlines())
+
+
 def _mol_block_with_props(mol: Chem.Mol, props: Mapping[str, Any]) -> str:
-    lines = [Chem.MolToMolBlock(mol, kekulize=False)]
+    try:  # Kekulé bonds: SDF bond type 4 (aromatic) is meant for queries, not structures
+        block = Chem.MolToMolBlock(mol, kekulize=True)
+    except (RuntimeError, ValueError):  # Chem.KekulizeException is a ValueError
+        block = Chem.MolToMolBlock(mol, kekulize=False)
+    lines = [block]
     for key, value in props.items():
-        lines.append(f">  <{key}>\n{value}\n\n")
+        lines.append(f">  <{key}>\n{_one_line(value)}\n\n")
     lines.append("$$$$\n")
     return "".join(lines)
 
@@ -147,18 +165,28 @@ def iter_sdf(path: str | Path, remove_hs: bool = False,
 
 
 def completed_input_lines(path: str | Path) -> set[int]:
-    """Input lines whose ``n_conformers`` records are all present in ``path`` (empty if absent)."""
+    """Input lines whose ``n_conformers`` records are all present in ``path`` (empty if absent).
+
+    Only records ending in ``$$$$`` count: a record cut mid-way (RDKit would still parse it)
+    is removed when the writer reopens the file, so counting it would lose its molecule.
+    """
     path = Path(path)
     if not path.exists():
         return set()
+    with open(path, "rb") as handle:
+        data = handle.read()
     counts: dict[int, int] = defaultdict(int)
     expected: dict[int, int] = {}
-    for _, mol in iter_sdf(path, sanitize=False):
-        if mol is None or not mol.HasProp("input_line") or not mol.HasProp("n_conformers"):
+    for record, _ in _terminated_records(data):
+        line, total = _record_prop(record, "input_line"), _record_prop(record, "n_conformers")
+        if line is None or total is None:
             continue
-        line = int(mol.GetProp("input_line"))
-        counts[line] += 1
-        expected[line] = int(mol.GetProp("n_conformers"))
+        try:
+            line_number, count = int(line), int(total)
+        except ValueError:
+            continue
+        counts[line_number] += 1
+        expected[line_number] = count
     return {line for line, n in counts.items() if n >= expected[line]}
 
 

@@ -57,7 +57,7 @@ def test_generate_accounts_for_every_line_and_resumes(tmp_path, model_file, caps
     smi.write_text(SMI)
     out = tmp_path / "out.sdf"
     argv = ["generate", str(smi), "--out", str(out), "--ckpt", str(model_file), "--num-confs",
-            "3", "--summary", "--no-progress"]
+            "3", "--summary", "--no-progress", "--no-bond-check"]  # untrained: raw samples
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
     assert "molecules:   3" in text and "failures:    3" in text and "stereo-correct" in text
@@ -98,7 +98,7 @@ def test_generation_is_reproducible_per_molecule_whatever_the_batch_size(tmp_pat
         out = tmp_path / f"b{batch_size}.sdf"
         generate_file(smi, out, GenerateOptions(ckpt=str(model_file), num_confs=3,
                                                 batch_size=batch_size, max_resamples=0,
-                                                progress=False))
+                                                bond_check=False, progress=False))
         positions.append([m.GetConformer().GetPositions() for m in
                           read_conformer_groups(out)["b"]])
     for a, b in zip(*positions, strict=True):
@@ -114,7 +114,8 @@ def test_csv_uses_corrected_smiles_ratio_and_no_hydrogens(tmp_path, model_file):
     assert [line.line_number for line in lines] == [2, 3]
     out = tmp_path / "out.sdf"
     summary = generate_file(path, out, GenerateOptions(ckpt=str(model_file), ratio=1.5,
-                                                       hydrogens=False, progress=False))
+                                                       hydrogens=False, bond_check=False,
+                                                       progress=False))
     groups = read_conformer_groups(out, key="input_line")
     assert len(groups["2"]) == 3 and len(groups["3"]) == 2  # ceil(1.5 x n_conformers)
     assert groups["2"][0].GetProp("smiles") == "C[C@H](N)O"
@@ -143,7 +144,8 @@ def test_too_many_atoms_is_a_failure_line(tmp_path, model_file):
     smi.write_text("CCCCCCCCCCCC big\nCO small\n")
     out = tmp_path / "o.sdf"
     summary = generate_file(smi, out, GenerateOptions(ckpt=str(model_file), num_confs=1,
-                                                      max_atoms=20, progress=False))
+                                                      max_atoms=20, bond_check=False,
+                                                      progress=False))
     assert summary.molecules == 1 and summary.failures == 1
     assert "too many atoms" in _failures(tmp_path / "o.failures.csv")[0]["reason"]
     assert Chem.MolFromSmiles("CO") is not None
@@ -174,9 +176,11 @@ def test_stereo_guidance_setting_is_recorded_and_honestly_reported(tmp_path, bun
         assert cli.main(argv) == 0
         text = capsys.readouterr().out
         mols = [m for group in read_conformer_groups(out).values() for m in group]
-        assert len(mols) == 8
-        results[flag] = (text, {m.GetProp("stereo_guidance") for m in mols},
-                         json.loads(summary_json.read_text()))
+        data = json.loads(summary_json.read_text())
+        # a conformer with an impossible bond is dropped, and counted
+        assert len(mols) + data["summary"]["conformers_rejected_bond_lengths"] == 8
+        assert len(mols) >= 6
+        results[flag] = (text, {m.GetProp("stereo_guidance") for m in mols}, data)
     text, recorded, data = results["--stereo-guidance"]
     assert recorded == {"on"} and "sampled with stereo guidance" in text
     assert data["summary"]["stereo_guidance"] is True

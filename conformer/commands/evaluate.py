@@ -45,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only-generated", action="store_true",
                         help="evaluate only reference molecules that have generated records "
                              "(partial runs); recorded in the settings")
+    parser.add_argument("--posebusters", action="store_true",
+                        help="also run PoseBusters' molecule checks on every generated record "
+                             "(OUT/posebusters.csv and the pass rate), beside the project's own "
+                             "validity checks; needs the optional posebusters package "
+                             "(pip install 'conformer[posebusters]')")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -60,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.generated.is_file():
         raise UserInputError(f"--generated {args.generated}: file not found")
+    if args.posebusters:  # before any work: a missing package is one clear line
+        from conformer.evaluate.validity import require_posebusters
+
+        require_posebusters()
     threshold = THRESHOLDS[args.dataset] if args.threshold is None else args.threshold
     if not threshold > 0:
         raise UserInputError(f"--threshold {threshold}: must be > 0")
@@ -86,5 +95,13 @@ def run(args: argparse.Namespace) -> int:
     for warning in document["warnings"]:
         print(f"conformer evaluate: warning: {warning}", file=sys.stderr)
     print(format_table(document["metrics"]))
+    if args.posebusters:
+        from conformer.evaluate.validity import posebusters_report
+
+        report = posebusters_report(args.generated, args.out / "posebusters.csv")
+        passed = report["all_checks_passed"]
+        print(f"PoseBusters: {report['conformers']} conformers, "
+              f"{'n/a' if passed is None else f'{100 * passed:.1f}%'} pass every check "
+              f"(per check: {args.out / 'posebusters.csv'})")
     print(f"failures: {document['n_failures']} (listed in {args.out / 'results.json'})")
     return 0

@@ -1,4 +1,5 @@
-"""``conformer generate INPUT --out OUT.sdf``: conformers for every molecule of a SMILES/CSV file."""
+"""``conformer generate INPUT --out OUT.sdf``: conformers for every molecule of a SMILES, CSV
+or SDF file."""
 
 from __future__ import annotations
 
@@ -11,12 +12,23 @@ HELP = "generate conformers for a SMILES/CSV file and write an SDF"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("input", help="a .smi/.txt file (SMILES and optional name per line) or a "
-                        ".csv with a 'smiles' column (optional: name, n_conformers, "
-                        "corrected_smiles; corrected_smiles is generated from when present)")
+    parser.add_argument("input", help="a .smi/.txt file (SMILES and optional name per line, "
+                        "separated by blanks or tabs), a .csv with a 'smiles' column (optional: "
+                        "name, n_conformers, corrected_smiles; corrected_smiles is generated "
+                        "from when present), or an .sdf/.sdf.gz/.mol file (one molecule per "
+                        "record, with its hydrogens, stereo and title as name; failures.csv "
+                        "then gives record numbers). A binary file, or SDF text in a SMILES/CSV "
+                        "file, is refused")
     parser.add_argument("--out", required=True,
-                        help="output SDF; failures go to OUT.failures.csv; rerun the same "
-                        "command to resume an interrupted run")
+                        help="output SDF; failures go to OUT.failures.csv, the run's settings "
+                        "to OUT.settings.json; rerun the same command to resume an interrupted "
+                        "run")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start OUT afresh (deleting OUT, OUT.failures.csv and "
+                        "OUT.settings.json) instead of resuming it. Without it, a rerun whose "
+                        "settings (method, model file sha256, conformer counts, seed, sampler, "
+                        "guidance, output options) differ from those in OUT.settings.json stops "
+                        "with an error")
     parser.add_argument("--ckpt", default=None,
                         help="model file or training checkpoint (default: the bundled model "
                         "in conformer/assets/, which is not a GEOM-Drugs model)")
@@ -55,6 +67,23 @@ def add_arguments(parser) -> None:
                         "and E/Z stereo (default on); --no-stereo-guidance gives the raw "
                         "model's samples (reflection/resampling still apply afterwards). "
                         "Recorded in each SDF record and in the summary")
+    parser.add_argument("--energies", choices=["mmff"], default=None,
+                        help="mmff: write each conformer's MMFF94 energy (kcal/mol, single "
+                        "point of the conformer as written, not minimised) as mmff94_energy "
+                        "and mmff94_relative_energy (above the molecule's lowest), and sort "
+                        "the conformers by it, lowest first")
+    parser.add_argument("--prune-rms", type=float, default=None, metavar="A",
+                        help="drop conformers within A Angstrom heavy-atom RMSD (after "
+                        "superposition) of one kept before them, as RDKit's pruneRmsThresh: "
+                        "the first of each cluster is kept (the lowest in energy with "
+                        "--energies); pruned_conformers gives the count. Output conformers "
+                        "are always aligned to the first on their heavy atoms and written "
+                        "with Kekule bonds")
+    parser.add_argument("--no-bond-check", action="store_true",
+                        help="keep conformers with a bond shorter than 0.6 or longer than 1.5 "
+                        "times the sum of its atoms' covalent radii (by default they are "
+                        "dropped, never written, and counted in the summary; a molecule left "
+                        "without conformers goes to the failures file)")
     parser.add_argument("--summary", action="store_true",
                         help="print molecules, conformers, failures, stereo-correct rates "
                         "(before and after correction) and time")
@@ -73,8 +102,9 @@ def run(args) -> int:
         steps=args.steps, batch_size=args.batch_size, device=args.device, seed=args.seed,
         hydrogens=not args.no_hydrogens, workers=args.workers, max_atoms=args.max_atoms,
         max_resamples=args.max_resamples, stereo_guidance=args.stereo_guidance,
+        bond_check=not args.no_bond_check, energies=args.energies, prune_rms=args.prune_rms,
         progress=False if args.no_progress else None)
-    summary = generate_file(args.input, args.out, options)
+    summary = generate_file(args.input, args.out, options, overwrite=args.overwrite)
     if args.summary:
         print(summary.text())
         if summary.failures:

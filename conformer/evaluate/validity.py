@@ -175,3 +175,35 @@ def summarize(per_conformer: list[dict]) -> dict:
                                        for e in per_conformer),
         "n_mmff_errors": sum("mmff_error" in e for e in per_conformer),
     }
+
+
+# -- PoseBusters (optional extra) -----------------------------------------------------------
+POSEBUSTERS_MISSING = ("--posebusters: the posebusters package is not installed; install it "
+                       "with pip install 'conformer[posebusters]' (or pip install posebusters)")
+
+
+def require_posebusters() -> None:
+    """UserInputError with the install command unless ``posebusters`` imports."""
+    from conformer.errors import UserInputError
+
+    try:
+        import posebusters  # noqa: F401
+    except ImportError:
+        raise UserInputError(POSEBUSTERS_MISSING) from None
+
+
+def posebusters_report(generated_sdf, out_csv) -> dict:
+    """PoseBusters' molecule checks (``config="mol"``: sanitisation, bond lengths and angles,
+    clashes, flatness, energy ratio...) on every record of ``generated_sdf``, one row per
+    record written to ``out_csv``. Returns ``{"conformers": n, "all_checks_passed": fraction
+    of records passing every check, "checks": {check: pass fraction}}``."""
+    require_posebusters()
+    from posebusters import PoseBusters
+
+    table = PoseBusters(config="mol").bust([str(generated_sdf)], None, None,
+                                           full_report=False)
+    table.to_csv(out_csv)
+    checks = table.select_dtypes(include="bool")
+    return {"conformers": int(len(table)),
+            "all_checks_passed": float(checks.all(axis=1).mean()) if len(table) else None,
+            "checks": {str(k): float(v) for k, v in checks.mean().items()}}

@@ -3,6 +3,7 @@
 - ``inputs``: molecules from SMILES/CSV files or Python objects (``InputLine``), prepared with
   explicit hydrogens;
 - ``options``: the settings of a run (``GenerateOptions``);
+- ``domain``: the model's supported atoms (checked before) and bond lengths (checked after);
 - ``sampler``: the devices, the loaded model and its sampler, the RDKit methods, seeding;
 - ``ensemble``: one molecule from input to a stereo-checked ensemble (``MoleculeGenerator``),
   the core shared by the CLI and the Python API (``conformer.generate``);

@@ -19,8 +19,10 @@ from rdkit import Chem, RDLogger
 from rdkit.rdBase import BlockLogs
 
 from conformer.errors import UserInputError
+from conformer.generation.domain import check_domain, implausible_bonds
 from conformer.generation.inputs import InputLine, MoleculeError, prepare_molecule
 from conformer.generation.options import GenerateOptions
+from conformer.generation.output import arrange_ensemble
 from conformer.generation.sampler import (
     ConformerModel,
     ModelSampler,
@@ -41,7 +43,8 @@ class GeneratedMolecule:
     mol: the molecule with its conformers [C, N, 3] Angstrom (hydrogens unless the options
     say otherwise), or None when it failed; failure: the reason (None on success); extra: the
     SDF properties beyond the writer's own (method, stereo_guidance, input_smiles,
-    stereo_wrong_conformers); tally: stereo-correct counts before/after correction.
+    stereo_wrong_conformers); tally: stereo-correct counts before/after correction; rejected:
+    conformers dropped for bond lengths no chemistry has (``domain.implausible_bonds``).
     """
 
     line: InputLine
@@ -49,6 +52,7 @@ class GeneratedMolecule:
     failure: str | None = None
     extra: dict = field(default_factory=dict)
     tally: StereoTally = field(default_factory=StereoTally)
+    rejected: int = 0  # conformers dropped for implausible bond lengths (never written)
 
     def properties(self) -> dict:
         """Every property the SDF writer sets on this molecule's records, except the
@@ -145,17 +149,36 @@ class MoleculeGenerator:
         checker = checker or StereoChecker(mol)
         result = correct_ensemble(checker, positions, resample, options.max_resamples)
         extra = self._extra(line)
+        keep = ~implausible_bonds(mol, result.positions) if options.bond_check else \
+            np.ones(len(result.positions), dtype=bool)
+        rejected = int((~keep).sum())
+        if not keep.any():
+            return GeneratedMolecule(
+                line, failure=f"implausible bond lengths in all {rejected} conformers "
+                "(out of the model's domain?)", extra=extra, tally=result.tally,
+                rejected=rejected)
+        ensemble, order, note = arrange_ensemble(
+            ensemble_mol(mol, result.positions[keep], hydrogens=True), options.energies,
+            options.prune_rms)
+        if note is not None:
+            extra["energy_note"] = note
+        if options.prune_rms is not None:
+            extra["pruned_conformers"] = int(keep.sum()) - len(order)
         if checker.has_stereo:
-            # conformers that still miss the input's stereo after correction (empty: none)
-            extra["stereo_wrong_conformers"] = ",".join(
-                str(i) for i in np.flatnonzero(~result.correct_after))
-        return GeneratedMolecule(line, ensemble_mol(mol, result.positions, options.hydrogens),
-                                 extra=extra, tally=result.tally)
+            # conformers that still miss the input's stereo after correction (empty: none),
+            # numbered as written
+            wrong = ~result.correct_after[keep][order]
+            extra["stereo_wrong_conformers"] = ",".join(str(i) for i in np.flatnonzero(wrong))
+        if not options.hydrogens:
+            ensemble = Chem.RemoveHs(ensemble)
+        return GeneratedMolecule(line, ensemble, extra=extra, tally=result.tally,
+                                 rejected=rejected)
 
     def _model_molecule(self, line: InputLine) -> GeneratedMolecule:
         options, sampler = self.options, self.sampler
         try:
             mol = prepare_molecule(line, options.max_atoms)
+            check_domain(mol)
             features = sampler.featurize(mol)
         except MoleculeError as error:
             return GeneratedMolecule(line, failure=str(error), extra=self._extra(line))

@@ -33,6 +33,11 @@ class GenerateOptions:
     # conformer/diffusion/guidance.py); off gives the raw model's samples
     stereo_guidance: bool = True
     guidance: GuidanceSettings = field(default_factory=GuidanceSettings)
+    # drop conformers with bonds outside [0.6, 1.5] x the covalent radii sum (see
+    # conformer/generation/domain.py); off only to inspect a model's raw output
+    bond_check: bool = True
+    energies: str | None = None  # "mmff": MMFF94 energy per conformer, sorted by it
+    prune_rms: float | None = None  # Angstrom, heavy atoms (see conformer/generation/output.py)
     progress: bool | None = None  # None: a bar only on a terminal
 
     def __post_init__(self) -> None:
@@ -44,6 +49,11 @@ class GenerateOptions:
             raise UserInputError(f"--ratio {self.ratio}: must be positive")
         if self.batch_size < 1:
             raise UserInputError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.energies is not None and self.energies not in ("mmff",):
+            raise UserInputError(f"--energies {self.energies}: the only choice is mmff")
+        if self.prune_rms is not None and not self.prune_rms > 0:
+            raise UserInputError(f"--prune-rms {self.prune_rms}: must be a positive RMSD in "
+                                 "Angstrom")
         if self.steps is not None and self.steps < 1:
             raise UserInputError(f"--steps {self.steps}: must be at least 1")
 

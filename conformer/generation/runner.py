@@ -10,6 +10,10 @@ lines already in the SDF or in the failures file. Per-molecule seeding (see
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
+import json
+import os
 import sys
 import time
 from collections import Counter
@@ -19,6 +23,7 @@ from pathlib import Path
 import torch
 from rdkit import RDLogger
 
+from conformer.errors import UserInputError
 from conformer.generation.ensemble import MoleculeGenerator
 from conformer.generation.inputs import InputLine, read_inputs
 from conformer.generation.options import GenerateOptions
@@ -31,6 +36,7 @@ class GenerateSummary:
     conformers: int = 0
     failures: int = 0
     skipped_done: int = 0
+    rejected_conformers: int = 0  # implausible bond lengths: never written
     failure_reasons: Counter = field(default_factory=Counter)
     stereo: StereoTally = field(default_factory=StereoTally)
     stereo_guidance: bool | None = None  # None: not a model run (no guidance to speak of)
@@ -40,6 +46,7 @@ class GenerateSummary:
         return {
             "molecules": self.molecules, "conformers": self.conformers,
             "failures": self.failures, "skipped_already_done": self.skipped_done,
+            "conformers_rejected_bond_lengths": self.rejected_conformers,
             "failure_reasons": dict(self.failure_reasons),
             "stereo_guidance": self.stereo_guidance,
             "stereo_conformers_checked": self.stereo.conformers,
@@ -62,7 +69,9 @@ class GenerateSummary:
         lines = [
             f"molecules:   {self.molecules}" + (f" (+{self.skipped_done} done earlier)"
                                                  if self.skipped_done else ""),
-            f"conformers:  {self.conformers}",
+            f"conformers:  {self.conformers}" + (
+                f" ({self.rejected_conformers} more rejected for implausible bond lengths, "
+                "not written)" if self.rejected_conformers else ""),
             f"failures:    {self.failures}" + (f" ({reasons})" if reasons else ""),
             f"stereo-correct before correction: {pct(self.stereo.rate_before())} "
             f"of {self.stereo.conformers} conformers with specified stereo{sampled}",
@@ -79,6 +88,77 @@ def failures_path(out: str | Path) -> Path:
     return out.with_name(out.stem + ".failures.csv")
 
 
+def settings_path(out: str | Path) -> Path:
+    """Where the settings of the run that writes ``out`` are kept (``OUT.settings.json``)."""
+    out = Path(out)
+    return out.with_name(out.stem + ".settings.json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_settings(options: GenerateOptions) -> dict:
+    """The settings that decide what a run writes, as stored in ``OUT.settings.json``: method,
+    conformer counts, seed, output form and, for the model, its file's sha256, sampler steps
+    and guidance. Device, workers, batch size and progress change no conformer: not kept."""
+    settings = {
+        "method": options.method, "num_confs": options.num_confs, "ratio": options.ratio,
+        "seed": options.seed, "hydrogens": options.hydrogens, "max_atoms": options.max_atoms,
+        "max_resamples": options.max_resamples, "bond_check": options.bond_check,
+        "energies": options.energies, "prune_rms": options.prune_rms, "kekulized": True,
+        "aligned": True,
+    }
+    if options.method == "model":
+        from conformer.model_io import BUNDLED_MODEL
+
+        model = Path(options.ckpt) if options.ckpt else BUNDLED_MODEL
+        settings.update({"model_sha256": _sha256(model), "steps": options.steps,
+                         "stereo_guidance": options.stereo_guidance,
+                         "guidance": dataclasses.asdict(options.guidance)})
+    return settings
+
+
+def _settings_differences(stored: dict, current: dict) -> list[str]:
+    keys = sorted(set(stored) | set(current))
+    return [f"{key} {stored.get(key)!r} -> {current.get(key)!r}" for key in keys
+            if stored.get(key) != current.get(key)]
+
+
+def _start_or_resume(out: Path, options: GenerateOptions, overwrite: bool) -> None:
+    """Compare this run's settings with those stored beside an existing output: resuming with
+    other settings would mix two runs in one file, so it is an error unless ``overwrite``,
+    which deletes the output, its failures and settings files and starts afresh."""
+    paths = (out, failures_path(out), settings_path(out))
+    current = json.loads(json.dumps(run_settings(options)))  # tuples as lists, as stored
+    if overwrite:
+        for path in paths:
+            path.unlink(missing_ok=True)
+    elif out.exists() or failures_path(out).exists():
+        stored = None
+        if settings_path(out).exists():
+            try:
+                stored = json.loads(settings_path(out).read_text())
+            except (OSError, ValueError) as error:
+                raise UserInputError(f"--out {out}: cannot read {settings_path(out)} "
+                                     f"({error}); add --overwrite to start afresh") from None
+        # an output without settings file (written before they were kept): resumed as is
+        if stored is not None and stored != current:
+            changed = "; ".join(_settings_differences(stored, current))
+            raise UserInputError(f"--out {out}: written with other settings ({changed}); rerun "
+                                 "with the same settings to resume, or add --overwrite to "
+                                 "start afresh")
+    try:
+        settings_path(out).write_text(json.dumps(current, indent=2) + "\n")
+    except OSError as error:
+        raise UserInputError(f"--out {out}: cannot write {settings_path(out)} "
+                             f"({error.strerror or error})") from None
+
+
 def _failed_lines(path: Path) -> set[int]:
     if not path.exists():
         return set()
@@ -87,21 +167,59 @@ def _failed_lines(path: Path) -> set[int]:
 
 
 class _FailureLog:
+    """``OUT.failures.csv``, created at the first failure (a run without failures leaves no
+    file behind) and appended to on resume."""
+
     def __init__(self, path: Path):
         self.path = path
-        new = not path.exists() or path.stat().st_size == 0
-        self.handle = open(path, "a", newline="")
-        self.writer = csv.writer(self.handle)
-        if new:
-            self.writer.writerow(["line", "input", "reason"])
-            self.handle.flush()
+        self.handle = None
+        self.writer = None
 
     def write(self, line: InputLine, reason: str) -> None:
+        if self.handle is None:
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            self.handle = _open_output(self.path, "a", newline="")
+            self.writer = csv.writer(self.handle)
+            if new:
+                self.writer.writerow(["line", "input", "reason"])
         self.writer.writerow([line.line_number, line.text, reason])
         self.handle.flush()
 
     def close(self) -> None:
-        self.handle.close()
+        if self.handle is not None:
+            self.handle.close()
+
+
+def _open_output(path: Path, mode: str, **kwargs):
+    try:
+        return open(path, mode, **kwargs)
+    except OSError as error:
+        raise UserInputError(f"--out {path}: cannot write ({error.strerror or error})") from None
+
+
+def check_output_path(out: Path) -> None:
+    """UserInputError (naming the path and the reason) unless ``out`` and its failures file
+    can be written: not a directory, every existing parent a directory, the directory
+    writable. Creates missing parent directories."""
+    for path in (out, failures_path(out)):
+        if path.is_dir():
+            raise UserInputError(f"--out {path}: is a directory; give a file name such as "
+                                 f"{path / 'conformers.sdf'}")
+    parent = out.parent
+    for ancestor in (parent, *parent.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise UserInputError(f"--out {out}: {ancestor} is a file, not a directory")
+            break
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserInputError(f"--out {out}: cannot create {parent} "
+                             f"({error.strerror or error})") from None
+    for path in (out, failures_path(out)):
+        target = path if path.exists() else parent
+        if not os.access(target, os.W_OK):
+            raise UserInputError(f"--out {out}: {target} is not writable (permission denied)")
 
 
 def _progress(total: int, enabled: bool | None):
@@ -112,14 +230,17 @@ def _progress(total: int, enabled: bool | None):
 
 
 def generate_file(input_path: str | Path, out: str | Path,
-                  options: GenerateOptions | None = None) -> GenerateSummary:
+                  options: GenerateOptions | None = None,
+                  overwrite: bool = False) -> GenerateSummary:
     """Generate conformers for every molecule of ``input_path`` into the SDF ``out``.
 
-    The inputs are read and the model loaded (device checked) before any output file is
-    created, so a bad input file, model or device leaves nothing behind.
+    The inputs are read, the model loaded (device checked) and the output path checked before
+    any output file is created, so a bad input file, model, device or output path is one
+    UserInputError and leaves nothing behind. ``OUT.failures.csv`` is created at the first
+    failure. The run's settings (``run_settings``) are kept in ``OUT.settings.json``; resuming
+    an output written with other settings is a UserInputError unless ``overwrite``, which
+    starts the output afresh.
     """
-    from conformer import sdf_io
-
     options = options or GenerateOptions()
     out = Path(out)
     lines = list(read_inputs(input_path))
@@ -127,7 +248,25 @@ def generate_file(input_path: str | Path, out: str | Path,
     if options.method == "model" and options.workers and options.workers > 0:
         torch.set_num_threads(options.workers)
     generator = MoleculeGenerator(options)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_output_path(out)
+    _start_or_resume(out, options, overwrite)
+    existed = {path: path.exists() for path in (out, failures_path(out))}
+    try:
+        return _generate_lines(lines, out, options, generator, start)
+    except BaseException:
+        # an error before anything was written leaves no empty file behind
+        for path, was_there in existed.items():
+            if not was_there and path.exists() and path.stat().st_size == 0:
+                path.unlink()
+        if not out.exists() and not failures_path(out).exists():
+            settings_path(out).unlink(missing_ok=True)
+        raise
+
+
+def _generate_lines(lines, out: Path, options: GenerateOptions, generator: MoleculeGenerator,
+                    start: float) -> GenerateSummary:
+    from conformer import sdf_io
+
     done = set(sdf_io.completed_input_lines(out)) if out.exists() else set()
     fail_path = failures_path(out)
     done |= _failed_lines(fail_path)
@@ -137,11 +276,15 @@ def generate_file(input_path: str | Path, out: str | Path,
         summary.stereo_guidance = options.stereo_guidance
     RDLogger.DisableLog("rdApp.*")
     failures = _FailureLog(fail_path)
-    writer = sdf_io.ConformerSDFWriter(out, append=True)
+    try:
+        writer = sdf_io.ConformerSDFWriter(out, append=True)
+    except OSError as error:
+        raise UserInputError(f"--out {out}: cannot write ({error.strerror or error})") from None
     bar = _progress(len(todo), options.progress)
     try:
         for result in generator.run(todo):
             line = result.line
+            summary.rejected_conformers += result.rejected
             if result.failure is not None:
                 failures.write(line, result.failure)
                 summary.failures += 1
