@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
 from rdkit import Chem
 
@@ -469,3 +470,42 @@ def test_evaluate_posebusters_writes_its_table(tmp_path, capsys):
                      "--no-progress"]) == 0
     assert "PoseBusters: 4 conformers" in capsys.readouterr().out
     assert (tmp_path / "eval" / "posebusters.csv").exists()
+
+
+def test_conformers_rejected_for_bond_lengths_are_replaced_by_resamples():
+    """A conformer with implausible bonds is never written; a fresh sample takes its place, so
+    the molecule still gets the count asked for, and the rejection is counted."""
+    from rdkit.Chem import AllChem
+
+    from conformer.generation.ensemble import MoleculeGenerator
+    from conformer.generation.inputs import lines_from_molecules, prepare_molecule
+    from conformer.generation.options import GenerateOptions
+
+    line = lines_from_molecules(["CCO"])[0]
+    generator = MoleculeGenerator(GenerateOptions(method="etkdg", device="cpu", num_confs=3))
+    mol = prepare_molecule(line, 400)
+    embedded = Chem.Mol(mol)
+    AllChem.EmbedMultipleConfs(embedded, numConfs=6, randomSeed=11)
+    good = np.stack([c.GetPositions() for c in embedded.GetConformers()])
+    good -= good.mean(axis=1, keepdims=True)
+    first = good[:3].copy()
+    first[1] *= 3.0  # every bond three times too long
+    calls = []
+
+    def resample(count):
+        calls.append(count)
+        return good[3:3 + count]
+
+    result = generator._finish(line, mol, first, resample)
+    assert result.failure is None
+    assert result.rejected == 1 and calls == [1]
+    written = result.as_mol()
+    assert written.GetNumConformers() == 3
+    def distances(x):  # the written conformers are aligned to the first: compare shapes
+        return np.linalg.norm(x[:, None] - x[None], axis=-1)
+
+    np.testing.assert_allclose(distances(written.GetConformer(1).GetPositions()),
+                               distances(good[3]), atol=1e-6)
+
+    no_resampling = generator._finish(line, mol, first, None)
+    assert no_resampling.rejected == 1 and no_resampling.as_mol().GetNumConformers() == 2

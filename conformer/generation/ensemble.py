@@ -152,6 +152,22 @@ class MoleculeGenerator:
         keep = ~implausible_bonds(mol, result.positions) if options.bond_check else \
             np.ones(len(result.positions), dtype=bool)
         rejected = int((~keep).sum())
+        # a rejected conformer is replaced by a fresh sample (stereo-corrected like the rest),
+        # so the molecule still gets the count asked for; the stereo tally keeps measuring the
+        # first draw only
+        for _ in range(options.max_resamples if resample is not None else 0):
+            todo = np.flatnonzero(~keep)
+            if todo.size == 0:
+                break
+            fresh = correct_ensemble(checker, resample(int(todo.size)), resample,
+                                     options.max_resamples)
+            plausible = ~implausible_bonds(mol, fresh.positions)
+            rejected += int((~plausible).sum())
+            for slot, candidate, good, stereo_ok in zip(todo, fresh.positions, plausible,
+                                                        fresh.correct_after, strict=True):
+                if good:
+                    result.positions[slot], result.correct_after[slot] = candidate, stereo_ok
+                    keep[slot] = True
         if not keep.any():
             return GeneratedMolecule(
                 line, failure=f"implausible bond lengths in all {rejected} conformers "
