@@ -37,7 +37,8 @@ _TERMINATOR = re.compile(rb"^\$\$\$\$\n", re.M)  # a whole line: a title may hol
 REQUIRED_PROPS = ("name", "smiles", "input_line", "conformer", "n_conformers")
 
 
-def _open_binary(path: Path):
+def open_binary(path: Path):
+    """The file opened for binary reading, gunzipped when its name ends in .gz."""
     return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
 
 
@@ -158,7 +159,7 @@ def iter_sdf(path: str | Path, remove_hs: bool = False,
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"{path}: file not found")
-    with _open_binary(path) as handle:
+    with open_binary(path) as handle:
         supplier = Chem.ForwardSDMolSupplier(handle, removeHs=remove_hs, sanitize=sanitize)
         for index, mol in enumerate(supplier):
             yield index, mol

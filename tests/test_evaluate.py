@@ -406,3 +406,21 @@ def test_evaluate_equals_golden_getbestrms_on_every_golden_molecule(tmp_path):
                 got = data[f"m{names.index(name)}"]
                 assert np.abs(got - np.array(expected)).max() <= 1e-6, name
         assert document["metrics"]["n_molecules"] == len(golden)
+
+
+def test_generated_file_without_any_record_scores_every_molecule_zero(tiny_pair, tmp_path,
+                                                                      capsys):
+    """What generate leaves when every molecule failed: by the protocol each molecule counts
+    as coverage 0 and is listed, with a warning, rather than the evaluation failing."""
+    _, _, ref_path, _ = tiny_pair
+    n_molecules = len(HUTCHISON_FEW) + 1  # the fixture's reference file
+    empty = tmp_path / "empty.sdf"
+    empty.write_text("")
+    assert _run_evaluate(empty, ref_path, tmp_path / "eval") == 0
+    assert "no conformer at all" in capsys.readouterr().err
+    document = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert document["metrics"]["n_molecules"] == n_molecules
+    assert document["metrics"]["cov_r_mean"] == 0.0
+    assert document["metrics"]["n_empty_generation"] == n_molecules
+    assert sum("no generated conformer" in f["reason"]
+               for f in document["failures"]) == n_molecules

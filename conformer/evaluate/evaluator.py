@@ -42,7 +42,7 @@ from conformer.evaluate.rmsd import DEFAULT_MAX_MATCHES, rmsd_matrices
 from conformer.evaluate.validity import SETTINGS as VALIDITY_SETTINGS
 from conformer.evaluate.validity import summarize, validity_report
 from conformer.progress import progress as show_progress
-from conformer.sdf_io import iter_sdf, read_conformer_groups
+from conformer.sdf_io import iter_sdf, open_binary, read_conformer_groups
 from conformer.versions import environment_info, file_sha256, stable_hash
 
 
@@ -103,6 +103,16 @@ def detect_group_key(path: Path, option: str) -> str:
                              f"{', '.join(GROUP_KEYS)} and no title line; name the grouping "
                              "property with --ref-key")
     raise UserInputError(f"{option} {path}: no readable SDF record")
+
+
+def _holds_no_record(path: Path) -> bool:
+    """Whether SDF ``path`` exists and holds no record at all (empty, or whitespace only):
+    what ``conformer generate`` leaves when every molecule failed. A missing file, or one
+    with unreadable records, is not such a file."""
+    if not path.is_file():
+        return False
+    with open_binary(path) as handle:
+        return not any(line.strip() for line in handle)
 
 
 def written_by_generate(mols) -> bool:
@@ -371,16 +381,25 @@ def evaluate(generated_path: Path, references: dict[str, list[Chem.Mol]], out_di
     """
     unreadable: list[dict] = []
     generated_path = Path(generated_path)
-    gen_key = generated_key or detect_group_key(generated_path, "--generated")
-    generated = read_conformer_groups(generated_path, key=gen_key, errors=unreadable)
-    if not generated:
-        raise UserInputError(f"--generated {generated_path}: no readable conformer record")
-    generated, gen_clashes = split_name_clashes(generated)
     references, ref_clashes = split_name_clashes(references)
-    matched, unmatched = match_generated(references, generated)
-    if not matched:
-        raise UserInputError(_no_match_message(generated_path, generated, references, gen_key))
-    warnings = _check_not_swapped(generated_path, generated, references, matched)
+    if _holds_no_record(generated_path):
+        # the method produced nothing at all (e.g. every molecule failed): by the protocol each
+        # molecule then scores coverage 0 and is listed, rather than the run being an error
+        gen_key, generated, gen_clashes, matched, unmatched = generated_key or "name", {}, [], \
+            {}, []
+        warnings = [f"--generated {generated_path}: no conformer at all; every molecule scores "
+                    "coverage 0 (listed in the failures)"]
+    else:
+        gen_key = generated_key or detect_group_key(generated_path, "--generated")
+        generated = read_conformer_groups(generated_path, key=gen_key, errors=unreadable)
+        if not generated:
+            raise UserInputError(f"--generated {generated_path}: no readable conformer record")
+        generated, gen_clashes = split_name_clashes(generated)
+        matched, unmatched = match_generated(references, generated)
+        if not matched:
+            raise UserInputError(_no_match_message(generated_path, generated, references,
+                                                   gen_key))
+        warnings = _check_not_swapped(generated_path, generated, references, matched)
     incomplete = incomplete_molecules(matched)
     failures: list[dict] = unreadable + list(unmatched)
     for clash, side in [(c, "generated") for c in gen_clashes] + \

@@ -338,8 +338,10 @@ def _generate_stage(plan: Plan, method: str, seed: int, model_path: str | None) 
     if marker.exists() and out.exists():
         return json.loads(marker.read_text())
     model = model_path is not None
+    # bond_check off: the table scores the samples as drawn, as earlier tables and peers'
+    # protocols do (generate's default rejects and resamples implausible conformers)
     options = GenerateOptions(method="model" if model else method, ckpt=model_path,
-                              ratio=plan.preset.ratio,
+                              ratio=plan.preset.ratio, bond_check=False,
                               steps=plan.preset.sample_steps if model else None,
                               batch_size=plan.preset.batch_size, seed=seed,
                               workers=plan.threads if model else 1, progress=False)
