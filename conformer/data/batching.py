@@ -37,6 +37,9 @@ def collate_molecules(items: Sequence[dict]) -> dict:
             [np.full(len(item[keys.ATOMIC_NUMBERS]), k) for k, item in enumerate(items)])).long(),
         keys.NUM_GRAPHS: len(items),
     }
+    if all(keys.CIP_NEIGHBOUR_RANK in item for item in items):  # per edge, like BOND_FEATURES
+        batch[keys.CIP_NEIGHBOUR_RANK] = torch.from_numpy(
+            np.concatenate([item[keys.CIP_NEIGHBOUR_RANK] for item in items])).long()
     return batch
 
 
