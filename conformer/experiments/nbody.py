@@ -151,8 +151,8 @@ class NBodyNet(nn.Module):
         h = self.embed(torch.cat([q, vel.reshape(-1, 3)], dim=-1))
         for layer in self.interactions:
             h = layer(h, source, target, edge_sh, edge_scalars,
-                      free_input=torch.cat([h, centred], dim=-1))
-        out = self.head(h, free_input=torch.cat([h, centred], dim=-1))
+                      free_input=torch.cat([h, centred], dim=-1), graph=graph)
+        out = self.head(h, free_input=torch.cat([h, centred], dim=-1), graph=graph)
         return out.reshape(systems, particles, 3)
 
 

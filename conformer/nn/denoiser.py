@@ -298,9 +298,9 @@ class Denoiser(nn.Module):
             h = torch.cat([h, sign.unsqueeze(-1) * self.stereo_pseudoscalar(h)], dim=-1)
         for layer in self.interactions:
             h = layer(h, source, target, edge_sh, edge_scalars,
-                      free_input=torch.cat([h, centred], dim=-1))
+                      free_input=torch.cat([h, centred], dim=-1), graph=graph)
         return self.head(h, source, target, vectors, edge_scalars, envelope,
-                         free_input=torch.cat([h, centred], dim=-1))
+                         free_input=torch.cat([h, centred], dim=-1), graph=graph)
 
 
 def build_denoiser(preset: str = "small", mode: str = "recm", **overrides) -> Denoiser:

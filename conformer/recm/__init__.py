@@ -60,9 +60,10 @@ from conformer.recm.config import RECMConfig
 from conformer.recm.controller import RECMController, controller_of
 from conformer.recm.export import export
 from conformer.recm.haar import random_orthogonal
-from conformer.recm.layer import FreeBranch, ModulatedLayer, RECMState
+from conformer.recm.layer import FreeBranch, ModulatedLayer, RECMState, ReflectionBranch
 from conformer.recm.modes import MODES, ModePolicy, mode_policy
 
 __all__ = ["MODES", "ModePolicy", "mode_policy", "RECMConfig", "RECMController",
            "controller_of", "export", "random_orthogonal", "FreeBranch", "ModulatedLayer",
+           "ReflectionBranch",
            "RECMState"]
