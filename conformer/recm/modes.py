@@ -206,12 +206,12 @@ def b_standard_error(state: RECMState, config: RECMConfig) -> float:
 
 
 def gap_statistic(state: RECMState, config: RECMConfig) -> float:
-    """t = mean(b) / standard error: how many standard errors the mean of b is above 0
-    (the package docstring's test statistic; nan before two samples)."""
+    """t = (mean(b) - gap_margin) / standard error: how many standard errors the mean of b
+    is above the margin (the package docstring's test statistic; nan before two samples)."""
     stderr = b_standard_error(state, config)
     if not math.isfinite(stderr):
         return math.nan
-    return float(state.b_mean) / max(stderr, _TINY)
+    return (float(state.b_mean) - config.gap_margin) / max(stderr, _TINY)
 
 
 def upper_confidence_fixed_point(state: RECMState, config: RECMConfig) -> float:
@@ -225,8 +225,8 @@ def upper_confidence_fixed_point(state: RECMState, config: RECMConfig) -> float:
 
 def absorbing_test_passes(state: RECMState, config: RECMConfig) -> bool:
     """No significant gap: after ``absorb_after_steps`` steps, the one-sided test of
-    ``E[b] <= 0`` at level ``significance_level`` does not reject (t below the normal
-    quantile), with at least ``min_samples`` molecules of evidence."""
+    ``E[b] <= gap_margin`` at level ``significance_level`` does not reject (t below the
+    normal quantile), with at least ``min_samples`` molecules of evidence."""
     if int(state.step) < config.absorb_after_steps or int(state.b_count) < config.min_samples:
         return False
     t = gap_statistic(state, config)
