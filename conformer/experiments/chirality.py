@@ -178,6 +178,8 @@ def _build_task(smiles: str, confs: int, seed: int) -> dict | None:
         features = featurize_mol(mol)
     except (MoleculeBuildError, FeaturizationError):
         return None
+    except (ValueError, RuntimeError):  # RDKit's own, e.g. "Bad Conformer Id" from MMFF
+        return None  # after an embedding cut short by the timeout: skip the molecule
     positions = np.stack([c["rd_mol"].GetConformer().GetPositions()
                           for c in built["conformers"]]).astype(np.float32)
     return {"smiles": smiles, "features": features, "positions": positions,
