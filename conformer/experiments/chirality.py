@@ -24,6 +24,11 @@ translations, ``reflection`` = over random improper ones. Under a reflection the
 an input like the coordinates: with ``0o`` it is flipped with the mirror (it is a pseudoscalar),
 with ``0e`` it is kept (an even label does not change), so 0 means "exactly O(3)-equivariant
 given how the label is encoded".
+
+Outputs: ``DIR/results.json`` (``{"runs": [...], "settings": {...}}``, nothing else per run),
+``DIR/runs_detail.json`` (per run: absorbed flags, timings, gamma curves), ``DIR/table.md``,
+``DIR/gamma.png`` (each branch of each layer over training, every recm run) and
+``DIR/data.pt`` (the built molecules, reused by a rerun with the same data settings).
 """
 
 from __future__ import annotations
