@@ -64,7 +64,26 @@ def test_features_do_not_depend_on_how_the_molecule_was_read(smiles):
     AllChem.EmbedMolecule(from_smiles, randomSeed=7)
     from_block = Chem.MolFromMolBlock(Chem.MolToMolBlock(from_smiles), removeHs=False)
     a, b = featurize_mol(from_smiles), featurize_mol(from_block)
-    for key in (keys.ATOM_FEATURES, keys.ATOMIC_NUMBERS, keys.BOND_INDEX, keys.BOND_FEATURES):
+    for key in (keys.ATOM_FEATURES, keys.ATOMIC_NUMBERS, keys.BOND_INDEX, keys.BOND_FEATURES,
+                keys.CIP_NEIGHBOUR_RANK):
         assert np.array_equal(a[key], b[key]), key
     hydrogens = a[keys.ATOMIC_NUMBERS] == 1
     assert (a[keys.ATOM_FEATURES][hydrogens, 3] > 0).all()  # hybridization perceived for H
+
+
+def test_cip_neighbour_rank_orders_the_neighbours_of_labelled_centres_only():
+    # alanine: the centre's neighbours by CIP priority are N > C(=O)O > CH3 > H
+    mol = Chem.AddHs(Chem.MolFromSmiles("C[C@@H](N)C(=O)O"))
+    features = featurize_mol(mol)
+    source, target = features[keys.BOND_INDEX]
+    ranks = features[keys.CIP_NEIGHBOUR_RANK]
+    assert ranks.shape == (source.shape[0],) and ranks.dtype == np.int64
+    centre = 1
+    into_centre = {int(s): int(r) for s, t, r in zip(source, target, ranks, strict=True) if t == centre}
+    symbols = {s: mol.GetAtomWithIdx(s).GetSymbol() for s in into_centre}
+    by_rank = {rank: symbols[s] for s, rank in into_centre.items()}
+    assert by_rank[1] == "N" and by_rank[4] == "H"
+    assert mol.GetAtomWithIdx(next(s for s, r in into_centre.items() if r == 2)).GetDegree() == 3
+    assert (ranks[target != centre] == 0).all()
+    # no stereocentre, no ranks
+    assert not _features("CC(=O)Nc1ccc(O)cc1")[keys.CIP_NEIGHBOUR_RANK].any()

@@ -1,5 +1,7 @@
 """The denoiser and its blocks: O(3) + translation equivariance, permutation, shapes (float64)."""
 
+import copy
+
 import pytest
 import torch
 from e3nn import o3
@@ -11,9 +13,11 @@ from conformer.data.batching import collate_molecules, with_positions
 from conformer.data.features import featurize_mol
 from conformer.data.records import molecule_graph
 from conformer.nn import build_denoiser
+from conformer.nn.denoiser import CIP_LABEL_COLUMN, CIP_R, CIP_S
 from conformer.nn.graph import intra_graph_pairs, radius_graph
 from conformer.nn.layers import InteractionBlock
 from conformer.recm import export
+from conformer.recm.haar import random_orthogonal
 from tests.equivariance import POSITION, max_equivariance_error, output_scale, single_thread
 
 SMILES = ("C[C@H](N)C(=O)O", "CC(=O)Nc1ccc(O)cc1", "F/C=C/Cl")
@@ -249,3 +253,86 @@ def test_bundled_model_keeps_its_recm_state():
             stored_value = stored[old_key] if old_key in stored else stored[new_key]
             assert torch.equal(getattr(layer.state, name), stored_value), (index, name)
     assert int(net.recm.states[0].step) > 0  # trained, so not the defaults
+
+
+STEREO_OVERRIDES = {"cip_rank_edges": True, "parity_readout": True}
+
+
+def flipped_labels(batch):
+    """``batch`` with every R and S label swapped (what mirroring the molecule does)."""
+    features = batch[keys.ATOM_FEATURES].clone()
+    label = features[:, CIP_LABEL_COLUMN]
+    features[:, CIP_LABEL_COLUMN] = torch.where(label == CIP_R, CIP_S,
+                                                torch.where(label == CIP_S, CIP_R, label))
+    flipped = copy.copy(batch)
+    flipped.x = features
+    return flipped
+
+
+def mirror_error(net, batch, flip_labels: bool, trials: int = 3) -> float:
+    """Max |net(g x + t, labels') - g net(x)| over random reflections g (float64), with
+    labels' the flipped labels or the same ones."""
+    noise = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64)
+    plain = net(batch, noise)
+    moved_batch = flipped_labels(batch) if flip_labels else batch
+    generator = torch.Generator().manual_seed(5)
+    worst = 0.0
+    for _ in range(trials):
+        rotation = random_orthogonal(generator, torch.float64, reflections=False)
+        reflection = -rotation
+        shift = torch.randn(3, generator=generator, dtype=torch.float64) * 3
+        moved = net(with_positions(moved_batch, batch.pos @ reflection.T + shift), noise)
+        worst = max(worst, float((moved - plain @ reflection.T).abs().max()))
+    return worst
+
+
+def test_pseudoscalar_stereo_label_makes_an_equivariant_model_tell_handedness(batch):
+    """With the label as 0o the model is exactly O(3)-equivariant when the mirror flips R/S
+    too, and not when the label is kept: it can represent which handedness is asked for."""
+    assert (batch[keys.ATOM_FEATURES][:, CIP_LABEL_COLUMN] == CIP_S).any()
+    torch.manual_seed(0)
+    net = build_denoiser("tiny", "equivariant", stereo_parity="0o", **STEREO_OVERRIDES).double()
+    noise = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64)
+    scale = float(net(batch, noise).abs().max())
+    assert mirror_error(net, batch, flip_labels=True) < 1e-9 * max(1.0, scale)
+    assert mirror_error(net, batch, flip_labels=False) > 1e-4 * scale
+    # proper rotations with the label kept: equivariant as always
+    fn = denoiser_fn(net, batch, noise)
+    inputs = {"pos": (batch[keys.POS], POSITION)}
+    assert max_equivariance_error(fn, inputs, "1x1o", reflections=False) < 1e-9 * max(1.0, scale)
+
+
+def test_even_stereo_label_cannot_tell_handedness(batch):
+    """The default (0e) equivariant model gives the mirror image whatever the label says."""
+    torch.manual_seed(0)
+    net = build_denoiser("tiny", "equivariant", **STEREO_OVERRIDES).double()
+    noise = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64)
+    scale = float(net(batch, noise).abs().max())
+    assert mirror_error(net, batch, flip_labels=False) < 1e-9 * max(1.0, scale)
+
+
+def test_parity_readout_carries_pseudovectors_to_the_output():
+    """The node read-out alone ignores 1e channels; the edge product read-out does not."""
+    from conformer.nn.denoiser import OutputHead
+
+    irreps = o3.Irreps("2x0e+2x1e")
+    torch.manual_seed(0)
+    edges = (torch.tensor([0, 1, 2, 0]), torch.tensor([1, 2, 0, 2]))
+    vectors = torch.randn(4, 3, dtype=torch.float64)
+    edge_scalars = torch.randn(4, 3, dtype=torch.float64)
+    envelope = torch.ones(4, dtype=torch.float64)
+    h = torch.randn(3, irreps.dim, dtype=torch.float64)
+    pseudovectors_changed = h.clone()
+    pseudovectors_changed[:, 2:] += 1.0
+    for parity_readout, changes in ((False, False), (True, True)):
+        head = OutputHead(irreps, 3, 0, parity_readout).double()
+        a = head(h, *edges, vectors, edge_scalars, envelope)
+        b = head(pseudovectors_changed, *edges, vectors, edge_scalars, envelope)
+        assert bool((a - b).abs().max() > 1e-6) == changes
+
+
+def test_stereo_options_are_validated():
+    with pytest.raises(ValueError, match="stereo_parity"):
+        build_denoiser("tiny", "equivariant", stereo_parity="1o")
+    with pytest.raises(ValueError, match="pseudoscalar_channels"):
+        build_denoiser("tiny", "equivariant", stereo_parity="0o", pseudoscalar_channels=0)

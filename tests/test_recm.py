@@ -131,21 +131,55 @@ def feed(controller, values, key="b", progress=0.5):
         controller.after_optimizer_step(progress)
 
 
+def feed_molecules(controller, steps, mean, spread, molecules=16, seed=0):
+    """``steps`` optimiser steps, each recording ``molecules`` per-molecule b values drawn
+    from N(mean, spread^2) as every branch's b."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        values = mean + spread * torch.randn(molecules, generator=generator, dtype=torch.float64)
+        for _, _, state in controller.branch_states():
+            state.pending_b.append(values)
+        controller.after_optimizer_step(0.5)
+
+
 def test_recm_update_tracks_fixed_point_and_absorbs_zero():
     config = RECMConfig(mode="recm")
     controller = Toy(config).recm
-    generator = torch.Generator().manual_seed(0)
-    # exact symmetry: b has mean 0 -> gamma falls, the layer is absorbed and stays at 0
-    feed(controller, (0.05 * torch.randn(1500, generator=generator)).tolist())
     state = controller.states[0]
+    # exact symmetry: b has mean 0 -> never absorbed before `absorb_after_steps` ...
+    feed_molecules(controller, config.absorb_after_steps - 1, 0.0, 0.3)
+    assert not bool(state.dropped) and int(state.b_count) == 16 * (config.absorb_after_steps - 1)
+    # ... then the test finds no gap, the layer is absorbed and stays at 0
+    feed_molecules(controller, 3 * config.patience, 0.0, 0.3, seed=1)
     assert bool(state.dropped) and controller.gammas() == [0.0]
     feed(controller, [0.9] * 50)  # an absorbed layer never comes back
     assert controller.gammas() == [0.0]
     # a useful non-equivariant direction: gamma goes to gamma_max * E[b], no absorption
     controller = Toy(config).recm
-    feed(controller, (0.2 + 0.05 * torch.randn(1500, generator=generator)).tolist())
+    feed(controller, (0.2 + 0.05 * torch.randn(2500, generator=torch.Generator().manual_seed(0)
+                                               )).tolist())
     assert not bool(controller.states[0].dropped)
     assert abs(controller.gammas()[0] - config.gamma_max * 0.2) < 0.05
+
+
+@pytest.mark.parametrize("gap, kept", [(0.026, True), (0.004, False)])
+def test_a_gap_significantly_above_the_margin_is_kept_and_one_below_it_absorbed(gap, kept):
+    """+0.026: a perfect handedness direction on chiral molecules; its fixed point
+    gamma_max * 0.026 is positive and the test keeps it. +0.004 (finite-sample bias size,
+    under the margin) ends absorbed, gamma exactly 0."""
+    config = RECMConfig(mode="recm")
+    controller = Toy(config).recm
+    feed_molecules(controller, config.absorb_after_steps + 5 * config.patience, gap, 0.3)
+    state = controller.states[0]
+    assert bool(state.dropped) != kept
+    assert (float(state.gamma) > 0) == kept
+
+
+def test_significance_level_sets_the_one_sided_quantile():
+    assert RECMConfig(significance_level=0.01).significance_z == pytest.approx(2.326, abs=1e-3)
+    assert RECMConfig(significance_level=0.05).significance_z == pytest.approx(1.645, abs=1e-3)
+    with pytest.raises(ValueError, match="significance_level"):
+        RECMConfig(significance_level=0.7)
 
 
 def test_ace_primal_dual_update():
@@ -376,7 +410,7 @@ class SimulatedProcessGroup:
         tensor.copy_(sum(self.tensors))
 
 
-def test_synchronize_signals_gives_every_rank_the_mean_of_the_rank_means():
+def test_synchronize_signals_pools_b_over_every_ranks_molecules():
     ranks = [Toy(RECMConfig(mode="recm")) for _ in range(2)]
     signals = [([0.1, 0.3], [1.0]), ([0.6], [])]  # (b, dJ/dgamma) recorded on each rank
     for model, (b_values, dgamma_values) in zip(ranks, signals, strict=True):
@@ -396,8 +430,10 @@ def test_synchronize_signals_gives_every_rank_the_mean_of_the_rank_means():
         thread.join()
     for model in ranks:
         state = model.recm.states[0]
-        assert [float(v) for v in state.pending_b] == pytest.approx([0.4])  # (0.2 + 0.6) / 2
-        assert [float(v) for v in state.pending_dgamma] == pytest.approx([1.0])  # one rank
+        assert state.pending_summary.count == 3  # every molecule of both ranks
+        assert state.pending_summary.mean == pytest.approx((0.1 + 0.3 + 0.6) / 3)
+        assert state.pending_summary.sq_mean == pytest.approx((0.01 + 0.09 + 0.36) / 3)
+        assert state.pending_dgamma_mean == pytest.approx(1.0)  # one rank
         model.recm.after_optimizer_step(0.5)
     assert ranks[0].recm.gammas() == ranks[1].recm.gammas() != [0.0]
 
@@ -411,3 +447,87 @@ def test_a_network_without_modulated_layers_gets_a_no_op_controller():
     controller.after_optimizer_step(0.5)
     assert controller.gammas() == [] and controller.log_dict() == {}
     assert float(controller.regularization_loss()) == 0.0
+
+
+# -- the subgroup split (recm): rotation branch + reflection branch ------------------------
+def test_reflection_branch_is_rotation_equivariant_and_reflection_odd():
+    layer = modulated_linear("recm")
+    assert layer.split_subgroups and layer.reflection is not None
+    branch = layer.reflection.double()
+    inputs = {"x": (features(), IRREPS_IN)}
+    assert max_equivariance_error(branch, inputs, IRREPS_OUT, translate=False,
+                                  reflections=False) < 1e-12
+    x = features()
+    inversion = -torch.eye(3, dtype=torch.float64)
+    mirrored = branch(x @ wigner_d(IRREPS_IN, inversion).T)
+    assert torch.allclose(mirrored, -branch(x) @ wigner_d(IRREPS_OUT, inversion).T, atol=1e-12)
+    # so its exact residual is the whole branch; an O(3)-equivariant map has none
+    assert torch.allclose(layer.reflection_residual(x), branch(x), atol=1e-12)
+    layer.reflection.linear = o3.Linear(IRREPS_IN, IRREPS_OUT).double()
+    assert layer.reflection_residual(x).abs().max() < 1e-12
+
+
+def test_rotation_branch_is_projected_over_proper_rotations_only_with_the_split():
+    vector = slice(2, 5)  # the first 1o block of IRREPS_OUT: det -1 for a reflection
+    for mode, proper_only in (("recm", True), ("ace", False)):
+        layer = modulated_linear(mode)
+        dets = []
+        for step in range(20):
+            layer.state.step.fill_(step)
+            dets += [float(torch.det(d_out[vector, vector]))
+                     for _, d_out in layer._group_samples(torch.float64, "cpu")]
+        assert all(d > 0 for d in dets) == proper_only, mode
+
+
+def test_each_branch_has_its_own_gamma_and_per_molecule_b():
+    layer = modulated_linear("recm")
+    controller = RECMController([layer], layer.config)
+    layer.train()
+    x = features(n=12)
+    graph = torch.arange(12) // 4  # three molecules
+    layer(x, graph=graph).pow(2).sum().backward()
+    for _, branch, state in controller.branch_states():
+        assert [v.shape for v in state.pending_b] == [(3,)], branch
+    assert [name for _, name, _ in controller.branch_states()] == ["rotation", "reflection"]
+    controller.after_optimizer_step(0.5)
+    assert int(layer.reflection_state.b_count) == 3 and int(layer.state.b_count) == 3
+    layer.reflection_state.gamma.fill_(0.5)
+    assert controller.branch_gammas() == {"rotation": [controller.gammas()[0]],
+                                          "reflection": [0.5]}
+    assert "recm/reflection_gamma_0" in controller.log_dict()
+
+
+def test_export_keeping_only_the_reflection_branch_is_rotation_but_not_reflection_equivariant():
+    layer = modulated_linear("recm")
+    layer.train()
+    layer(features())  # sets the running normalisation
+    layer.state.gamma.zero_()
+    layer.reflection_state.gamma.fill_(0.8)
+    exported = export(layer).eval()
+    assert exported.free is None and exported.reflection is not None
+    inputs = {"x": (features(seed=3), IRREPS_IN)}
+    assert max_equivariance_error(exported, inputs, IRREPS_OUT, translate=False,
+                                  reflections=False) < 1e-12
+    assert max_equivariance_error(exported, inputs, IRREPS_OUT, translate=False) > 1e-3
+    layer.reflection_state.gamma.zero_()
+    assert export(layer).reflection is None
+
+
+def test_a_file_with_one_branch_per_layer_loads_and_computes_the_same():
+    """Files written before the reflection branch existed have no ``reflection.*`` keys:
+    the branch is dropped on load and the layer is what it was."""
+    from conformer.recm.export import align_dropped_branches
+
+    trained = modulated_linear("recm")
+    trained.train()
+    trained(features())
+    trained.state.gamma.fill_(0.4)
+    old = {k: v for k, v in trained.state_dict().items()
+           if not k.startswith(("reflection.", "reflection_state."))}
+    fresh = modulated_linear("recm")
+    assert align_dropped_branches(fresh, old) == 1
+    fresh.load_state_dict(old)
+    assert fresh.reflection is None and bool(fresh.reflection_state.dropped)
+    trained.reflection_state.gamma.zero_()  # the old layer: rotation branch only
+    x = features(seed=5)
+    assert torch.equal(fresh.eval()(x), trained.eval()(x))

@@ -24,7 +24,17 @@ Bond feature columns (``BOND_FEATURE_NAMES``):
     conjugated        0/1
     in_ring           0/1
     stereo            none, E, Z, unassigned stereo double bond
+
+Per directed bond edge, a separate array (``keys.CIP_NEIGHBOUR_RANK``, not a bond feature
+column, so the columns above and every model trained on them are unchanged):
+    cip_neighbour_rank  0 unless the edge's target atom has an R/S label; then the CIP priority
+                        of the source among the target's neighbours, 1 (highest) .. 4 (lowest).
+                        R/S is only meaningful together with this order (R: 1 -> 2 -> 3 turn
+                        clockwise seen with 4 away), so a network that is to place a labelled
+                        centre's substituents needs it; it is invariant under every rotation
+                        and reflection.
 """
+
 
 from __future__ import annotations
 
@@ -33,7 +43,7 @@ from rdkit import Chem
 
 from conformer.data import keys
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: records carry keys.CIP_NEIGHBOUR_RANK
 
 # Elements seen in GEOM-Drugs and QM9 (index 0 is reserved for "unsupported").
 ELEMENTS = ("H", "Li", "B", "C", "N", "O", "F", "Na", "Mg", "Al", "Si", "P", "S", "Cl", "K",
@@ -53,6 +63,7 @@ ATOM_FEATURE_NAMES = ("element", "degree", "formal_charge", "hybridization", "ar
 ATOM_FEATURE_CARDINALITIES = (len(ELEMENTS) + 1, 7, 6, 7, 2, 5, 2, 8, 4)
 BOND_FEATURE_NAMES = ("bond_type", "conjugated", "in_ring", "stereo")
 BOND_FEATURE_CARDINALITIES = (4, 2, 2, 4)
+CIP_NEIGHBOUR_RANK_CARDINALITY = 5  # 0 = target not an R/S centre, 1..4 = priority
 
 
 class FeaturizationError(ValueError):
@@ -77,7 +88,8 @@ def featurize_mol(mol: Chem.Mol) -> dict[str, np.ndarray]:
     """Atom and bond features of ``mol`` (explicit hydrogens expected).
 
     Returns a dict with ``keys.ATOM_FEATURES`` int64 [N, 9], ``keys.ATOMIC_NUMBERS`` int64 [N],
-    ``keys.BOND_INDEX`` int64 [2, E] and ``keys.BOND_FEATURES`` int64 [E, 4] (E = 2 x bonds).
+    ``keys.BOND_INDEX`` int64 [2, E], ``keys.BOND_FEATURES`` int64 [E, 4] (E = 2 x bonds) and
+    ``keys.CIP_NEIGHBOUR_RANK`` int64 [E].
     Raises FeaturizationError for an unsupported element or a molecule RDKit cannot sanitise.
 
     The copy is sanitised first: ``Chem.AddHs`` does not perceive the new atoms (their
@@ -135,8 +147,28 @@ def featurize_mol(mol: Chem.Mol) -> dict[str, np.ndarray]:
         bond_rows += [row, row]
     num_features = len(BOND_FEATURE_CARDINALITIES)
     return {
+        keys.CIP_NEIGHBOUR_RANK: cip_neighbour_ranks(mol, sources, targets),
         keys.ATOM_FEATURES: np.asarray(atom_rows, dtype=np.int64).reshape(-1, len(ATOM_FEATURE_CARDINALITIES)),
         keys.ATOMIC_NUMBERS: np.asarray([a.GetAtomicNum() for a in mol.GetAtoms()], dtype=np.int64),
         keys.BOND_INDEX: np.asarray([sources, targets], dtype=np.int64).reshape(2, -1),
         keys.BOND_FEATURES: np.asarray(bond_rows, dtype=np.int64).reshape(-1, num_features),
     }
+
+
+def cip_neighbour_ranks(mol: Chem.Mol, sources: list[int], targets: list[int]) -> np.ndarray:
+    """Per directed edge source -> target: the source's CIP priority among the target's
+    neighbours (1 = highest) when the target has an R/S label, else 0; int64 [E].
+
+    ``mol`` must have gone through :func:`assign_cip` (it sets ``_CIPRank``, the rank the R/S
+    label was computed from; a higher rank is a higher priority)."""
+    order: dict[int, dict[int, int]] = {}
+    for atom in mol.GetAtoms():
+        if not atom.HasProp("_CIPCode"):
+            continue
+        neighbours = sorted(atom.GetNeighbors(),
+                            key=lambda n: n.GetIntProp("_CIPRank") if n.HasProp("_CIPRank") else -1,
+                            reverse=True)
+        order[atom.GetIdx()] = {n.GetIdx(): min(position + 1, CIP_NEIGHBOUR_RANK_CARDINALITY - 1)
+                                for position, n in enumerate(neighbours)}
+    return np.asarray([order.get(t, {}).get(s, 0) for s, t in zip(sources, targets, strict=True)],
+                      dtype=np.int64).reshape(-1)

@@ -8,6 +8,9 @@ Record (one molecule, numpy, written by ``conformer prepare`` and read by the Da
     ATOMIC_NUMBERS     int64  [N]
     BOND_INDEX         int64  [2, E]   (source, target); both directions of every bond
     BOND_FEATURES      int64  [E, len(BOND_FEATURE_CARDINALITIES)]  categorical indices
+    CIP_NEIGHBOUR_RANK int64  [E]   per edge source -> target: the source's CIP priority among
+                                    the target's neighbours (1 highest .. 4) when the target is
+                                    an R/S centre, else 0 (``conformer.data.features``)
     POSITIONS          float32 [C, N, 3]  Angstrom; conformers sorted by Boltzmann weight, desc
     BOLTZMANN_WEIGHTS  float32 [C]
     SMILES             str    canonical isomeric SMILES of the molecule (with explicit H removed)
@@ -23,7 +26,7 @@ holds instead POS float32 [N, 3] (one conformer). ``graph[ATOM_FEATURES]`` reads
 the record key names keep working on graphs and batches.
 
 Batch (torch_geometric ``Batch``, built by ``conformer.data.batching.collate_molecules``):
-    x, z, edge_attr     as above, concatenated
+    x, z, edge_attr     as above, concatenated (and CIP_NEIGHBOUR_RANK, per edge, when present)
     edge_index         int64  [2, E_total]  offset into the concatenated atoms
     pos                float32 [N_total, 3]  one conformer per molecule
     batch              int64  [N_total]  molecule index of each atom (sorted)
@@ -34,6 +37,7 @@ ATOM_FEATURES = "atom_features"
 ATOMIC_NUMBERS = "atomic_numbers"
 BOND_INDEX = "bond_index"
 BOND_FEATURES = "bond_features"
+CIP_NEIGHBOUR_RANK = "cip_neighbour_rank"
 POSITIONS = "positions"
 BOLTZMANN_WEIGHTS = "boltzmann_weights"
 SMILES = "smiles"
@@ -51,5 +55,5 @@ EDGE_ATTR = "edge_attr"
 GRAPH_FIELDS = {ATOM_FEATURES: X, ATOMIC_NUMBERS: Z, BOND_INDEX: EDGE_INDEX, BOND_FEATURES: EDGE_ATTR}
 
 RECORD_ARRAY_KEYS = (ATOM_FEATURES, ATOMIC_NUMBERS, BOND_INDEX, BOND_FEATURES, POSITIONS,
-                     BOLTZMANN_WEIGHTS)
+                     BOLTZMANN_WEIGHTS, CIP_NEIGHBOUR_RANK)
 RECORD_STRING_KEYS = (SMILES, GEOM_KEY, MOLBLOCK)

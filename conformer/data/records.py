@@ -44,6 +44,9 @@ def molecule_graph(features: Mapping, **fields) -> MoleculeGraph:
     key names, numpy or torch) with ``fields`` added as they are (e.g. ``pos=[N, 3]``)."""
     graph = {field: torch.as_tensor(features[key]).long()
              for key, field in keys.GRAPH_FIELDS.items()}
+    if keys.CIP_NEIGHBOUR_RANK in features:  # per edge; records of FEATURE_VERSION >= 2
+        graph[keys.CIP_NEIGHBOUR_RANK] = torch.as_tensor(
+            features[keys.CIP_NEIGHBOUR_RANK]).long()
     return MoleculeGraph(**graph, **fields)
 
 

@@ -49,7 +49,9 @@ class NBodyPreset:
     num_radial: int = 8
     radial_hidden: int = 16
     cutoff: float = 6.0
-    steps: int = 600
+    # > RECMConfig.absorb_after_steps (2000) + patience: a zero gap can only be absorbed
+    # after 2000 steps (was 600 with the v1 rule, which absorbed after ~300)
+    steps: int = 2500
     batch_size: int = 100
     learning_rate: float = 3e-3
 
@@ -152,8 +154,8 @@ class NBodyNet(nn.Module):
         h = self.embed(torch.cat([q, vel.reshape(-1, 3)], dim=-1))
         for layer in self.interactions:
             h = layer(h, source, target, edge_sh, edge_scalars,
-                      free_input=torch.cat([h, centred], dim=-1))
-        out = self.head(h, free_input=torch.cat([h, centred], dim=-1))
+                      free_input=torch.cat([h, centred], dim=-1), graph=graph)
+        out = self.head(h, free_input=torch.cat([h, centred], dim=-1), graph=graph)
         return out.reshape(systems, particles, 3)
 
 
@@ -193,7 +195,7 @@ def train_one(mode: str, eps: float, seed: int, preset: NBodyPreset, steps: int,
         optimizer.step()
         schedule.step()
         net.recm.after_optimizer_step((step + 1) / steps)
-        gamma_curve.append(net.recm.gammas())
+        gamma_curve.append(net.recm.gammas() + net.recm.branch_gammas()["reflection"])
     train_seconds = time.perf_counter() - started
     final = export(net).eval()
     pos, vel, charge, target = (t.float() for t in test)
@@ -204,9 +206,12 @@ def train_one(mode: str, eps: float, seed: int, preset: NBodyPreset, steps: int,
         "test_mse": test_mse,
         "gamma_final": net.recm.gammas(),
         "dropped": [bool(s.dropped) for s in net.recm.states],
+        "reflection_gamma_final": net.recm.branch_gammas()["reflection"],
+        "reflection_dropped": net.recm.branch_dropped()["reflection"],
         "export_equivariance_error": equivariance_error(final, *test[:3]),
         "train_seconds": round(train_seconds, 2),
         "gamma_curve_every": 10,
+        # per row: rotation (or only) branch gamma per layer, then reflection gamma per layer
         "gamma_curve": [[round(g, 5) for g in row] for row in gamma_curve[::10]],
     }
 
@@ -241,8 +246,9 @@ def write_table(results: list[dict], modes: list[str], eps_values: list[float], 
         lines.append(f"| {mode} | " + " | ".join(f"{c:.4g}" for c in cells) + " |")
     lines += ["", "Final per-layer gamma (recm; mean over seeds) and max exported "
               "equivariance error (float64, over seeds):", "",
-              "| eps | gamma per layer | dropped (all seeds) | export equivariance error |",
-              "|---|---|---|---|"]
+              "| eps | gamma per layer | dropped (all seeds) | reflection gamma per layer "
+              "| reflection dropped | export equivariance error |",
+              "|---|---|---|---|---|---|"]
     for e in eps_values:
         runs = [r for r in results if r["mode"] == "recm" and r["eps"] == e]
         if not runs:
@@ -250,9 +256,16 @@ def write_table(results: list[dict], modes: list[str], eps_values: list[float], 
         layers = len(runs[0]["gamma_final"])
         gammas = [mean([r["gamma_final"][i] for r in runs]) for i in range(layers)]
         dropped = [all(r["dropped"][i] for r in runs) for i in range(layers)]
+        reflection = [mean([r.get("reflection_gamma_final", [0.0] * layers)[i] for r in runs])
+                      for i in range(layers)]
+        reflection_dropped = [all(r.get("reflection_dropped", [True] * layers)[i] for r in runs)
+                              for i in range(layers)]
         error = max(r["export_equivariance_error"] for r in runs)
         lines.append(f"| {e:g} | {', '.join(f'{g:.3f}' for g in gammas)} | "
-                     f"{', '.join('yes' if d else 'no' for d in dropped)} | {error:.2e} |")
+                     f"{', '.join('yes' if d else 'no' for d in dropped)} | "
+                     f"{', '.join(f'{g:.3f}' for g in reflection)} | "
+                     f"{', '.join('yes' if d else 'no' for d in reflection_dropped)} | "
+                     f"{error:.2e} |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -272,10 +285,14 @@ def plot_gammas(results: list[dict], path: Path) -> None:
         for run in (r for r in runs if r["eps"] == e):
             curve = torch.tensor(run["gamma_curve"])
             steps = torch.arange(curve.shape[0]) * run["gamma_curve_every"]
-            for layer in range(curve.shape[1]):
-                axis.plot(steps, curve[:, layer], color=f"C{layer}", alpha=0.8,
-                          linestyle="-" if run["seed"] == runs[0]["seed"] else "--",
-                          label=f"layer {layer}" if run["seed"] == runs[0]["seed"] else None)
+            layers = len(run["gamma_final"])
+            first = run["seed"] == runs[0]["seed"]
+            for column in range(curve.shape[1]):
+                layer, branch = column % layers, ("rotation", "reflection")[column // layers]
+                axis.plot(steps, curve[:, column], color=f"C{layer}", alpha=0.8,
+                          linestyle="-" if branch == "rotation" else ":",
+                          linewidth=1.5 if first else 0.7,
+                          label=f"layer {layer} {branch}" if first else None)
         axis.set_title(f"eps = {e:g}")
         axis.set_xlabel("optimiser step")
     axes[0][0].set_ylabel("gamma")

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
+from e3nn import nn as e3nn_nn
 from e3nn import o3
 from torch import nn
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
-from conformer.data.features import ATOM_FEATURE_CARDINALITIES, BOND_FEATURE_CARDINALITIES
+from conformer.data import keys
+from conformer.data.features import (
+    ATOM_FEATURE_CARDINALITIES,
+    ATOM_FEATURE_NAMES,
+    BOND_FEATURE_CARDINALITIES,
+    CIP_NEIGHBOUR_RANK_CARDINALITY,
+)
 from conformer.nn.graph import radius_graph
 from conformer.nn.layers import (
     GaussianRadialBasis,
@@ -34,7 +42,21 @@ class DenoiserConfig:
     pairwise_head: hidden width of the pairwise read-out (0 = none: the node read-out alone).
     It adds, per edge, an invariant MLP weight times the unit edge vector, so a bond's length
     correction is predicted per bond instead of being assembled from a few node vector
-    channels, which is what limits bond-length accuracy."""
+    channels, which is what limits bond-length accuracy.
+
+    Stereo inputs (every default reproduces the networks trained before they existed):
+    stereo_parity: how the tetrahedral R/S label enters. ``"0e"``: as a category of the even
+    atom embedding (a mirrored molecule keeps its label, so no O(3)-equivariant network can
+    tell which handedness the label asks for). ``"0o"``: as a pseudoscalar, +1 for R and -1
+    for S times a learned even function of the atom, in ``pseudoscalar_channels`` 0o channels
+    of layer 0's input; the even embedding then only says "labelled centre". The label is
+    then a proper O(3) input (mirror the molecule and flip R/S), so an equivariant network can
+    represent handedness.
+    cip_rank_edges: add, per bond edge, an embedding of the source's CIP priority among the
+    target's neighbours (``keys.CIP_NEIGHBOUR_RANK``): R/S is defined relative to this order.
+    parity_readout: the read-out also sums, over edges, a tensor product of the source's
+    features with the edge's spherical harmonics onto 1o, so 1e (and, through the trunk, 0o)
+    channels reach the output; without it the node read-out sees 1o channels only."""
 
     num_layers: int = 3
     scalar_channels: int = 32
@@ -49,6 +71,24 @@ class DenoiserConfig:
     fine_radial: int = 0
     fine_range: tuple[float, float] = (0.8, 2.0)
     pairwise_head: int = 0
+    stereo_parity: str = "0e"
+    cip_rank_edges: bool = False
+    parity_readout: bool = False
+
+    def __post_init__(self) -> None:
+        if self.stereo_parity not in STEREO_PARITIES:
+            raise ValueError(f"stereo_parity {self.stereo_parity!r}: choose one of "
+                             f"{', '.join(STEREO_PARITIES)}")
+        if self.stereo_parity == "0o" and self.pseudoscalar_channels < 1:
+            raise ValueError("stereo_parity '0o' needs pseudoscalar_channels >= 1")
+
+    def input_irreps(self) -> o3.Irreps:
+        """Irreps of layer 0's input: the even atom embedding, plus the pseudoscalar stereo
+        channels when ``stereo_parity == "0o"``."""
+        parts = [f"{self.scalar_channels}x0e"]
+        if self.stereo_parity == "0o":
+            parts.append(f"{self.pseudoscalar_channels}x0o")
+        return o3.Irreps("+".join(parts))
 
     def hidden_irreps(self) -> o3.Irreps:
         parts = [f"{self.scalar_channels}x0e"]
@@ -57,6 +97,10 @@ class DenoiserConfig:
         parts += [f"{self.vector_channels}x1o", f"{self.vector_channels}x1e"]
         return o3.Irreps("+".join(parts)).sort().irreps.simplify()
 
+
+STEREO_PARITIES = ("0e", "0o")
+CIP_LABEL_COLUMN = ATOM_FEATURE_NAMES.index("cip_label")
+CIP_R, CIP_S = 1, 2  # values of the cip_label column (conformer.data.features)
 
 PRESETS: dict[str, DenoiserConfig] = {
     "tiny": DenoiserConfig(num_layers=2, scalar_channels=8, vector_channels=4,
@@ -96,10 +140,22 @@ class OutputHead(nn.Module):
     (x_source - x_target, Angstrom), edge_scalars [E, edge_dim], envelope [E]) -> [N, 3].
     """
 
-    def __init__(self, irreps_in, edge_dim: int, pairwise_hidden: int):
+    def __init__(self, irreps_in, edge_dim: int, pairwise_hidden: int, parity_readout=False,
+                 irreps_sh="1x0e+1x1o", radial_hidden: int = 16, avg_num_neighbors=20.0):
         super().__init__()
         irreps_in = o3.Irreps(irreps_in)
         self.linear = o3.Linear(irreps_in, "1x1o")
+        self.edge_product = None
+        if parity_readout:
+            # every path of (source features) x (edge harmonics) that lands on 1o; 1e x 1o is
+            # the one through which a handedness signal (0o, 1e channels) reaches the output
+            self.irreps_sh = o3.Irreps(irreps_sh)
+            self.edge_product = o3.FullyConnectedTensorProduct(
+                irreps_in, self.irreps_sh, "1x1o", shared_weights=False, internal_weights=False)
+            self.edge_weights = e3nn_nn.FullyConnectedNet(
+                [edge_dim, radial_hidden, self.edge_product.weight_numel],
+                torch.nn.functional.silu)
+            self.edge_norm = 1.0 / math.sqrt(avg_num_neighbors)
         scalar_index = [torch.arange(piece.start, piece.stop)
                         for (_, ir), piece in zip(irreps_in, irreps_in.slices(), strict=True)
                         if ir == o3.Irrep("0e")]
@@ -121,6 +177,12 @@ class OutputHead(nn.Module):
 
     def forward(self, h, edge_source, edge_target, edge_vectors, edge_scalars, envelope):
         out = self.linear(h)
+        if self.edge_product is not None:
+            edge_sh = o3.spherical_harmonics(self.irreps_sh, edge_vectors, normalize=True,
+                                             normalization="component") * envelope.unsqueeze(-1)
+            messages = self.edge_product(h[edge_source], edge_sh,
+                                         self.edge_weights(edge_scalars))
+            out = out + scatter(messages, edge_target, 0, h.shape[0], reduce="sum") * self.edge_norm
         if self.pairwise is None:
             return out
         scalars = h[:, self.scalar_index]
@@ -138,7 +200,8 @@ class Denoiser(nn.Module):
 
     batch: a torch_geometric ``Batch`` (``conformer.data.batching.collate_molecules``; fields in
     conformer.data.keys): x [N, 9] atom features, edge_index [2, E] bonds, edge_attr [E, 4]
-    bond features, pos [N, 3] (Angstrom), batch [N] (sorted), num_graphs. Only relative positions
+    bond features, pos [N, 3] (Angstrom), batch [N] (sorted), num_graphs; cip_neighbour_rank
+    [E] when ``config.cip_rank_edges``. Only relative positions
     enter, so the output is translation invariant; in ``equivariant`` mode (or after export
     with every gamma 0) it is exactly O(3)-equivariant. ``net.recm`` is the RECM controller;
     each modulated layer keeps its RECM state under ``<layer>.state``.
@@ -155,13 +218,19 @@ class Denoiser(nn.Module):
         self.noise_embedding = NoiseEmbedding(scalars)
         self.bond_embedding = CategoricalEmbedding(BOND_FEATURE_CARDINALITIES,
                                                    config.edge_embedding_dim)
+        self.cip_rank_embedding = (nn.Embedding(CIP_NEIGHBOUR_RANK_CARDINALITY,
+                                                config.edge_embedding_dim)
+                                   if config.cip_rank_edges else None)
+        # 0o input: sign of the label (+1 R, -1 S) times an even function of the atom
+        self.stereo_pseudoscalar = (nn.Linear(scalars, config.pseudoscalar_channels)
+                                    if config.stereo_parity == "0o" else None)
         self.radius_embedding = nn.Parameter(torch.randn(config.edge_embedding_dim))
         self.radial_basis = GaussianRadialBasis(config.cutoff, config.num_radial)
         self.fine_basis = (GaussianRadialBasis(config.fine_range[1], config.fine_radial,
                                                start=config.fine_range[0])
                            if config.fine_radial else None)
         edge_dim = config.num_radial + config.fine_radial + config.edge_embedding_dim
-        irreps = o3.Irreps(f"{scalars}x0e")
+        irreps = config.input_irreps()
         layers = []
         for index in range(config.num_layers):
             block = InteractionBlock(irreps, hidden, self.irreps_sh, edge_dim,
@@ -171,7 +240,8 @@ class Denoiser(nn.Module):
                                          layer_index=index))
             irreps = block.irreps_out
         self.interactions = nn.ModuleList(layers)
-        head = OutputHead(irreps, edge_dim, config.pairwise_head)
+        head = OutputHead(irreps, edge_dim, config.pairwise_head, config.parity_readout,
+                          self.irreps_sh, config.radial_hidden, config.avg_num_neighbors)
         self.head = ModulatedLayer(head, irreps, "1x1o", recm,
                                    irreps_free_in=irreps + o3.Irreps("1x1o"),
                                    layer_index=len(layers))
@@ -189,12 +259,24 @@ class Denoiser(nn.Module):
         is_bond = torch.isin(radius_source * num_atoms + radius_target, pair_id)
         radius_source, radius_target = radius_source[~is_bond], radius_target[~is_bond]
         bond_type = self.bond_embedding(batch.edge_attr)
+        if self.cip_rank_embedding is not None:
+            bond_type = bond_type + self.cip_rank_embedding(batch[keys.CIP_NEIGHBOUR_RANK])
         radius_type = self.radius_embedding.to(pos.dtype).expand(radius_source.numel(), -1)
         source = torch.cat([bond_source, radius_source])
         target = torch.cat([bond_target, radius_target])
         envelope = torch.cat([torch.ones_like(bond_source, dtype=pos.dtype),
                               torch.zeros_like(radius_source, dtype=pos.dtype)])
         return source, target, torch.cat([bond_type.to(pos.dtype), radius_type]), envelope
+
+    def node_inputs(self, atom_features: torch.Tensor, dtype) -> torch.Tensor:
+        """The even atom embedding [N, scalar_channels]. With ``stereo_parity == "0o"`` R and
+        S share one category here (the pseudoscalar carries which): an even feature that
+        changed with the label would break the O(3) symmetry "mirror and flip R/S"."""
+        if self.config.stereo_parity == "0o":
+            atom_features = atom_features.clone()
+            column = atom_features[:, CIP_LABEL_COLUMN]
+            column[column == CIP_S] = CIP_R
+        return self.atom_embedding(atom_features).to(dtype)
 
     def forward(self, batch: Batch, noise_conditioning: torch.Tensor) -> torch.Tensor:
         pos, graph = batch.pos, batch.batch
@@ -212,12 +294,16 @@ class Denoiser(nn.Module):
                                          normalization="component") * envelope.unsqueeze(-1)
         centred = pos - scatter(pos, graph, 0, num_graphs, reduce="mean")[graph]
         noise = self.noise_embedding(noise_conditioning.to(pos.dtype))
-        h = self.atom_embedding(batch.x).to(pos.dtype) + noise[graph]
+        h = self.node_inputs(batch.x, pos.dtype) + noise[graph]
+        if self.stereo_pseudoscalar is not None:
+            label = batch.x[:, CIP_LABEL_COLUMN]
+            sign = (label == CIP_R).to(pos.dtype) - (label == CIP_S).to(pos.dtype)
+            h = torch.cat([h, sign.unsqueeze(-1) * self.stereo_pseudoscalar(h)], dim=-1)
         for layer in self.interactions:
             h = layer(h, source, target, edge_sh, edge_scalars,
-                      free_input=torch.cat([h, centred], dim=-1))
+                      free_input=torch.cat([h, centred], dim=-1), graph=graph)
         return self.head(h, source, target, vectors, edge_scalars, envelope,
-                         free_input=torch.cat([h, centred], dim=-1))
+                         free_input=torch.cat([h, centred], dim=-1), graph=graph)
 
 
 def build_denoiser(preset: str = "small", mode: str = "recm", **overrides) -> Denoiser:

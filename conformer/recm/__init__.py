@@ -1,4 +1,4 @@
-"""RECM: recurrent equivariant constraint modulation, the project's formulation (v1).
+"""RECM: recurrent equivariant constraint modulation, the project's formulation (v2).
 
 Every modulated layer computes ``y = f_eq(x) + gamma * n(f_free(z))``: ``f_eq`` a strictly
 O(3)-equivariant block, ``f_free`` an unconstrained GELU MLP on the node's flattened irreps
@@ -40,13 +40,50 @@ term absent from the loss and made diffusion training diverge. Without it, a bra
 (the initial noise makes b < 0) stopped learning, b never became positive and gamma never
 recovered at eps > 0 (every layer was absorbed at eps = 0.3 and 1.0).
 
-Absorbing zero. Under exact symmetry gamma is a random walk reflected at 0, small but rarely
-exactly 0. We keep running moments of b (window ``stats_window``); when the upper confidence
-bound of the fixed point, ``gamma_max (mean + z stderr)``, and gamma itself stay under
-``gamma_min`` for ``patience`` steps, the layer is frozen (gamma = 0) and its branch dropped.
-recm.md suggests ``gamma_min ~ 1e-3`` on the mean of b; a standard error of 1e-3 needs ~1e4+
-steps of b with spread ~0.1, so the bound here is on the fixed point with ``gamma_min = 0.05``:
-a layer is absorbed only when its confident fixed point is under 5% of the equivariant output.
+Subgroup split (v2, ``recm`` mode). Conformer data break at most reflection: training
+augments with proper rotations, so a rotation-breaking branch's expected alignment is exactly
+zero, while an R/S label embedded as an even scalar leaves a real reflection gap. One gamma
+for both mixes a zero signal with a small real one. So each layer has two branches, each with
+its own gamma and ``RECMState``:
+- the rotation branch (the free MLP above), its residual ``r = f - P_SO(3)[f]`` projected over
+  proper rotations only (Haar samples of SO(3));
+- the reflection branch ``g``: an ``o3.Linear`` from the layer's input irreps to its output
+  irreps with every parity flipped, read as the output irreps. It is exactly
+  rotation-equivariant, so its non-equivariant part is its inversion-odd part, exact with one
+  extra evaluation because -I commutes with every rotation:
+  ``r = (g(x) - rho_out(-I) g(rho_in(-I) x)) / 2`` (no Monte-Carlo bias: the 2-sample O(3)
+  estimate gave 0, g or 2g for such a branch).
+A layer whose irreps allow no flipped path has the rotation branch alone (projected over
+O(3), as in v1); other modes keep one branch.
+
+Absorption as a statistical decision. b is computed per molecule (cosine over that
+molecule's rows), b_m. Under exact symmetry of the branch's subgroup, the argument above holds
+conditionally on the network's parameters at each step (every molecule's orientation is a
+fresh draw), so the b_m form a martingale-difference sequence with mean 0; under a real gap
+their mean is mu > 0. With the running mean ``m`` and variance ``s^2`` of b_m over the
+molecules of the last ``stats_window`` steps (n_eff of them), the martingale CLT gives
+``t = (m - margin) / (s / sqrt(n_eff)) ~ N(0, 1)`` when mu = margin, and
+``t ~ (mu - margin) sqrt(n_eff) / s`` in general. A branch is absorbed (gamma = 0, frozen,
+dropped at export) when, after ``absorb_after_steps`` steps and ``min_samples`` molecules,
+the one-sided test of ``E[b] > gap_margin`` at level ``significance_level`` fails to reject
+(t < z_{1-alpha}) for ``patience`` consecutive steps. A gap at or under the margin is then
+absorbed with probability -> 1 (each step passes with probability >= 1 - alpha), and the
+exported layer is exactly equivariant; a gap is kept while ``(mu - margin) sqrt(n_eff) / s``
+stays well above z.
+
+Why a margin and not 0: the martingale argument needs fresh data. Training batches come back
+every epoch, and the branch (trained on them through the surrogate gradient) fits the finite
+training set's own asymmetry, so b is biased upwards by O(sqrt(parameters / training size))
+even when the population is exactly symmetric. Measured on N-body at eps = 0 (3000 systems,
+2500 steps): the head's reflection branch had mean b = +0.0092 (sd 0.33, 250k samples, t = 8.7
+against 0); a test against 0 kept it and the export was not equivariant. ``gap_margin``
+(default 0.01, i.e. a fixed point gamma_max * 0.01 = 0.04 of the layer's output) absorbs that.
+The price: a gap below the margin is absorbed too, e.g. a perfect handedness direction over a
+training mix in which few molecules are chiral (+0.009); on chiral molecules it is +0.026
+(t = 0.016 sqrt(16000) / 0.3 = 6.7 at 16 molecules per step, 1000-step window: kept). The
+minimum number of steps matters because b of a young branch (random initial direction,
+before the surrogate gradient has taught it anything) is negative or noise, and v1 decided
+at step ~300 on that. An unbiased b (measured on held-out molecules) would allow margin 0.
 
 Baselines behind the same switch (``RECMConfig.mode``; each mode's behaviour is one policy in
 ``conformer.recm.modes``): ``equivariant`` (no branch),
@@ -60,9 +97,10 @@ from conformer.recm.config import RECMConfig
 from conformer.recm.controller import RECMController, controller_of
 from conformer.recm.export import export
 from conformer.recm.haar import random_orthogonal
-from conformer.recm.layer import FreeBranch, ModulatedLayer, RECMState
+from conformer.recm.layer import FreeBranch, ModulatedLayer, RECMState, ReflectionBranch
 from conformer.recm.modes import MODES, ModePolicy, mode_policy
 
 __all__ = ["MODES", "ModePolicy", "mode_policy", "RECMConfig", "RECMController",
            "controller_of", "export", "random_orthogonal", "FreeBranch", "ModulatedLayer",
+           "ReflectionBranch",
            "RECMState"]

@@ -9,7 +9,7 @@ from torch import nn
 
 from conformer.recm import modes
 from conformer.recm.config import RECMConfig
-from conformer.recm.layer import ModulatedLayer, RECMState
+from conformer.recm.layer import ModulatedLayer, RECMState, SignalSummary
 
 AllReduce = Callable[[torch.Tensor], object]
 """Sums a tensor in place over every process (``torch.distributed.all_reduce``'s contract)."""
@@ -47,8 +47,14 @@ class RECMController(nn.Module):
 
     @property
     def states(self) -> tuple[RECMState, ...]:
-        """Every layer's state, in layer order."""
+        """Every layer's (rotation or only) branch state, in layer order."""
         return tuple(layer.state for layer in self.layers)
+
+    def branch_states(self) -> list[tuple[int, str, RECMState]]:
+        """(layer index, branch name, state) of every branch: "rotation" for each layer, and
+        "reflection" for the layers that have one (``recm`` mode)."""
+        return [(index, name, state) for index, layer in enumerate(self.layers)
+                for name, state in layer.branch_states().items()]
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -68,12 +74,13 @@ class RECMController(nn.Module):
     @torch.no_grad()
     def synchronize_signals(self, all_reduce: AllReduce | None = None,
                             process_group=None) -> None:
-        """Replace each layer's pending signals by their mean over every process.
+        """Replace each branch's pending signals by their summary over every process.
 
         Every rank then applies the same update to the same state, so gammas, statistics and
         absorbing decisions stay identical (a branch dropped on one rank only would desync the
-        replicas' parameters). The value is the mean of the ranks' means, over the ranks that
-        recorded a signal. all_reduce: sums a tensor in place across the processes (default:
+        replicas' parameters). b is pooled over every rank's molecules (count, mean, mean
+        square); dJ/dgamma is the mean of the ranks' means, over the ranks that recorded one.
+        all_reduce: sums a tensor in place across the processes (default:
         ``torch.distributed.all_reduce`` over ``process_group``, nothing to do when
         torch.distributed is not initialised or has one process). Every rank must call it.
         """
@@ -81,35 +88,37 @@ class RECMController(nn.Module):
             all_reduce = _distributed_all_reduce(process_group)
             if all_reduce is None:
                 return
-        states = self.states
+        states = [state for _, _, state in self.branch_states()]
         if not states:
             return
-        # [layer, kind (b, dJ/dgamma), (local mean, 1 if this rank has one)]: one collective
-        totals = torch.zeros(len(states), 2, 2, dtype=torch.float64,
-                             device=states[0].gamma.device)
+        # [branch, (b count, b sum, b square sum, dJ/dgamma local mean, 1 if it has one)]
+        totals = torch.zeros(len(states), 5, dtype=torch.float64, device=states[0].gamma.device)
         for index, state in enumerate(states):
-            for kind, values in enumerate((state.pending_b, state.pending_dgamma)):
-                if values:
-                    totals[index, kind, 0] = torch.stack(
-                        [v.to(totals) for v in values]).mean()
-                    totals[index, kind, 1] = 1.0
+            summary, dgamma = state.take_summary()
+            if summary is not None:
+                totals[index, 0] = summary.count
+                totals[index, 1] = summary.count * summary.mean
+                totals[index, 2] = summary.count * summary.sq_mean
+            if dgamma is not None:
+                totals[index, 3] = dgamma
+                totals[index, 4] = 1.0
         all_reduce(totals)
         for index, state in enumerate(states):
-            state.take_pending()
-            means = [[totals[index, kind, 0] / totals[index, kind, 1]]
-                     if totals[index, kind, 1] > 0 else [] for kind in (0, 1)]
-            state.pending_b, state.pending_dgamma = means
+            count, total, total_sq, dgamma_sum, ranks = totals[index].tolist()
+            state.pending_summary = (SignalSummary(int(round(count)), total / count,
+                                                   total_sq / count) if count > 0 else None)
+            state.pending_dgamma_mean = dgamma_sum / ranks if ranks > 0 else None
 
     @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:
-        """Advance every layer's state by one optimiser step; progress in [0, 1] of training."""
-        for state in self.states:
-            signals, dgammas = state.take_pending()
+        """Advance every branch's state by one optimiser step; progress in [0, 1] of
+        training."""
+        for _, _, state in self.branch_states():
+            summary, dgamma = state.take_summary()
             state.step += 1
             if bool(state.dropped):
                 continue
-            self.policy.update(state, self.config, float(progress), _mean(signals),
-                               _mean(dgammas))
+            self.policy.update(state, self.config, float(progress), summary, dgamma)
 
     # -- reporting -------------------------------------------------------------------------
     def upper_confidence_fixed_point(self, state: RECMState) -> float:
@@ -117,17 +126,35 @@ class RECMController(nn.Module):
         return modes.upper_confidence_fixed_point(state, self.config)
 
     def gammas(self) -> list[float]:
+        """Per layer, the gamma of its rotation (or only) branch."""
         return [float(state.gamma) for state in self.states]
 
+    def branch_gammas(self) -> dict[str, list[float]]:
+        """``{"rotation": [per layer], "reflection": [per layer]}``; a layer without a
+        reflection branch (any mode but ``recm``, or no path for one) reports 0."""
+        reflection = [float(layer.reflection_state.gamma) if layer.split_subgroups else 0.0
+                      for layer in self.layers]
+        return {"rotation": self.gammas(), "reflection": reflection}
+
+    def branch_dropped(self) -> dict[str, list[bool]]:
+        """Like ``branch_gammas``: whether each branch is absorbed (no branch: True)."""
+        reflection = [bool(layer.reflection_state.dropped) if layer.split_subgroups else True
+                      for layer in self.layers]
+        return {"rotation": [bool(state.dropped) for state in self.states],
+                "reflection": reflection}
+
     def log_dict(self) -> dict[str, float]:
-        """Per-layer gamma, dropped flag and the mode's own values (b statistics for recm,
-        the dual for ace), named ``recm/<name>_<layer>``; empty without layers."""
+        """Per-branch gamma, dropped flag and the mode's own values (b statistics for recm,
+        the dual for ace), named ``recm/<name>_<layer>`` for the rotation (or only) branch
+        and ``recm/reflection_<name>_<layer>`` for the reflection branch; empty without
+        layers."""
         out: dict[str, float] = {}
-        for index, state in enumerate(self.states):
-            out[f"recm/gamma_{index}"] = float(state.gamma)
-            out[f"recm/dropped_{index}"] = float(state.dropped)
+        for index, branch, state in self.branch_states():
+            prefix = "recm/" if branch == "rotation" else f"recm/{branch}_"
+            out[f"{prefix}gamma_{index}"] = float(state.gamma)
+            out[f"{prefix}dropped_{index}"] = float(state.dropped)
             for name, value in self.policy.log_values(state, self.config).items():
-                out[f"recm/{name}_{index}"] = value
+                out[f"{prefix}{name}_{index}"] = value
         return out
 
     # -- old files ---------------------------------------------------------------------------
@@ -145,10 +172,6 @@ class RECMController(nn.Module):
             getattr(self.layers[int(index)].state, name).copy_(value)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-
-
-def _mean(values: list[torch.Tensor]) -> float | None:
-    return float(torch.stack(values).mean()) if values else None
 
 
 def _distributed_all_reduce(process_group=None) -> AllReduce | None:

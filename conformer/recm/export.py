@@ -23,17 +23,24 @@ def export(net: nn.Module) -> nn.Module:
             module._regularizer = None
     exported = copy.deepcopy(net)
     for module in exported.modules():
-        if not isinstance(module, ModulatedLayer) or module.free is None:
+        if not isinstance(module, ModulatedLayer):
             continue
-        if bool(module.state.dropped) or not module.policy.keeps_branch_at_export(
-                float(module.state.gamma), module.config):
+        if module.free is not None and (bool(module.state.dropped) or not
+                                        module.policy.keeps_branch_at_export(
+                                            float(module.state.gamma), module.config)):
             module.drop_branch()
+        if module.reflection is not None and (
+                bool(module.reflection_state.dropped) or not
+                module.policy.keeps_branch_at_export(float(module.reflection_state.gamma),
+                                                     module.config)):
+            module.drop_reflection_branch()
     return exported
 
 
 def align_dropped_branches(net: nn.Module, state_dict: dict, prefix: str = "") -> int:
-    """Drop the free branches of ``net`` that ``state_dict`` no longer has (absorbed layers
-    or an exported model), so that the state dict loads strictly. Returns how many.
+    """Drop the free and reflection branches of ``net`` that ``state_dict`` does not have
+    (absorbed layers, an exported model, or a file written before reflection branches
+    existed), so that the state dict loads strictly. Returns how many.
 
     prefix: the key prefix of ``net``'s entries in ``state_dict`` (``"net."`` in a training
     checkpoint, ``""`` in a model file).
@@ -44,5 +51,10 @@ def align_dropped_branches(net: nn.Module, state_dict: dict, prefix: str = "") -
             branch = f"{prefix}{name}.free." if name else f"{prefix}free."
             if not any(key.startswith(branch) for key in state_dict):
                 module.drop_branch()
+                dropped += 1
+        if isinstance(module, ModulatedLayer) and module.reflection is not None:
+            branch = f"{prefix}{name}.reflection." if name else f"{prefix}reflection."
+            if not any(key.startswith(branch) for key in state_dict):
+                module.drop_reflection_branch()
                 dropped += 1
     return dropped

@@ -5,6 +5,8 @@ Knows nothing of molecules: it wraps any module given its input and output irrep
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from e3nn import o3
 from torch import nn
@@ -15,12 +17,32 @@ from conformer.recm.haar import random_orthogonal, wigner_d
 _TINY = 1e-12
 
 
+@dataclass(frozen=True)
+class SignalSummary:
+    """Count, mean and mean square of the per-molecule b recorded in one optimiser step."""
+
+    count: int
+    mean: float
+    sq_mean: float
+
+    @staticmethod
+    def of(values: list[torch.Tensor]) -> SignalSummary | None:
+        if not values:
+            return None
+        flat = torch.cat([v.reshape(-1).to(torch.float64) for v in values])
+        if flat.numel() == 0:
+            return None
+        return SignalSummary(int(flat.numel()), float(flat.mean()), float(flat.pow(2).mean()))
+
+
 class RECMState(nn.Module):
     """Recurrent state of one layer, all buffers, registered on its layer as ``state`` (so it
     is in the layer's ``state_dict`` as ``<layer>.state.*`` and moves with ``.to``).
 
-    gamma: the modulation coefficient; b_mean / b_sq_mean / b_count: running (exponential,
-    window ``stats_window``) moments of the symmetry-violation signal b; patience: consecutive
+    gamma: the modulation coefficient; b_mean / b_sq_mean: running (exponential, window
+    ``stats_window`` steps) moments of the per-molecule symmetry-violation signal b;
+    b_count: molecules whose b was recorded (steps, in files written before b was per
+    molecule); patience: consecutive
     steps the absorbing test passed; dropped: 1 once absorbed (frozen strictly equivariant);
     dual: ACE's Lagrange multiplier; step: optimiser steps seen (seeds the group samples).
 
@@ -45,9 +67,13 @@ class RECMState(nn.Module):
         # signals gathered by backward hooks since the last optimiser step (not state)
         self.pending_b: list[torch.Tensor] = []
         self.pending_dgamma: list[torch.Tensor] = []
+        # set by RECMController.synchronize_signals: the same values on every rank
+        self.pending_summary: SignalSummary | None = None
+        self.pending_dgamma_mean: float | None = None
 
     def record_signals(self, b: torch.Tensor, dgamma: torch.Tensor) -> None:
-        """Called by the layer's backward hook: one b and one dJ/dgamma (0-dim float64)."""
+        """Called by the layer's backward hook: b per molecule ([G] or 0-dim float64) and one
+        dJ/dgamma (0-dim float64)."""
         self.pending_b.append(b)
         self.pending_dgamma.append(dgamma)
 
@@ -56,6 +82,18 @@ class RECMState(nn.Module):
         pending = (self.pending_b, self.pending_dgamma)
         self.pending_b, self.pending_dgamma = [], []
         return pending
+
+    def take_summary(self) -> tuple[SignalSummary | None, float | None]:
+        """This step's b summary over every molecule recorded (or the all-ranks summary set
+        by ``synchronize_signals``) and mean dJ/dgamma, emptying the pending signals."""
+        summary, self.pending_summary = self.pending_summary, None
+        dgamma_mean, self.pending_dgamma_mean = self.pending_dgamma_mean, None
+        b_values, dgammas = self.take_pending()
+        if summary is None:
+            summary = SignalSummary.of(b_values)
+        if dgamma_mean is None and dgammas:
+            dgamma_mean = float(torch.stack([d.reshape(()) for d in dgammas]).mean())
+        return summary, dgamma_mean
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # the old layout has none of this layer's keys: keep the current values (the controller
@@ -113,8 +151,71 @@ def free_branch_seed(seed: int, layer_index: int) -> int:
     return seed + 1 + 7919 * layer_index
 
 
+def flipped_parity(irreps) -> o3.Irreps:
+    """``irreps`` with every parity flipped, in the same order (same layout)."""
+    return o3.Irreps([(mul, (ir.l, -ir.p)) for mul, ir in o3.Irreps(irreps)])
+
+
+def inversion(irreps) -> torch.Tensor:
+    """rho(-I) on ``irreps`` as a [dim] vector of signs: the parity of each component."""
+    return torch.cat([torch.full((mul * ir.dim,), float(ir.p)) for mul, ir in o3.Irreps(irreps)]
+                     or [torch.zeros(0)])
+
+
+class ReflectionBranch(nn.Module):
+    """The reflection branch: exactly rotation-equivariant and reflection-odd.
+
+    An ``o3.Linear`` from ``irreps_in`` to ``irreps_out`` with every parity flipped, its output
+    read as ``irreps_out``: ``g(rho_in(R) x) = rho_out(R) g(x)`` for proper rotations R and
+    ``g(rho_in(-I) x) = -rho_out(-I) g(x)``. So it can add exactly what an O(3)-equivariant
+    layer cannot (e.g. write a pseudoscalar from an even stereo label) and nothing that breaks
+    rotations. forward: [N, irreps_in.dim] -> [N, irreps_out.dim]. ``scale`` is the running
+    factor of n(.) (0 = not yet measured); it lives here so a file without the branch has no
+    key for it.
+    """
+
+    def __init__(self, irreps_in, irreps_out):
+        super().__init__()
+        self.linear = o3.Linear(o3.Irreps(irreps_in), flipped_parity(irreps_out))
+        self.register_buffer("scale", torch.tensor(0.0))
+
+    @staticmethod
+    def has_paths(irreps_in, irreps_out) -> bool:
+        """Whether any input irrep maps to a flipped output irrep (else the branch is 0)."""
+        flipped = {ir for _, ir in flipped_parity(irreps_out)}
+        return any(ir in flipped for _, ir in o3.Irreps(irreps_in))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+def reflection_branch_seed(seed: int, layer_index: int) -> int:
+    """Seed of the initial weights of layer ``layer_index``'s reflection branch."""
+    return seed + 2 + 7919 * layer_index + 104_729
+
+
+def per_molecule_cosine(grad: torch.Tensor, residual: torch.Tensor,
+                        graph: torch.Tensor | None) -> torch.Tensor:
+    """b per molecule: ``-<grad, r> / (|grad| |r|)`` over each molecule's rows.
+
+    grad, residual: [N, dim]; graph: [N] molecule index of each row (None: one molecule).
+    Returns float64 [G]."""
+    grad, residual = grad.to(torch.float64), residual.to(torch.float64)
+    if graph is None:
+        graph = torch.zeros(grad.shape[0], dtype=torch.long, device=grad.device)
+    size = int(graph.max()) + 1 if graph.numel() else 0
+
+    def per_graph(values: torch.Tensor) -> torch.Tensor:
+        return values.new_zeros(size).index_add_(0, graph, values.sum(-1))
+
+    inner = per_graph(grad * residual)
+    norms = (per_graph(grad * grad) * per_graph(residual * residual)).sqrt()
+    present = per_graph(torch.ones_like(grad[:, :1])) > 0
+    return (-inner / (norms + _TINY))[present]
+
+
 class ModulatedLayer(nn.Module):
-    """``y = layer(x, *args) + gamma * n(free(z))`` with ``z = free_input`` or ``x``.
+    """``y = layer(x, *args) + gamma * n(free(z)) [+ gamma_ref * n(reflection(x))]``.
 
     layer: a strictly equivariant module whose output has ``irreps_out`` (shape [N, dim_out]).
     irreps_free_in: irreps of the free branch's input ``z`` [N, dim] (default ``irreps_in``).
@@ -124,6 +225,17 @@ class ModulatedLayer(nn.Module):
     carries the free branch's magnitude. The factor is a running average over training
     batches (buffer ``free_scale``), not the current batch's ratio: a molecule's output must
     not depend on which other molecules share its batch, in training or at inference.
+
+    Subgroup split (modes whose policy has ``subgroup_branches``, i.e. ``recm``): the free
+    branch is the *rotation* branch, its residual projected over proper rotations only, with
+    state ``state``; a ``ReflectionBranch`` of the layer's input (when the irreps allow one)
+    has its own state ``reflection_state`` and its exact residual
+    ``(g(x) - rho_out(-I) g(rho_in(-I) x)) / 2``. Files written with one branch per layer
+    have no ``reflection.*`` keys: ``align_dropped_branches`` then drops the reflection branch
+    and the layer computes exactly what it computed before.
+
+    forward(..., graph=[N] molecule index of each row) makes b per molecule (the absorbing
+    test's samples); without it the batch counts as one molecule.
     """
 
     def __init__(self, layer: nn.Module, irreps_in, irreps_out, config: RECMConfig,
@@ -152,41 +264,79 @@ class ModulatedLayer(nn.Module):
                                        config.free_init_std)
             # running RMS(f_eq) / RMS(f_free); 0 = not yet measured
             self.register_buffer("free_scale", torch.tensor(0.0))
+        # the subgroup split: fixed at construction (not by whether the branch still lives),
+        # so the rotation branch's projection never changes during training
+        self.split_subgroups = (self.policy.subgroup_branches
+                                and ReflectionBranch.has_paths(self.irreps_in, self.irreps_out))
+        self.reflection: ReflectionBranch | None = None
+        if self.split_subgroups:
+            self.reflection_state = RECMState(config)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(reflection_branch_seed(config.seed, self.layer_index))
+                self.reflection = ReflectionBranch(self.irreps_in, self.irreps_out)
+            self.register_buffer("_inversion_in", inversion(self.irreps_in), persistent=False)
+            self.register_buffer("_inversion_out", inversion(self.irreps_out), persistent=False)
         self._regularizer: torch.Tensor | None = None
 
     _SCALE_MOMENTUM = 0.05
 
-    def _normalization(self, y_eq: torch.Tensor, free_out: torch.Tensor) -> torch.Tensor:
-        """The detached factor of n(.): the running ratio, updated by training forwards."""
+    def branch_states(self) -> dict[str, RECMState]:
+        """``{"rotation": state}`` plus ``"reflection"`` when the layer has that branch
+        (with a single branch, "rotation" is the whole free branch)."""
+        states = {"rotation": self.state}
+        if self.split_subgroups:
+            states["reflection"] = self.reflection_state
+        return states
+
+    def _running_ratio(self, buffer: torch.Tensor, y_eq: torch.Tensor,
+                       branch_out: torch.Tensor) -> torch.Tensor:
+        """The detached factor of n(.): the running ratio RMS(y_eq) / RMS(branch) kept in
+        ``buffer``, updated by training forwards."""
         update = self.training and torch.is_grad_enabled()
         with torch.no_grad():
-            batch_ratio = (_rms(y_eq) / (_rms(free_out) + _TINY)).to(self.free_scale.dtype)
+            batch_ratio = (_rms(y_eq) / (_rms(branch_out) + _TINY)).to(buffer.dtype)
             if update:
-                if float(self.free_scale) == 0.0:
-                    self.free_scale.copy_(batch_ratio)
+                if float(buffer) == 0.0:
+                    buffer.copy_(batch_ratio)
                 else:
-                    self.free_scale.lerp_(batch_ratio, self._SCALE_MOMENTUM)
-            elif float(self.free_scale) == 0.0:  # an untrained network: nothing to reuse
+                    buffer.lerp_(batch_ratio, self._SCALE_MOMENTUM)
+            elif float(buffer) == 0.0:  # an untrained network: nothing to reuse
                 return batch_ratio.to(y_eq.dtype)
-            return self.free_scale.to(y_eq.dtype).clone()
+            return buffer.to(y_eq.dtype).clone()
+
+    def _normalization(self, y_eq: torch.Tensor, free_out: torch.Tensor) -> torch.Tensor:
+        """The detached factor of n(.) of the free branch."""
+        return self._running_ratio(self.free_scale, y_eq, free_out)
 
     # -- group averaging -------------------------------------------------------------------
     def _group_samples(self, dtype, device):
         generator = torch.Generator().manual_seed(
             int(self.config.seed) * 1_000_003 + self.layer_index * 7919 + int(self.state.step))
+        # with the split, the reflection branch owns the reflection gap: the rotation
+        # branch's residual is its part that proper rotations (alone) do not preserve
+        reflections = not self.split_subgroups
         for _ in range(self.config.num_group_samples):
-            rotation = random_orthogonal(generator, torch.float64)
+            rotation = random_orthogonal(generator, torch.float64, reflections=reflections)
             d_in = wigner_d(self.irreps_free_in, rotation).to(dtype=dtype, device=device)
             d_out = wigner_d(self.irreps_out, rotation).to(dtype=dtype, device=device)
             yield d_in, d_out
 
     def projected(self, z: torch.Tensor) -> torch.Tensor:
-        """Monte-Carlo Haar projection ``E_g rho_out(g)^-1 f(rho_in(g) z)``, [N, dim_out]."""
+        """Monte-Carlo Haar projection ``E_g rho_out(g)^-1 f(rho_in(g) z)``, [N, dim_out]
+        (g over SO(3) with the subgroup split, else over O(3))."""
         total = None
         for d_in, d_out in self._group_samples(z.dtype, z.device):
             term = self.free(z @ d_in.T) @ d_out  # rho_out(g)^-1 = D_out^T acts as @ D_out
             total = term if total is None else total + term
         return total / self.config.num_group_samples
+
+    def reflection_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """The reflection branch's non-equivariant part, exact with one extra evaluation:
+        ``(g(x) - rho_out(-I) g(rho_in(-I) x)) / 2`` (inversion commutes with every rotation,
+        so this is g minus its O(3) projection when g is rotation-equivariant). [N, dim_out]."""
+        sign_in = self._inversion_in.to(x.dtype)
+        sign_out = self._inversion_out.to(x.dtype)
+        return 0.5 * (self.reflection(x) - self.reflection(x * sign_in) * sign_out)
 
     # -- forward ---------------------------------------------------------------------------
     def branch_active(self) -> bool:
@@ -194,50 +344,75 @@ class ModulatedLayer(nn.Module):
             return False
         return self.training or self.policy.branch_active_in_eval
 
-    def forward(self, x: torch.Tensor, *args, free_input: torch.Tensor | None = None,
-                **kwargs) -> torch.Tensor:
-        y_eq = self.layer(x, *args, **kwargs)
-        self._regularizer = None
-        if not self.branch_active():
-            return y_eq
-        z = x if free_input is None else free_input
-        gamma = self.state.gamma.to(y_eq.dtype)
+    def reflection_active(self) -> bool:
+        return (self.reflection is not None and not bool(self.reflection_state.dropped)
+                and (self.training or self.policy.branch_active_in_eval))
+
+    def _modulated(self, branch: nn.Module, branch_input: torch.Tensor, gamma: torch.Tensor,
+                   scale_buffer: torch.Tensor, y_eq: torch.Tensor):
+        """One branch's contribution ``gamma * n(branch(input))`` (value) with the policy's
+        gradient rule; returns (contribution, raw output, n(.)'s factor, n(output))."""
         surrogate = self.policy.surrogate_branch_gradient
         if surrogate and torch.is_grad_enabled():
             # the layers below get the true gradient of gamma * n(f(z)): gamma times the
             # gradient the branch passes back (see the value/gradient split below)
-            z = _ScaleGradient.apply(z, gamma.detach())
-        free_out = self.free(z)
-        scale = self._normalization(y_eq, free_out)
-        normalized = free_out * scale
+            branch_input = _ScaleGradient.apply(branch_input, gamma.detach())
+        out = branch(branch_input)
+        scale = self._running_ratio(scale_buffer, y_eq, out)
+        normalized = out * scale
         if surrogate:
-            # value: y_eq + gamma n(f); gradient into the branch's own parameters: as if gamma
-            # were 1. The branch keeps learning the direction it would take at full use while
-            # gamma is small, so b (its alignment with the descent direction) stays
-            # informative: without this a branch switched off early never learns, b stays <= 0
-            # and gamma never recovers. Only the branch gets this surrogate: the rest of the
-            # network is trained on the loss as computed (gradient scaling of z above).
-            y = y_eq + gamma * normalized.detach() + (normalized - normalized.detach())
+            # value: gamma n(f); gradient into the branch's own parameters: as if gamma were 1.
+            # The branch keeps learning the direction it would take at full use while gamma
+            # is small, so b (its alignment with the descent direction) stays informative:
+            # without this a branch switched off early never learns, b stays <= 0 and gamma
+            # never recovers. Only the branch gets this surrogate: the rest of the network is
+            # trained on the loss as computed (gradient scaling of the input above).
+            contribution = gamma * normalized.detach() + (normalized - normalized.detach())
         else:
-            y = y_eq + gamma * normalized
-        if not (self.training and torch.is_grad_enabled()):
-            return y
-        if self.policy.regularization_weight(self.config) > 0:
-            # penalty on the non-equivariant part, relative so the branch's scale is irrelevant
-            residual = free_out - self.projected(z)
-            self._regularizer = self.policy.penalty(free_out, residual, gamma, scale, y)
-        if self.policy.collects_signals and y.requires_grad:
-            with torch.no_grad():
-                residual = (free_out - self.projected(z)).detach()
-            direction = normalized.detach()
-            state = self.state
+            contribution = gamma * normalized
+        return contribution, out, scale, normalized
 
+    def forward(self, x: torch.Tensor, *args, free_input: torch.Tensor | None = None,
+                graph: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        y_eq = self.layer(x, *args, **kwargs)
+        self._regularizer = None
+        rotation_on, reflection_on = self.branch_active(), self.reflection_active()
+        if not (rotation_on or reflection_on):
+            return y_eq
+        y = y_eq
+        training = self.training and torch.is_grad_enabled()
+        signals = []  # (state, residual, n(output)) per live branch, for the hook
+        if rotation_on:
+            z = x if free_input is None else free_input
+            gamma = self.state.gamma.to(y_eq.dtype)
+            contribution, free_out, scale, normalized = self._modulated(
+                self.free, z, gamma, self.free_scale, y_eq)
+            y = y + contribution
+            if training and self.policy.regularization_weight(self.config) > 0:
+                # penalty on the non-equivariant part, relative so the branch's scale is
+                # irrelevant
+                residual = free_out - self.projected(z)
+                self._regularizer = self.policy.penalty(free_out, residual, gamma, scale, y)
+            if training and self.policy.collects_signals:
+                with torch.no_grad():
+                    signals.append((self.state, (free_out - self.projected(z)).detach(),
+                                    normalized.detach()))
+        if reflection_on:
+            gamma = self.reflection_state.gamma.to(y_eq.dtype)
+            contribution, _, _, normalized = self._modulated(
+                self.reflection, x, gamma, self.reflection.scale, y_eq)
+            y = y + contribution
+            if training and self.policy.collects_signals:
+                with torch.no_grad():
+                    signals.append((self.reflection_state,
+                                    self.reflection_residual(x.detach()).detach(),
+                                    normalized.detach()))
+        if signals and y.requires_grad:
             def collect(grad: torch.Tensor) -> None:
                 with torch.no_grad():
-                    inner = (grad * residual).sum()
-                    norm = grad.norm() * residual.norm() + _TINY
-                    state.record_signals((-inner / norm).to(torch.float64),
-                                         (grad * direction).sum().to(torch.float64))
+                    for state, residual, direction in signals:
+                        state.record_signals(per_molecule_cosine(grad, residual, graph),
+                                             (grad * direction).sum().to(torch.float64))
 
             y.register_hook(collect)
         return y
@@ -247,7 +422,15 @@ class ModulatedLayer(nn.Module):
         return self._regularizer
 
     def drop_branch(self) -> None:
-        """Remove the free branch for good: the layer is then exactly ``layer``."""
+        """Remove the free (rotation) branch for good: with no reflection branch left the
+        layer is then exactly ``layer``."""
         self.free = None
         self.state.dropped.fill_(True)
         self.state.gamma.zero_()
+
+    def drop_reflection_branch(self) -> None:
+        """Remove the reflection branch for good (its state stays, dropped, gamma 0)."""
+        self.reflection = None
+        if self.split_subgroups:
+            self.reflection_state.dropped.fill_(True)
+            self.reflection_state.gamma.zero_()

@@ -9,7 +9,8 @@ per-layer numbers live in ``RECMState`` and the knobs in ``RECMConfig``.
     unconstrained  yes          1, fixed                      -        -              keeps
     scheduled      training     triangular 0 -> 1 -> 0        -        rel. defect    drops
     ace            yes          primal-dual, starts at 1      dJ/dg    -              |g| < trunc.
-    recm           yes          recurrent update, gamma_init  b        optional       g == 0
+    recm           rotation +   recurrent update, gamma_init  b per    optional       g == 0
+                   reflection   (one gamma per branch)        molecule
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 if TYPE_CHECKING:  # import cycle: config validates the mode name against this module
     from conformer.recm.config import RECMConfig
-    from conformer.recm.layer import RECMState
+    from conformer.recm.layer import RECMState, SignalSummary
 
 _TINY = 1e-12
 
@@ -34,6 +35,8 @@ class ModePolicy:
     collects_signals: the backward hook records b and dJ/dgamma for ``update``.
     surrogate_branch_gradient: the branch's own parameters get the gradient as if gamma were
         1 while the trunk below gets the true one (see the package docstring, departure 2).
+    subgroup_branches: one branch per subgroup (a reflection branch beside the free branch,
+        which then becomes the rotation branch), each with its own gamma and state.
     """
 
     name: ClassVar[str]
@@ -41,6 +44,7 @@ class ModePolicy:
     branch_active_in_eval: ClassVar[bool] = True
     collects_signals: ClassVar[bool] = False
     surrogate_branch_gradient: ClassVar[bool] = False
+    subgroup_branches: ClassVar[bool] = False
 
     def initial_gamma(self, config: RECMConfig) -> float:
         return 1.0
@@ -57,11 +61,12 @@ class ModePolicy:
         raise NotImplementedError(f"mode {self.name!r} has no penalty")
 
     def update(self, state: RECMState, config: RECMConfig, progress: float,
-               mean_b: float | None, mean_dgamma: float | None) -> None:
-        """Advance a live (not dropped) layer's state by one optimiser step.
+               b: SignalSummary | None, mean_dgamma: float | None) -> None:
+        """Advance a live (not dropped) branch's state by one optimiser step.
 
-        progress: fraction of training done, in [0, 1]; mean_b / mean_dgamma: the step's
-        mean signals (None when the step recorded none)."""
+        progress: fraction of training done, in [0, 1]; b: the step's per-molecule b (count,
+        mean, mean square); mean_dgamma: the step's mean dJ/dgamma (None when the step
+        recorded none)."""
 
     def keeps_branch_at_export(self, gamma: float, config: RECMConfig) -> bool:
         """Whether ``export`` keeps a live (not dropped) branch with coefficient ``gamma``."""
@@ -101,7 +106,7 @@ class Scheduled(ModePolicy):
         # defect of the branch relative to the branch, so its scale is irrelevant
         return residual.pow(2).sum() / (free_out.pow(2).sum() + _TINY)
 
-    def update(self, state, config, progress, mean_b, mean_dgamma):
+    def update(self, state, config, progress, b, mean_dgamma):
         state.gamma.fill_(max(0.0, 1.0 - abs(2.0 * float(progress) - 1.0)))
 
     def keeps_branch_at_export(self, gamma, config):
@@ -116,7 +121,7 @@ class ACE(ModePolicy):
     name = "ace"
     collects_signals = True
 
-    def update(self, state, config, progress, mean_b, mean_dgamma):
+    def update(self, state, config, progress, b, mean_dgamma):
         if mean_dgamma is None:
             return
         gamma = float(state.gamma) - config.ace_primal_lr * (mean_dgamma + float(state.dual))
@@ -132,11 +137,13 @@ class ACE(ModePolicy):
 
 
 class RECM(ModePolicy):
-    """The recurrent update of the package docstring, with the absorbing test."""
+    """The recurrent update of the package docstring, one per subgroup branch, with the
+    absorbing significance test."""
 
     name = "recm"
     collects_signals = True
     surrogate_branch_gradient = True
+    subgroup_branches = True
 
     def initial_gamma(self, config: RECMConfig) -> float:
         return config.gamma_init
@@ -149,17 +156,18 @@ class RECM(ModePolicy):
         return (gamma * scale).pow(2) * residual.pow(2).sum() / (
             output.detach().pow(2).sum() + _TINY)
 
-    def update(self, state, config, progress, mean_b, mean_dgamma):
-        if mean_b is None:
+    def update(self, state, config, progress, b, mean_dgamma):
+        if b is None:
             return
-        gamma = (1.0 - config.beta) * float(state.gamma) + config.beta * config.gamma_max * mean_b
+        gamma = (1.0 - config.beta) * float(state.gamma) + config.beta * config.gamma_max * b.mean
         state.gamma.fill_(min(max(gamma, 0.0), config.gamma_max))
-        # running moments of b: exact mean for the first `stats_window` steps, then exponential
-        count = int(state.b_count) + 1
-        weight = 1.0 / min(count, config.stats_window)
-        state.b_mean.fill_((1 - weight) * float(state.b_mean) + weight * mean_b)
-        state.b_sq_mean.fill_((1 - weight) * float(state.b_sq_mean) + weight * mean_b * mean_b)
-        state.b_count.fill_(count)
+        # running moments of the per-molecule b, one update per step: exact mean for the
+        # first `stats_window` steps, then exponential
+        steps_seen = int(state.step)  # already advanced for this step by the controller
+        weight = 1.0 / max(1, min(steps_seen, config.stats_window))
+        state.b_mean.fill_((1 - weight) * float(state.b_mean) + weight * b.mean)
+        state.b_sq_mean.fill_((1 - weight) * float(state.b_sq_mean) + weight * b.sq_mean)
+        state.b_count.add_(b.count)
         if absorbing_test_passes(state, config):
             state.patience += 1
         else:
@@ -172,27 +180,57 @@ class RECM(ModePolicy):
         return gamma != 0.0
 
     def log_values(self, state, config):
+        t = gap_statistic(state, config)
         ucb = upper_confidence_fixed_point(state, config)
         return {"b_mean": float(state.b_mean),
+                "gap_t": t if math.isfinite(t) else 0.0,
                 "fixed_point_ucb": ucb if math.isfinite(ucb) else -1.0}
 
 
-def upper_confidence_fixed_point(state: RECMState, config: RECMConfig) -> float:
-    """gamma_max * (mean(b) + z * standard error): an upper bound on the fixed point
-    (inf before two signals)."""
-    count = int(state.b_count)
-    if count < 2:
+def effective_samples(state: RECMState, config: RECMConfig) -> float:
+    """Molecules behind the running mean of b: those of the last ``stats_window`` steps
+    (all of them before that), at the average number of molecules per step."""
+    steps, count = int(state.step), int(state.b_count)
+    if steps < 1 or count < 1:
+        return 0.0
+    return count * min(1.0, config.stats_window / steps)
+
+
+def b_standard_error(state: RECMState, config: RECMConfig) -> float:
+    """Standard error of the running mean of per-molecule b (inf before two samples)."""
+    samples = effective_samples(state, config)
+    if samples < 2:
         return math.inf
     variance = max(float(state.b_sq_mean) - float(state.b_mean) ** 2, 0.0)
-    effective = min(count, config.stats_window)
-    stderr = math.sqrt(variance / effective)
+    return math.sqrt(variance / samples)
+
+
+def gap_statistic(state: RECMState, config: RECMConfig) -> float:
+    """t = (mean(b) - gap_margin) / standard error: how many standard errors the mean of b
+    is above the margin (the package docstring's test statistic; nan before two samples)."""
+    stderr = b_standard_error(state, config)
+    if not math.isfinite(stderr):
+        return math.nan
+    return (float(state.b_mean) - config.gap_margin) / max(stderr, _TINY)
+
+
+def upper_confidence_fixed_point(state: RECMState, config: RECMConfig) -> float:
+    """gamma_max * (mean(b) + z * standard error), z = ``confidence_z``: an upper bound on
+    the fixed point, reported in the logs (inf before two samples)."""
+    stderr = b_standard_error(state, config)
+    if not math.isfinite(stderr):
+        return math.inf
     return config.gamma_max * (float(state.b_mean) + config.confidence_z * stderr)
 
 
 def absorbing_test_passes(state: RECMState, config: RECMConfig) -> bool:
-    return (int(state.b_count) >= config.min_samples
-            and float(state.gamma) < config.gamma_min
-            and upper_confidence_fixed_point(state, config) < config.gamma_min)
+    """No significant gap: after ``absorb_after_steps`` steps, the one-sided test of
+    ``E[b] <= gap_margin`` at level ``significance_level`` does not reject (t below the
+    normal quantile), with at least ``min_samples`` molecules of evidence."""
+    if int(state.step) < config.absorb_after_steps or int(state.b_count) < config.min_samples:
+        return False
+    t = gap_statistic(state, config)
+    return math.isfinite(t) and t < config.significance_z
 
 
 POLICIES: dict[str, ModePolicy] = {policy.name: policy for policy in

@@ -1,0 +1,528 @@
+"""The chirality experiment (issue 11): can RECM learn the one symmetry conformer data break?
+
+Data: chiral drug-like molecules drawn from ``data/train_smiles/train_druglike.smi`` (which
+already excludes the GEOM test and Hutchison molecules by InChIKey). That list carries no
+stereo, so each molecule with at least one potential tetrahedral centre gets one of its
+stereoisomers, drawn at random (R and S equally likely, so a model that ignores the label is
+right half the time); then they are built as ``reproduce drugs`` builds its training set
+(``conformer.data.build.build_molecule``: ETKDGv3 + MMFF94, window, de-duplication). The
+molecules are split into training and held-out molecules.
+
+Runs, each with the same network size, data, step budget and seeds:
+    equivariant/0e, equivariant/0o, unconstrained/0e, recm/0e, recm/0o
+(``0e``/``0o``: the R/S label as an even category or as a pseudoscalar, ``DenoiserConfig.
+stereo_parity``; every run has the CIP neighbour ranks and the parity read-out, so only the
+mode and the label's parity differ).
+
+Per run (``DIR/results.json``, schema of issue 11): ``val_loss`` (EDM loss of the exported
+model on the held-out molecules, fixed noise), ``stereo_unguided`` (fraction of labelled
+tetrahedral centres of the held-out molecules placed correctly, sampled without guidance and
+without correction; flat centres count as wrong), ``ez_unguided`` (the same for E/Z bonds; null
+without any), ``gamma_final`` per branch and layer, and ``export_equivariance_error`` of the
+exported model in float64: ``rotation`` = max error over random proper rotations and
+translations, ``reflection`` = over random improper ones. Under a reflection the R/S label is
+an input like the coordinates: with ``0o`` it is flipped with the mirror (it is a pseudoscalar),
+with ``0e`` it is kept (an even label does not change), so 0 means "exactly O(3)-equivariant
+given how the label is encoded".
+
+Outputs: ``DIR/results.json`` (``{"runs": [...], "settings": {...}}``, nothing else per run),
+``DIR/runs_detail.json`` (per run: absorbed flags, timings, gamma curves), ``DIR/table.md``,
+``DIR/gamma.png`` (each branch of each layer over training, every recm run) and
+``DIR/data.pt`` (the built molecules, reused by a rerun with the same data settings).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+import time
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rdkit import Chem
+from torch_geometric.data import Batch
+from tqdm import tqdm
+
+from conformer.data.batching import collate_molecules, with_positions
+from conformer.data.features import FeaturizationError, featurize_mol
+from conformer.data.records import MoleculeGraph, molecule_graph
+from conformer.diffusion import EDMDiffusion, EDMSettings
+from conformer.errors import UserInputError
+from conformer.experiments.common import ExperimentSettings, atomic_json, option
+from conformer.nn import build_denoiser
+from conformer.nn.denoiser import CIP_LABEL_COLUMN, CIP_R, CIP_S, STEREO_PARITIES
+from conformer.parallel import parallel_map
+from conformer.recm import MODES, RECMConfig, controller_of, export
+from conformer.recm.haar import random_orthogonal
+from conformer.stereo import StereoChecker
+from conformer.versions import environment_info, stable_hash
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TRAIN_SMILES = REPO_ROOT / "data" / "train_smiles" / "train_druglike.smi"
+
+RUNS: tuple[tuple[str, str], ...] = (("equivariant", "0e"), ("equivariant", "0o"),
+                                     ("unconstrained", "0e"), ("recm", "0e"), ("recm", "0o"))
+
+
+@dataclass(frozen=True)
+class ChiralityPreset:
+    """Data, network and budget of one chirality experiment (every run gets the same)."""
+
+    train_molecules: int = 64
+    val_molecules: int = 12
+    max_heavy_atoms: int = 18
+    confs: int = 6                 # ETKDG embeddings per molecule before window / de-dup
+    data_seed: int = 0
+    denoiser: str = "tiny"
+    denoiser_overrides: tuple[tuple[str, object], ...] = ()
+    steps: int = 2400              # > RECMConfig.absorb_after_steps + patience
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    samples_per_molecule: int = 4
+    sample_steps: int = 12
+    recm_overrides: tuple[tuple[str, object], ...] = ()
+
+
+PRESETS = {
+    # seconds, for the tests: nothing is expected to be learnt
+    "micro": ChiralityPreset(train_molecules=6, val_molecules=2, max_heavy_atoms=12, confs=2,
+                             steps=4, batch_size=3, samples_per_molecule=1, sample_steps=2,
+                             recm_overrides=(("absorb_after_steps", 2), ("patience", 1),
+                                             ("min_samples", 1))),
+    "tiny": ChiralityPreset(),
+    "small": ChiralityPreset(train_molecules=400, val_molecules=40, max_heavy_atoms=28,
+                             confs=10, denoiser="small", steps=8000, batch_size=32,
+                             samples_per_molecule=8, sample_steps=20),
+}
+
+
+@dataclass
+class ChiralitySettings(ExperimentSettings):
+    """The options of ``conformer reproduce chirality`` (defaults and help come from here)."""
+
+    preset: str = option("tiny", help="size preset: " + ", ".join(PRESETS))
+    seeds: int = option(2, help="number of seeds per run")
+    modes: str = option(",".join(f"{m}/{p}" for m, p in RUNS),
+                        help="comma-separated runs MODE/PARITY (PARITY: 0e or 0o)")
+    steps: int | None = option(None, help="optimiser steps per run", default_text=(
+        "the preset's: " + ", ".join(f"{n} {p.steps}" for n, p in PRESETS.items())))
+
+
+# -- data ----------------------------------------------------------------------------------
+def has_tetrahedral_centre(mol: Chem.Mol) -> bool:
+    """At least one (possibly unassigned) tetrahedral stereocentre."""
+    return bool(Chem.FindMolChiralCenters(mol, includeUnassigned=True,
+                                          useLegacyImplementation=True))
+
+
+def random_stereoisomer(mol: Chem.Mol, rng: np.random.Generator) -> str | None:
+    """Canonical isomeric SMILES of one stereoisomer of ``mol`` (unassigned centres and
+    double bonds assigned), drawn with ``rng``; None when RDKit finds no labelled centre."""
+    from rdkit.Chem.EnumerateStereoisomers import (
+        EnumerateStereoisomers,
+        StereoEnumerationOptions,
+    )
+
+    options = StereoEnumerationOptions(onlyUnassigned=True, unique=True, maxIsomers=16,
+                                       rand=int(rng.integers(1, 2 ** 31)))
+    isomers = list(EnumerateStereoisomers(mol, options=options))
+    if not isomers:
+        return None
+    isomer = isomers[int(rng.integers(len(isomers)))]
+    smiles = Chem.MolToSmiles(isomer)
+    labelled = Chem.FindMolChiralCenters(Chem.MolFromSmiles(smiles), includeUnassigned=False,
+                                         useLegacyImplementation=True)
+    return smiles if labelled else None
+
+
+def select_chiral_smiles(preset: ChiralityPreset) -> list[str]:
+    """Stereoisomer SMILES (twice what the preset needs: spares for build failures) of
+    molecules with a tetrahedral centre and at most ``max_heavy_atoms`` heavy atoms, drawn
+    with ``data_seed`` from the training list."""
+    if not TRAIN_SMILES.is_file():
+        raise UserInputError(f"training SMILES {TRAIN_SMILES}: not found (a source checkout "
+                             "holds it; see data/train_smiles/README.md)")
+    candidates = []
+    for raw in TRAIN_SMILES.read_text().splitlines():
+        parts = raw.split()
+        if not parts or parts[0].startswith("#") or "." in parts[0]:
+            continue
+        mol = Chem.MolFromSmiles(parts[0])
+        if mol is None or mol.GetNumHeavyAtoms() > preset.max_heavy_atoms:
+            continue
+        if has_tetrahedral_centre(mol):
+            candidates.append(Chem.MolToSmiles(mol))
+    candidates = sorted(set(candidates))
+    wanted = preset.train_molecules + preset.val_molecules
+    if len(candidates) < wanted:
+        raise UserInputError(f"only {len(candidates)} molecules with a tetrahedral centre and "
+                             f"<= {preset.max_heavy_atoms} heavy atoms in {TRAIN_SMILES}; the "
+                             f"preset needs {wanted}")
+    rng = np.random.default_rng(preset.data_seed)
+    chosen = []
+    for index in rng.permutation(len(candidates)):
+        isomer = random_stereoisomer(Chem.MolFromSmiles(candidates[index]), rng)
+        if isomer is not None:
+            chosen.append(isomer)
+        if len(chosen) == 2 * wanted:
+            break
+    return chosen
+
+
+def _build_task(smiles: str, confs: int, seed: int) -> dict | None:
+    """One molecule: its graph features, conformers [C, N, 3] and the mol (as a mol block),
+    or None when it cannot be built or featurised."""
+    from conformer.data.build import BuildSettings, MoleculeBuildError, build_molecule
+
+    try:
+        built = build_molecule(smiles, 0, BuildSettings(n_confs=confs, seed=seed))
+        mol = built["conformers"][0]["rd_mol"]
+        features = featurize_mol(mol)
+    except (MoleculeBuildError, FeaturizationError):
+        return None
+    except (ValueError, RuntimeError):  # RDKit's own, e.g. "Bad Conformer Id" from MMFF
+        return None  # after an embedding cut short by the timeout: skip the molecule
+    positions = np.stack([c["rd_mol"].GetConformer().GetPositions()
+                          for c in built["conformers"]]).astype(np.float32)
+    return {"smiles": smiles, "features": features, "positions": positions,
+            "molblock": Chem.MolToMolBlock(mol)}
+
+
+def build_data(preset: ChiralityPreset, out: Path, workers: int) -> dict:
+    """``{"train": [...], "val": [...]}`` of built molecules, cached in ``out/data.pt``."""
+    cache = out / "data.pt"
+    fingerprint = stable_hash({k: v for k, v in asdict(preset).items()
+                               if k in ("train_molecules", "val_molecules", "max_heavy_atoms",
+                                        "confs", "data_seed")})
+    if cache.exists():
+        stored = torch.load(cache, weights_only=False)
+        if stored.get("fingerprint") == fingerprint:
+            return stored
+    smiles = select_chiral_smiles(preset)
+    task = functools.partial(_build_task, confs=preset.confs, seed=preset.data_seed + 1)
+    molecules = []
+    with closing(parallel_map(task, smiles, workers)) as built:
+        for molecule in built:
+            if molecule is not None:
+                molecules.append(molecule)
+            if len(molecules) == preset.train_molecules + preset.val_molecules:
+                break
+    if len(molecules) < preset.train_molecules + preset.val_molecules:
+        raise UserInputError(f"only {len(molecules)} chiral molecules could be built; the "
+                             "preset needs more (lower train_molecules or raise max_heavy_atoms)")
+    data = {"fingerprint": fingerprint, "train": molecules[: preset.train_molecules],
+            "val": molecules[preset.train_molecules:]}
+    torch.save(data, cache)
+    return data
+
+
+def _item(molecule: dict, conformer: int) -> MoleculeGraph:
+    """One conformer of ``molecule`` as a training/sampling graph (pos [N, 3], Angstrom)."""
+    return molecule_graph(molecule["features"],
+                          pos=torch.as_tensor(molecule["positions"][conformer]).float())
+
+
+# -- one run -------------------------------------------------------------------------------
+def build_net(preset: ChiralityPreset, mode: str, parity: str, seed: int):
+    overrides = dict(preset.denoiser_overrides)
+    overrides.update(stereo_parity=parity, cip_rank_edges=True, parity_readout=True)
+    overrides.update(dict(preset.recm_overrides))
+    torch.manual_seed(seed)
+    return build_denoiser(preset.denoiser, mode, seed=seed, **overrides)
+
+
+def flip_labels(batch: Batch) -> Batch:
+    """``batch`` with every R and S label swapped (the mirror image's labels); a shallow copy,
+    ``batch`` itself is unchanged."""
+    features = batch.x.clone()
+    label = features[:, CIP_LABEL_COLUMN]
+    features[:, CIP_LABEL_COLUMN] = torch.where(
+        label == CIP_R, CIP_S, torch.where(label == CIP_S, CIP_R, label))
+    flipped = copy.copy(batch)
+    flipped.x = features
+    return flipped
+
+
+def export_equivariance_errors(net, batch: Batch, parity: str, trials: int = 3,
+                               seed: int = 0) -> dict[str, float]:
+    """{"rotation", "reflection"}: max |net(g x + t) - g net(x)| (float64) over random proper
+    rotations, and over improper ones with the labels flipped when they are pseudoscalars."""
+    net = net.double().eval()
+    batch = with_positions(batch, batch.pos.double())
+    noise = torch.linspace(-1.0, 1.0, batch.num_graphs, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    errors = {}
+    with torch.no_grad():
+        plain = net(batch, noise)
+        for name, improper in (("rotation", False), ("reflection", True)):
+            worst = 0.0
+            for _ in range(trials):
+                g = random_orthogonal(generator, torch.float64, reflections=False)
+                g = -g if improper else g
+                shift = torch.randn(3, generator=generator, dtype=torch.float64) * 3
+                moved = flip_labels(batch) if improper and parity == "0o" else batch
+                moved = with_positions(moved, batch.pos @ g.T + shift)
+                worst = max(worst, float((net(moved, noise) - plain @ g.T).abs().max()))
+            errors[name] = worst
+    return errors
+
+
+def validation_loss(net, diffusion: EDMDiffusion, molecules: list[dict]) -> float:
+    """EDM loss on the lowest-energy conformer of each molecule, fixed noise and rotations."""
+    batch = collate_molecules([_item(m, 0) for m in molecules])
+    net.eval()
+    with torch.no_grad():
+        losses = [float(diffusion.loss(net, batch, generator=torch.Generator().manual_seed(k)))
+                  for k in range(4)]
+    return sum(losses) / len(losses)
+
+
+def unguided_stereo(net, diffusion: EDMDiffusion, molecules: list[dict], samples: int,
+                    steps: int, seed: int) -> tuple[float, float | None]:
+    """(fraction of labelled tetrahedral centres correct, fraction of E/Z bonds correct or
+    None) over ``samples`` conformers per molecule, sampled without guidance or correction."""
+    centres = centres_right = bonds = bonds_right = 0
+    generator = torch.Generator().manual_seed(seed)
+    net.eval()
+    for molecule in molecules:
+        mol = Chem.MolFromMolBlock(molecule["molblock"], removeHs=False)
+        checker = StereoChecker(mol)
+        batch = collate_molecules([_item(molecule, 0)] * samples)
+        positions = diffusion.sample(net, batch, steps=steps, generator=generator)
+        n = mol.GetNumAtoms()
+        for k in range(samples):
+            check = checker.check(positions[k * n:(k + 1) * n].double().numpy())
+            centres += check.num_centres
+            centres_right += check.num_centres - len(check.inverted_centres) - len(
+                check.flat_centres)
+            bonds += check.num_bonds
+            bonds_right += check.num_bonds - len(check.wrong_bonds)
+    stereo = centres_right / centres if centres else float("nan")
+    return stereo, (bonds_right / bonds if bonds else None)
+
+
+def train_one(mode: str, parity: str, seed: int, preset: ChiralityPreset, steps: int,
+              data: dict) -> dict:
+    """Train one model; returns ``{"result": its results.json entry (the issue's schema),
+    "detail": absorbed flags, timings and the gamma curves (runs_detail.json)}``."""
+    started = time.perf_counter()
+    net = build_net(preset, mode, parity, seed)
+    diffusion = EDMDiffusion(EDMSettings())
+    controller = controller_of(net)
+    optimizer = torch.optim.Adam(net.parameters(), lr=preset.learning_rate)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    generator = torch.Generator().manual_seed(30_000 + seed)
+    train = data["train"]
+    curve, curve_every = [], max(1, steps // 200)
+    net.train()
+    for step in range(steps):
+        picks = torch.randint(0, len(train), (preset.batch_size,), generator=generator).tolist()
+        items = []
+        for index in picks:
+            molecule = train[index]
+            conformer = int(torch.randint(0, len(molecule["positions"]), (1,),
+                                          generator=generator))
+            items.append(_item(molecule, conformer))
+        loss = diffusion.loss(net, collate_molecules(items), generator=generator)
+        loss = loss + controller.regularization_loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        controller.after_optimizer_step((step + 1) / steps)
+        if step % curve_every == 0 or step == steps - 1:
+            gammas = controller.branch_gammas()
+            curve.append([step + 1, gammas["rotation"], gammas["reflection"]])
+    train_seconds = time.perf_counter() - started
+    gammas, dropped = controller.branch_gammas(), controller.branch_dropped()
+    final = export(net).eval()
+    val_loss = validation_loss(final, diffusion, data["val"])
+    stereo, ez = unguided_stereo(final, diffusion, data["val"], preset.samples_per_molecule,
+                                 preset.sample_steps, seed)
+    probe = collate_molecules([_item(m, 0) for m in data["val"][:4]])
+    errors = export_equivariance_errors(final, probe, parity)
+    result = {
+        "mode": mode, "stereo_parity": parity, "seed": seed,
+        "val_loss": val_loss,
+        "stereo_unguided": stereo,
+        "ez_unguided": ez,
+        "gamma_final": {"reflection": gammas["reflection"], "rotation": gammas["rotation"]},
+        "export_equivariance_error": errors,
+    }
+    detail = {"mode": mode, "stereo_parity": parity, "seed": seed, "steps": steps,
+              "dropped": dropped, "train_seconds": round(train_seconds, 1),
+              "total_seconds": round(time.perf_counter() - started, 1),
+              "gamma_curve_columns": ["step", "rotation gamma per layer",
+                                      "reflection gamma per layer"],
+              "gamma_curve": curve}
+    return {"result": result, "detail": detail}
+
+
+def _train_task(todo: tuple[str, str, int], preset: ChiralityPreset, steps: int,
+                data_path: str) -> dict:
+    mode, parity, seed = todo
+    data = torch.load(data_path, weights_only=False)
+    return train_one(mode, parity, seed, preset, steps, data)
+
+
+# -- outputs -------------------------------------------------------------------------------
+def _mean(values):
+    values = [v for v in values if v is not None and not (isinstance(v, float)
+                                                          and math.isnan(v))]
+    return sum(values) / len(values) if values else None
+
+
+def _fmt(value, pattern="{:.3f}"):
+    return "-" if value is None else pattern.format(value)
+
+
+def write_table(runs: list[dict], details: list[dict], order: list[tuple[str, str]],
+                path: Path) -> None:
+    lines = ["Chirality experiment (issue 11): mean over seeds; stereo = fraction of labelled",
+             "tetrahedral centres of held-out molecules right, sampled without guidance or",
+             "correction. Equivariance errors: max over seeds, exported model, float64.", "",
+             "| mode | label | seeds | val loss | stereo unguided | E/Z unguided | "
+             "reflection gamma per layer | rotation gamma per layer | rotation branches "
+             "absorbed | rotation error | reflection error |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for mode, parity in order:
+        group = [r for r in runs if r["mode"] == mode and r["stereo_parity"] == parity]
+        if not group:
+            continue
+        layers = len(group[0]["gamma_final"]["rotation"])
+
+        def per_layer(branch, group=group, layers=layers):
+            return ", ".join(_fmt(_mean([r["gamma_final"][branch][i] for r in group]))
+                             for i in range(layers))
+
+        absorbed = all(all(d["dropped"]["rotation"]) for d in details
+                       if d["mode"] == mode and d["stereo_parity"] == parity)
+        lines.append(
+            f"| {mode} | {parity} | {len(group)} | {_fmt(_mean([r['val_loss'] for r in group]), '{:.4g}')} | "
+            f"{_fmt(_mean([r['stereo_unguided'] for r in group]))} | "
+            f"{_fmt(_mean([r['ez_unguided'] for r in group]))} | {per_layer('reflection')} | "
+            f"{per_layer('rotation')} | {'yes' if absorbed else 'no'} | "
+            f"{max(r['export_equivariance_error']['rotation'] for r in group):.2e} | "
+            f"{max(r['export_equivariance_error']['reflection'] for r in group):.2e} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot_gammas(runs: list[dict], path: Path) -> None:
+    """Each branch of each layer over training, one panel per recm run (mode/parity, seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recm = sorted((r for r in runs if r["mode"] == "recm"),  # runs_detail.json entries
+                  key=lambda r: (r["stereo_parity"], r["seed"]))
+    panels = max(1, len(recm))
+    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.2), sharey=True,
+                             squeeze=False)
+    for axis, run in zip(axes[0], recm, strict=False):
+        steps = [row[0] for row in run["gamma_curve"]]
+        layers = len(run["gamma_curve"][0][1])
+        for layer in range(layers):
+            for column, (branch, style) in enumerate((("rotation", "-"), ("reflection", ":")),
+                                                     start=1):
+                axis.plot(steps, [row[column][layer] for row in run["gamma_curve"]],
+                          color=f"C{layer}", linestyle=style, label=f"layer {layer} {branch}")
+        axis.set_title(f"recm/{run['stereo_parity']} seed {run['seed']}")
+        axis.set_xlabel("optimiser step")
+    axes[0][0].set_ylabel("gamma")
+    if recm:
+        axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_runs(text: str) -> list[tuple[str, str]]:
+    """``"recm/0e,equivariant/0o"`` -> [("recm", "0e"), ("equivariant", "0o")]."""
+    runs = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        mode, _, parity = part.partition("/")
+        if mode not in MODES or parity not in STEREO_PARITIES:
+            raise UserInputError(f"--modes {text!r}: {part!r} is not MODE/PARITY with MODE one "
+                                 f"of {', '.join(MODES)} and PARITY one of "
+                                 f"{', '.join(STEREO_PARITIES)}")
+        runs.append((mode, parity))
+    if not runs:
+        raise UserInputError(f"--modes {text!r}: no run given")
+    return runs
+
+
+def run(options: ChiralitySettings) -> int:
+    """``conformer reproduce chirality``: every run x seed; resumable (reruns skip done)."""
+    if options.preset not in PRESETS:
+        raise UserInputError(f"--preset {options.preset!r}: choose one of {', '.join(PRESETS)}")
+    order = parse_runs(options.modes)
+    if options.seeds < 1:
+        raise UserInputError(f"--seeds {options.seeds}: need at least 1")
+    for name in ("workers", "threads"):
+        if getattr(options, name) < 1:
+            raise UserInputError(f"--{name} {getattr(options, name)}: need at least 1")
+    preset = PRESETS[options.preset]
+    steps = options.steps or preset.steps
+    if steps < 1:
+        raise UserInputError(f"--steps {steps}: need at least 1")
+    torch.set_num_threads(options.threads)
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    data = build_data(preset, out, options.workers)
+    settings = {"preset_name": options.preset, "preset": asdict(preset), "steps": steps,
+                "recm_defaults": RECMConfig().to_dict(),
+                "train_smiles": [m["smiles"] for m in data["train"]],
+                "val_smiles": [m["smiles"] for m in data["val"]]}
+    settings_hash = stable_hash(settings)
+    settings["settings_hash"] = settings_hash
+    settings["environment"] = environment_info()
+    results_path, detail_path = out / "results.json", out / "runs_detail.json"
+    results: list[dict] = []
+    details: list[dict] = []
+    if results_path.exists() and detail_path.exists():
+        previous = json.loads(results_path.read_text())
+        if previous.get("settings", {}).get("settings_hash") == settings_hash:
+            results = previous["runs"]
+            details = json.loads(detail_path.read_text())["runs"]
+        else:
+            print(f"{results_path}: different settings; starting a new table")
+    done = {(r["mode"], r["stereo_parity"], r["seed"]) for r in results}
+    todo = [(m, p, s) for s in range(options.seeds) for m, p in order if (m, p, s) not in done]
+
+    def save() -> None:
+        atomic_json(detail_path, {"runs": details})
+        atomic_json(results_path, {"runs": results, "settings": settings})
+
+    progress = tqdm(total=len(todo), desc="chirality runs", unit="run")
+    task = functools.partial(_train_task, preset=preset, steps=steps,
+                             data_path=str(out / "data.pt"))
+    try:
+        with closing(parallel_map(task, todo, options.workers, ordered=False,
+                                  initializer=torch.set_num_threads,
+                                  initargs=(options.threads,))) as runs:
+            for finished in runs:
+                results.append(finished["result"])
+                details.append(finished["detail"])
+                save()
+                progress.update()
+    finally:
+        progress.close()
+    results.sort(key=lambda r: (r["seed"], order.index((r["mode"], r["stereo_parity"]))
+                                if (r["mode"], r["stereo_parity"]) in order else 99))
+    wanted = {(m, p, s) for s in range(options.seeds) for m, p in order}
+    selected = [r for r in results if (r["mode"], r["stereo_parity"], r["seed"]) in wanted]
+    selected_details = [d for d in details if (d["mode"], d["stereo_parity"], d["seed"]) in wanted]
+    write_table(selected, selected_details, order, out / "table.md")
+    plot_gammas(selected_details, out / "gamma.png")
+    print((out / "table.md").read_text())
+    print(f"wrote {results_path}, {out / 'table.md'}, {out / 'gamma.png'} "
+          f"({time.perf_counter() - started:.0f} s)")
+    return 0
