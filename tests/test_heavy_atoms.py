@@ -276,3 +276,12 @@ def test_the_bundled_explicit_model_samples_every_atom_as_before():
     drawn = sampler.molecule_draws(mol, torch.Generator().manual_seed(5), targets)(2)
     direct = sampler.sample(featurize_mol(mol), 2, torch.Generator().manual_seed(5), targets)
     assert drawn.shape == (2, mol.GetNumAtoms(), 3) and np.array_equal(drawn, direct)
+
+
+def test_the_heavy_ablation_arm_is_the_bundled_recipe_on_heavy_atoms():
+    import yaml
+
+    (arm,) = yaml.safe_load(open("configs/ablation/heavy.yaml"))["arms"]
+    config = load_config(arm["config"], arm["overrides"])
+    assert config.data.hydrogens == "implicit"
+    assert config.model == load_config("configs/bundled/small_recm.yaml").model
