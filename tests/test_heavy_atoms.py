@@ -244,6 +244,13 @@ def test_api_generates_through_the_same_path(heavy_model):
     (bare,) = conformer.generate(["CC(C)O"], num_confs=2, model=str(heavy_model),
                                  device="cpu", bond_check=False, hydrogens=False)
     assert bare.GetNumAtoms() == 4
+    (relaxed,) = conformer.generate(["CC(C)O"], num_confs=2, model=str(heavy_model),
+                                    device="cpu", bond_check=False, relax_hydrogens=True)
+    heavy = [a.GetIdx() for a in mol.GetAtoms() if a.GetAtomicNum() > 1]
+    moved = relaxed.GetConformer(0).GetPositions() - mol.GetConformer(0).GetPositions()
+    # same heavy atoms (same seed), hydrogens moved by the H-only minimisation
+    assert np.abs(moved[heavy] - moved[heavy].mean(axis=0)).max() < 1e-3
+    assert np.abs(moved).max() > 1e-3
 
 
 def test_a_hydrogen_stereo_atom_is_replaced_by_the_other_substituent():
