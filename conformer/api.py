@@ -43,7 +43,7 @@ def generate(molecules: str | Chem.Mol | Iterable[str | Chem.Mol], num_confs: in
              batch_size: int = 64, hydrogens: bool = True, max_atoms: int = 400,
              max_resamples: int = 3, guidance: GuidanceSettings | None = None,
              bond_check: bool = True, energies: str | None = None,
-             prune_rms: float | None = None) -> list[Chem.Mol]:
+             prune_rms: float | None = None, relax_hydrogens: bool = False) -> list[Chem.Mol]:
     """Conformers for each molecule: one Mol per input, in input order.
 
     molecules: SMILES strings and/or RDKit Mols (a Mol keeps its atom order, stereo tags and
@@ -66,6 +66,8 @@ def generate(molecules: str | Chem.Mol | Iterable[str | Chem.Mol], num_confs: in
     (kcal/mol, conformer properties: ``mol.GetConformer(i).GetDoubleProp(...)``) and sorts
     the conformers by it; prune_rms: Angstrom, drops conformers within that heavy-atom RMSD
     of one kept before them (RDKit's pruneRmsThresh). Conformers are aligned to the first.
+    relax_hydrogens: for a heavy-atom-only model (trained with ``data.hydrogens=implicit``,
+    whose hydrogens RDKit places), minimise those hydrogens with MMFF94, heavy atoms fixed.
 
     Each returned Mol carries its conformers (ids 0..C-1, Angstrom; hydrogens unless
     ``hydrogens=False``) and the properties the CLI writes into the SDF: ``name`` (also
@@ -90,7 +92,8 @@ def generate(molecules: str | Chem.Mol | Iterable[str | Chem.Mol], num_confs: in
         num_confs=num_confs, steps=steps, batch_size=batch_size, device=device, seed=seed,
         hydrogens=hydrogens, max_atoms=max_atoms, max_resamples=max_resamples,
         stereo_guidance=stereo_guidance, guidance=guidance or GuidanceSettings(),
-        bond_check=bond_check, energies=energies, prune_rms=prune_rms, progress=False)
+        bond_check=bond_check, energies=energies, prune_rms=prune_rms,
+        relax_hydrogens=relax_hydrogens, progress=False)
     generator = MoleculeGenerator(options, loaded, device_option="device")
     return [result.as_mol() for result in generator.run(lines)]
 

@@ -27,14 +27,22 @@ from conformer.diffusion.edm import (
 )
 from conformer.errors import UserInputError
 
+# how a model treats hydrogens: diffused with the heavy atoms, or placed by RDKit afterwards
+HYDROGEN_MODES = ("explicit", "implicit")
+
 
 @dataclass
 class DataConfig:
     """Where the prepared records are and how batches are formed.
 
     cache_dir: the ``conformer prepare`` output folder (``open_prepared(cache_dir, dataset, split)``).
-    max_atoms_per_batch: batches are packed up to this many atoms (hydrogens included).
+    max_atoms_per_batch: batches are packed up to this many atoms (the atoms the network sees:
+    hydrogens included when ``hydrogens`` is explicit, heavy atoms only when implicit).
     max_molecules: use only the first N molecules of each split (0 = all); for smoke runs.
+    hydrogens: ``explicit`` diffuses every atom; ``implicit`` diffuses heavy atoms only (the
+    records' hydrogens, their bonds and coordinates are dropped when a batch is built, so one
+    prepared cache serves both) and generation places the hydrogens with RDKit. Recorded in
+    the model file (``model_spec["hydrogens"]``).
     """
 
     cache_dir: str = "cache/prepared"
@@ -44,6 +52,12 @@ class DataConfig:
     max_atoms_per_batch: int = 1500
     max_molecules: int = 0
     num_workers: int = 0
+    hydrogens: str = "explicit"
+
+    def __post_init__(self) -> None:
+        if self.hydrogens not in HYDROGEN_MODES:
+            raise ValueError(f"hydrogens {self.hydrogens!r}: choose "
+                             f"{' or '.join(HYDROGEN_MODES)}")
 
 
 @dataclass

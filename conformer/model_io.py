@@ -4,7 +4,10 @@ Deployable model files are the EMA weights of a training checkpoint, exported.
 
 An exported model file is a plain dict (``torch.load(..., weights_only=True)`` reads it):
     format             "conformer-model/1"
-    model_spec         {"preset", "mode", "overrides"} for ``conformer.nn.build_denoiser``
+    model_spec         {"preset", "mode", "overrides"} for ``conformer.nn.build_denoiser``,
+                       and "hydrogens": "explicit" (every atom diffused) or "implicit"
+                       (heavy atoms only, hydrogens placed by RDKit at generation); files
+                       written before the setting existed have no such key: explicit
     diffusion_settings the EDM settings (``conformer.diffusion.EDMSettings`` fields)
     state_dict         EMA weights + buffers after ``conformer.recm.export`` (dropped branches
                        removed); float32
@@ -48,6 +51,21 @@ def _read(path: str | Path) -> dict:
     return data
 
 
+def hydrogen_mode(meta: dict) -> str:
+    """``"explicit"`` or ``"implicit"``: the ``model_spec["hydrogens"]`` of a model file or
+    checkpoint (or of ``load_model``'s meta); absent (older files) means explicit."""
+    return meta.get("model_spec", {}).get("hydrogens", "explicit")
+
+
+def _check_hydrogens(path: Path, data: dict) -> None:
+    from conformer.config import HYDROGEN_MODES
+
+    mode = hydrogen_mode(data)
+    if mode not in HYDROGEN_MODES:
+        raise UserInputError(f"checkpoint {path}: model_spec hydrogens {mode!r} is not one of "
+                             f"{', '.join(HYDROGEN_MODES)} (a newer version's file?)")
+
+
 def _build_net(spec: dict, state_dict: dict):
     from conformer.nn import build_denoiser
 
@@ -74,6 +92,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     if path == BUNDLED_MODEL and not path.is_file():
         raise UserInputError(f"bundled model {path} is missing; pass --ckpt")
     data = _read(path)
+    _check_hydrogens(path, data)
     if data["format"] == CHECKPOINT_FORMAT:
         from conformer.recm import export
 

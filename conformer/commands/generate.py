@@ -67,6 +67,10 @@ def add_arguments(parser) -> None:
                         "and E/Z stereo (default on); --no-stereo-guidance gives the raw "
                         "model's samples (reflection/resampling still apply afterwards). "
                         "Recorded in each SDF record and in the summary")
+    parser.add_argument("--relax-hydrogens", action="store_true",
+                        help="heavy-atom-only models (trained with data.hydrogens=implicit): "
+                        "minimise the hydrogens RDKit places with MMFF94, heavy atoms fixed "
+                        "(slower; no effect on other models)")
     parser.add_argument("--energies", choices=["mmff"], default=None,
                         help="mmff: write each conformer's MMFF94 energy (kcal/mol, single "
                         "point of the conformer as written, not minimised) as mmff94_energy "
@@ -103,6 +107,7 @@ def run(args) -> int:
         hydrogens=not args.no_hydrogens, workers=args.workers, max_atoms=args.max_atoms,
         max_resamples=args.max_resamples, stereo_guidance=args.stereo_guidance,
         bond_check=not args.no_bond_check, energies=args.energies, prune_rms=args.prune_rms,
+        relax_hydrogens=args.relax_hydrogens,
         progress=False if args.no_progress else None)
     summary = generate_file(args.input, args.out, options, overwrite=args.overwrite)
     if args.summary:

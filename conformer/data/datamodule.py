@@ -24,18 +24,23 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from conformer.config import HYDROGEN_MODES
 from conformer.data import keys
 from conformer.data.batching import collate_molecules
-from conformer.data.records import MoleculeGraph, molecule_graph
+from conformer.data.records import HYDROGEN, MoleculeGraph, heavy_atom_graph, molecule_graph
 
 
-def record_num_atoms(store, i: int) -> int:
-    """Atom count of record ``i`` without reading its conformers when the store allows it."""
+def record_num_atoms(store, i: int, heavy_only: bool = False) -> int:
+    """Atom count of record ``i`` (heavy atoms only when ``heavy_only``) without reading its
+    conformers when the store allows it."""
     file_of = getattr(store, "file", None)
     if file_of is not None:
         with np.load(file_of(i), allow_pickle=False) as data:
-            return int(data[keys.ATOMIC_NUMBERS].shape[0])
-    return int(store[i][keys.ATOMIC_NUMBERS].shape[0])
+            z = data[keys.ATOMIC_NUMBERS]
+    else:
+        z = store[i][keys.ATOMIC_NUMBERS]
+    z = np.asarray(z)
+    return int((z != HYDROGEN).sum()) if heavy_only else int(z.shape[0])
 
 
 class ConformerDataset(Dataset):
@@ -46,11 +51,17 @@ class ConformerDataset(Dataset):
     resumed run. ``fixed_conformer=True`` always takes the first (lowest-energy) one
     (validation). Returns a MoleculeGraph (x, z, edge_index, edge_attr and pos [N, 3] float32,
     Angstrom); ``conformer.data.batching.collate_molecules`` makes the batch.
+
+    hydrogens: ``"explicit"`` (every atom) or ``"implicit"`` (the heavy-atom graph,
+    ``conformer.data.records.heavy_atom_graph``; ``num_atoms`` then counts heavy atoms).
     """
 
     def __init__(self, store, seed: int = 0, fixed_conformer: bool = False,
-                 max_molecules: int = 0):
+                 max_molecules: int = 0, hydrogens: str = "explicit"):
+        if hydrogens not in HYDROGEN_MODES:
+            raise ValueError(f"hydrogens {hydrogens!r}: choose {' or '.join(HYDROGEN_MODES)}")
         self.store = store
+        self.heavy_only = hydrogens == "implicit"
         self.seed = seed
         self.fixed_conformer = fixed_conformer
         self.epoch = 0
@@ -66,7 +77,8 @@ class ConformerDataset(Dataset):
     @property
     def num_atoms(self) -> list[int]:
         if self._num_atoms is None:
-            self._num_atoms = [record_num_atoms(self.store, i) for i in range(self.size)]
+            self._num_atoms = [record_num_atoms(self.store, i, self.heavy_only)
+                               for i in range(self.size)]
         return self._num_atoms
 
     def __getitem__(self, item: int | tuple[int, int]) -> MoleculeGraph:
@@ -81,7 +93,8 @@ class ConformerDataset(Dataset):
             choice = int(rng.integers(positions.shape[0]))
         # a copy: an in-memory store must not share its arrays with the items handed out
         pos = torch.as_tensor(positions[choice]).to(torch.float32, copy=True)
-        return molecule_graph(record, pos=pos)
+        graph = molecule_graph(record, pos=pos)
+        return heavy_atom_graph(graph) if self.heavy_only else graph
 
 
 class MaxAtomsBatchSampler(Sampler[list[int]]):
@@ -150,7 +163,7 @@ class ConformerDataModule(L.LightningDataModule):
     def __init__(self, train_store=None, val_store=None, *, cache_dir: str | None = None,
                  dataset: str = "drugs", train_split: str = "train", val_split: str = "val",
                  max_atoms_per_batch: int = 1500, max_molecules: int = 0, num_workers: int = 0,
-                 seed: int = 0):
+                 seed: int = 0, hydrogens: str = "explicit"):
         super().__init__()
         self.train_store, self.val_store = train_store, val_store
         self.cache_dir, self.dataset = cache_dir, dataset
@@ -159,6 +172,7 @@ class ConformerDataModule(L.LightningDataModule):
         self.max_molecules = max_molecules
         self.num_workers = num_workers
         self.seed = seed
+        self.hydrogens = hydrogens
         self.train_dataset: ConformerDataset | None = None
         self.val_dataset: ConformerDataset | None = None
         self._train_sampler: MaxAtomsBatchSampler | None = None
@@ -169,7 +183,8 @@ class ConformerDataModule(L.LightningDataModule):
                    train_split=data_config.train_split, val_split=data_config.val_split,
                    max_atoms_per_batch=data_config.max_atoms_per_batch,
                    max_molecules=data_config.max_molecules,
-                   num_workers=data_config.num_workers, seed=seed)
+                   num_workers=data_config.num_workers, seed=seed,
+                   hydrogens=data_config.hydrogens)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_store is None or self.val_store is None:
@@ -181,10 +196,12 @@ class ConformerDataModule(L.LightningDataModule):
                 self.val_store = open_prepared(self.cache_dir, self.dataset, self.val_split)
         if self.train_dataset is None:
             self.train_dataset = ConformerDataset(self.train_store, seed=self.seed,
-                                                  max_molecules=self.max_molecules)
+                                                  max_molecules=self.max_molecules,
+                                                  hydrogens=self.hydrogens)
             self.val_dataset = ConformerDataset(self.val_store, seed=self.seed,
                                                 fixed_conformer=True,
-                                                max_molecules=self.max_molecules)
+                                                max_molecules=self.max_molecules,
+                                                hydrogens=self.hydrogens)
 
     def _replicas(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)

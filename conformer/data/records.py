@@ -50,6 +50,46 @@ def molecule_graph(features: Mapping, **fields) -> MoleculeGraph:
     return MoleculeGraph(**graph, **fields)
 
 
+HYDROGEN = 1  # atomic number
+
+
+def heavy_atom_indices(atomic_numbers) -> np.ndarray:
+    """int64 [H] indices of the non-hydrogen atoms of ``atomic_numbers`` [N], in atom order:
+    heavy atom k of a heavy-atom graph is atom ``heavy_atom_indices(z)[k]`` of the full one."""
+    return np.flatnonzero(np.asarray(atomic_numbers) != HYDROGEN).astype(np.int64)
+
+
+def heavy_atom_graph(graph: MoleculeGraph) -> MoleculeGraph:
+    """``graph`` without its hydrogens: heavy atoms in their order, the bonds between them
+    (renumbered), and their rows of every per-atom field.
+
+    Per-atom fields: x [N, F] and z [N] (rows kept as they are: the feature columns still
+    count each heavy atom's hydrogens and its full degree, so the network knows them),
+    pos [N, 3] and a record's positions [C, N, 3] (Angstrom); edge_index [2, E] keeps the
+    edges whose two ends are heavy, with edge_attr [E, F] to match. Other fields (strings,
+    boltzmann_weights) are carried over unchanged. A graph without hydrogens comes back equal.
+    """
+    z = graph.z
+    keep = z != HYDROGEN
+    renumber = torch.full((z.shape[0],), -1, dtype=torch.long)
+    renumber[keep] = torch.arange(int(keep.sum()), dtype=torch.long)
+    edge_index = graph.edge_index
+    edge_keep = keep[edge_index[0]] & keep[edge_index[1]]
+    fields = {}
+    for name in graph.keys():
+        value = graph[name]
+        if name == keys.EDGE_INDEX:
+            value = renumber[edge_index[:, edge_keep]]
+        elif name == keys.EDGE_ATTR:
+            value = value[edge_keep]
+        elif name in (keys.X, keys.Z, keys.POS):
+            value = value[keep]
+        elif name == keys.POSITIONS:
+            value = value[:, keep]
+        fields[name] = value
+    return MoleculeGraph(**fields)
+
+
 class RecordStore:
     """The records of one split folder ``CACHE_DIR/<dataset>-<hash>/<split>/``.
 

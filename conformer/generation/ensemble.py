@@ -121,7 +121,8 @@ class MoleculeGenerator:
         if options.method == "model":
             if model is None:
                 model = ConformerModel.load(options.ckpt, options.device, device_option)
-            self.sampler = ModelSampler(model, options.steps, options.batch_size)
+            self.sampler = ModelSampler(model, options.steps, options.batch_size,
+                                        relax_hydrogens=options.relax_hydrogens)
         else:
             if model is not None:
                 raise UserInputError(f"model: only the model method uses one (method is "
@@ -192,22 +193,19 @@ class MoleculeGenerator:
 
     def _model_molecule(self, line: InputLine) -> GeneratedMolecule:
         options, sampler = self.options, self.sampler
+        generator = torch.Generator().manual_seed(molecule_seed(options.seed, line.line_number))
         try:
             mol = prepare_molecule(line, options.max_atoms)
             check_domain(mol)
-            features = sampler.featurize(mol)
+            checker = StereoChecker(mol)
+            targets = checker.targets() if options.stereo_guidance else None
+            # on mol's atoms whatever the model's graph (a heavy-atom-only model's hydrogens
+            # are placed by RDKit), so the stereo check and correction below see every atom
+            draw = sampler.molecule_draws(mol, generator, targets, options.guidance)
         except MoleculeError as error:
             return GeneratedMolecule(line, failure=str(error), extra=self._extra(line))
-        generator = torch.Generator().manual_seed(molecule_seed(options.seed, line.line_number))
-        checker = StereoChecker(mol)
-        targets = checker.targets() if options.stereo_guidance else None
-        positions = sampler.sample(features, options.conformer_count(line), generator, targets,
-                                   options.guidance)
-
-        def resample(k):
-            return sampler.sample(features, k, generator, targets, options.guidance)
-
-        return self._finish(line, mol, positions, resample, checker)
+        positions = draw(options.conformer_count(line))
+        return self._finish(line, mol, positions, draw, checker)
 
     def _rdkit_molecules(self, lines: Sequence[InputLine]) -> Iterator[GeneratedMolecule]:
         options = self.options

@@ -36,6 +36,9 @@ class GenerateOptions:
     # drop conformers with bonds outside [0.6, 1.5] x the covalent radii sum (see
     # conformer/generation/domain.py); off only to inspect a model's raw output
     bond_check: bool = True
+    # heavy-atom-only models: minimise the RDKit-placed hydrogens with MMFF94, heavy atoms
+    # fixed (see conformer/generation/hydrogens.py); no effect on other models
+    relax_hydrogens: bool = False
     energies: str | None = None  # "mmff": MMFF94 energy per conformer, sorted by it
     prune_rms: float | None = None  # Angstrom, heavy atoms (see conformer/generation/output.py)
     progress: bool | None = None  # None: a bar only on a terminal

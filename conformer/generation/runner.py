@@ -120,6 +120,8 @@ def run_settings(options: GenerateOptions) -> dict:
         settings.update({"model_sha256": _sha256(model), "steps": options.steps,
                          "stereo_guidance": options.stereo_guidance,
                          "guidance": dataclasses.asdict(options.guidance)})
+        if options.relax_hydrogens:  # only when on: older settings files stay comparable
+            settings["relax_hydrogens"] = True
     return settings
 
 

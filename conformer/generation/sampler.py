@@ -8,6 +8,7 @@ molecule on the same line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,20 +88,34 @@ class ConformerModel:
         net, diffusion, meta = load_model(path, resolved)
         return cls(net, diffusion, meta, resolved, Path(path) if path else BUNDLED_MODEL)
 
+    @property
+    def hydrogens(self) -> str:
+        """``"explicit"`` (hydrogens diffused) or ``"implicit"`` (heavy atoms only; RDKit
+        places the hydrogens): the model file's ``model_spec["hydrogens"]``."""
+        from conformer.model_io import hydrogen_mode
+
+        return hydrogen_mode(self.meta)
+
     def __repr__(self) -> str:
         spec = self.meta.get("model_spec", {})
         return (f"ConformerModel({self.path.name}, preset={spec.get('preset')!r}, "
-                f"mode={spec.get('mode')!r}, device={str(self.device)!r})")
+                f"mode={spec.get('mode')!r}, hydrogens={self.hydrogens!r}, "
+                f"device={str(self.device)!r})")
 
 
 class ModelSampler:
     """Conformers from a diffusion model: ``sample(features, count, generator) -> [count, N, 3]``.
 
     steps: sampler steps (None: the model's own); batch_size: conformers per network batch.
+    relax_hydrogens: for a heavy-atom-only model, minimise the placed hydrogens with MMFF94
+    (heavy atoms fixed). ``molecule_draws`` is the per-molecule entry point for either kind.
     """
 
-    def __init__(self, model: ConformerModel, steps: int | None, batch_size: int):
+    def __init__(self, model: ConformerModel, steps: int | None, batch_size: int,
+                 relax_hydrogens: bool = False):
         self.model = model
+        self.heavy_atoms_only = model.hydrogens == "implicit"
+        self.relax_hydrogens = relax_hydrogens
         self.net, self.diffusion, self.meta = model.net, model.diffusion, model.meta
         self.device = model.device
         self.steps = steps
@@ -111,6 +126,33 @@ class ModelSampler:
             return featurize_mol(mol)
         except FeaturizationError as error:
             raise MoleculeError(str(error)) from error
+
+    def molecule_draws(self, mol: Chem.Mol, generator: torch.Generator,
+                       targets: StereoTargets | None = None,
+                       guidance: GuidanceSettings | None = None
+                       ) -> Callable[[int], np.ndarray]:
+        """``draw(count) -> [count, N, 3]`` (Angstrom, centred) for the explicit-H molecule
+        ``mol`` [N atoms, in its order], every draw from ``generator``; ``targets`` are in
+        ``mol``'s indices (``StereoChecker(mol).targets()``). For a heavy-atom-only model the
+        network samples the heavy atoms (targets mapped to them) and RDKit places the
+        hydrogens. Raises MoleculeError when the molecule cannot be featurised."""
+        features = self.featurize(mol)
+        if not self.heavy_atoms_only:
+            return lambda count: self.sample(features, count, generator, targets, guidance)
+        from conformer.generation.hydrogens import HeavyAtomPlan
+
+        plan = HeavyAtomPlan(mol, features, relax=self.relax_hydrogens)
+        heavy_targets = plan.targets(targets) if targets is not None else None
+
+        def draw(count: int) -> np.ndarray:
+            if plan.num_heavy == 1:  # one heavy atom: nothing to sample, only hydrogens
+                heavy = np.zeros((count, 1, 3))
+            else:
+                heavy = self.sample(plan.features, count, generator, heavy_targets, guidance)
+            positions = plan.place(heavy)
+            return positions - positions.mean(axis=1, keepdims=True)
+
+        return draw
 
     def sample(self, features: dict, count: int, generator: torch.Generator,
                targets: StereoTargets | None = None,

@@ -36,15 +36,18 @@ def build_network(config: ExperimentConfig):
 
 
 def resolved_model_spec(net, config: ExperimentConfig) -> dict:
-    """``{"preset", "mode", "overrides"}`` with every size and RECM setting spelled out, so a
-    checkpoint still rebuilds its network after a preset's definition changes."""
+    """``{"preset", "mode", "overrides", "hydrogens"}`` with every size and RECM setting
+    spelled out, so a checkpoint still rebuilds its network after a preset's definition
+    changes; ``hydrogens`` (``data.hydrogens``) tells generation which graph the network was
+    trained on."""
     overrides = dict(config.model.overrides)
     for attribute in ("config", "recm_config"):
         settings = getattr(net, attribute, None)
         if dataclasses.is_dataclass(settings):
             overrides.update(dataclasses.asdict(settings))
     overrides.pop("mode", None)
-    return {"preset": config.model.preset, "mode": config.model.mode, "overrides": overrides}
+    return {"preset": config.model.preset, "mode": config.model.mode, "overrides": overrides,
+            "hydrogens": config.data.hydrogens}
 
 
 def build_module(config: ExperimentConfig, net=None) -> ConformerDiffusionModule:
@@ -122,6 +125,10 @@ def train(config: ExperimentConfig, resume: bool = False, datamodule=None, net=N
     module = build_module(config, net=net)
     if datamodule is None:
         datamodule = ConformerDataModule.from_config(config.data, seed=config.seed)
+    elif getattr(datamodule, "hydrogens", "explicit") != config.data.hydrogens:
+        # the model file would claim one graph while the network learnt on the other
+        raise UserInputError(f"data.hydrogens {config.data.hydrogens}: the datamodule given "
+                             f"builds {getattr(datamodule, 'hydrogens', 'explicit')} batches")
     trainer = build_trainer(config, run_dir, extra_callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None,
                 weights_only=True)
