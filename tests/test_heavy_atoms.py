@@ -89,6 +89,9 @@ def test_heavy_atom_item_has_no_hydrogen_and_exactly_the_heavy_bonds(store):
         assert torch.equal(heavy.x, full.x[keep]) and torch.equal(heavy.pos, full.pos[keep])
         kept_edges = keep[full.edge_index[0]] & keep[full.edge_index[1]]
         assert torch.equal(heavy.edge_attr, full.edge_attr[kept_edges])
+        # every per-edge field follows the edges (the CIP neighbour ranks of stereo inputs)
+        assert torch.equal(heavy[keys.CIP_NEIGHBOUR_RANK],
+                           full[keys.CIP_NEIGHBOUR_RANK][kept_edges])
         # the explicit setting is the graph as before: every atom, every bond
         assert torch.equal(full.z, torch.as_tensor(store[i][keys.ATOMIC_NUMBERS]))
         assert full.edge_index.shape[1] == store[i][keys.BOND_INDEX].shape[1]

@@ -66,7 +66,7 @@ def heavy_atom_graph(graph: MoleculeGraph) -> MoleculeGraph:
     Per-atom fields: x [N, F] and z [N] (rows kept as they are: the feature columns still
     count each heavy atom's hydrogens and its full degree, so the network knows them),
     pos [N, 3] and a record's positions [C, N, 3] (Angstrom); edge_index [2, E] keeps the
-    edges whose two ends are heavy, with edge_attr [E, F] to match. Other fields (strings,
+    edges whose two ends are heavy, with edge_attr [E, F] and cip_neighbour_rank [E] to match. Other fields (strings,
     boltzmann_weights) are carried over unchanged. A graph without hydrogens comes back equal.
     """
     z = graph.z
@@ -80,7 +80,7 @@ def heavy_atom_graph(graph: MoleculeGraph) -> MoleculeGraph:
         value = graph[name]
         if name == keys.EDGE_INDEX:
             value = renumber[edge_index[:, edge_keep]]
-        elif name == keys.EDGE_ATTR:
+        elif name in (keys.EDGE_ATTR, keys.CIP_NEIGHBOUR_RANK):  # per-edge fields
             value = value[edge_keep]
         elif name in (keys.X, keys.Z, keys.POS):
             value = value[keep]
