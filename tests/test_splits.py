@@ -1,5 +1,5 @@
 """The standard GEOM split files and test CSVs (copies in data/geom/) load with the counts of
-protocol.md section 2, and malformed split files are refused with a clear error."""
+docs/design/protocol.md section 2, and malformed split files are refused with a clear error."""
 
 from pathlib import Path
 
@@ -37,7 +37,7 @@ def test_drugs_conformer_count_statistics_and_corrections():
     counts = np.array([m.n_conformers for m in plain])
     assert np.median(counts) == 49 and counts.max() == 2497
     corrected = load_test_smiles(GEOM / "drugs" / "test_smiles_corrected.csv")
-    # protocol.md: 292 DRUGS rows differ, i.e. their corrected SMILES is not the GEOM key
+    # docs/design/protocol.md: 292 DRUGS rows differ, i.e. their corrected SMILES is not the GEOM key
     assert sum(m.smiles != m.corrected_smiles for m in corrected) == 292
     assert len({m.smiles for m in plain}) == len({m.smiles for m in corrected}) == 1000
 

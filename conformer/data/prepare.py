@@ -1,6 +1,6 @@
 """``conformer prepare``: filter and featurise a GEOM rdkit_folder into one NPZ per molecule.
 
-Filters (protocol.md section 3), in order:
+Filters (docs/design/protocol.md section 3), in order:
     molecule: SMILES with '.' (fragments); SMILES RDKit cannot parse; fewer than
               ``min_heavy_atoms`` heavy atoms; no conformer left; featuriser refuses it.
     conformer: heavy-atom non-isomeric canonical SMILES of ``rd_mol`` differs from the

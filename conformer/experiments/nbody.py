@@ -1,4 +1,4 @@
-"""Synthetic N-body property run for RECM (recm.md section 6, properties 1, 2, 5, 6).
+"""Synthetic N-body property run for RECM (docs/design/recm.md section 4, properties 1, 2, 5, 6).
 
 Task: 4 charged particles (charges +-1) in 3D with softened Coulomb forces and a constant
 external field of strength ``eps`` along z; predict each particle's displacement after time

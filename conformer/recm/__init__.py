@@ -28,7 +28,8 @@ not bias it. The update ``gamma <- clip((1-beta) gamma + beta gamma_max b, 0, ga
 contraction (Lipschitz 1-beta in gamma), so gamma tracks the fixed point ``gamma_max E[b]``,
 which is 0 under exact symmetry and needs no per-layer target.
 
-Two departures from recm.md v1, both found on the N-body property run (say so when citing):
+Two departures from the first draft of the formulation (docs/design/recm.md section 2), both
+found on the N-body property run (say so when citing):
 (1) gamma starts at 0, not 1. n(.) inflates the freshly initialised (random) branch to the full
 scale of the layer's output, so starting at 1 injects noise that costs part of a fixed training
 budget (N-body, eps = 0: test MSE 0.020 vs 0.0146 equivariant); the update is a contraction, so

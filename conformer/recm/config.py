@@ -18,7 +18,7 @@ class RECMConfig:
         test/export), ``ace`` (primal-dual on the coefficient; truncated at export) or ``recm``.
     gamma_init: starting value of gamma in ``recm`` mode (0: see the package docstring;
         ``ace`` always starts at 1, ``unconstrained`` is fixed at 1).
-    gamma_max: cap of the recurrent state (headroom above 1, see recm.md section 4).
+    gamma_max: cap of the recurrent state (headroom above 1, see docs/design/recm.md section 2).
     beta: step of the recurrent update ``gamma <- (1-beta) gamma + beta gamma_max b``.
     absorb_after_steps: no branch is absorbed before this many optimiser steps (b of a young
         branch says little; a small real gap needs thousands of molecules to show).

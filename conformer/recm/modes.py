@@ -91,7 +91,7 @@ class Unconstrained(ModePolicy):
 
 class Scheduled(ModePolicy):
     """Triangular 0 -> 1 -> 0 coefficient with a relative equivariance-defect penalty
-    (recm.md section 2); the branch is off at test time and dropped at export."""
+    (docs/design/recm.md section 1); the branch is off at test time and dropped at export."""
 
     name = "scheduled"
     branch_active_in_eval = False

@@ -1,4 +1,4 @@
-"""``conformer reproduce drugs``: the GEOM-Drugs table (protocol.md section 5), one command.
+"""``conformer reproduce drugs``: the GEOM-Drugs table (docs/design/protocol.md section 5), one command.
 
 Every mode of the same denoiser (``equivariant``, ``unconstrained``, ``scheduled``, ``ace``,
 ``recm``) is trained with the same data, step budget and seeds; each model generates 2K
@@ -8,7 +8,7 @@ conformers per test molecule (K = its reference count); the RDKit rows (``etkdg`
 Presets:
 
 - ``micro``: a smoke run (a few molecules, a few steps) for tests; its numbers mean nothing.
-- ``tiny``: minutes on a 2-core CPU. Data is self-built (protocol.md section 6): a GEOM-layout
+- ``tiny``: minutes on a 2-core CPU. Data is self-built (docs/design/protocol.md section 6): a GEOM-layout
   folder from a seeded sample of ``data/train_smiles/train_druglike.smi`` with
   ``conformer build-geom`` (ETKDG + MMFF94), and references for a seeded sample of real
   GEOM-Drugs test molecules (``data/geom/drugs/test_smiles_corrected.csv``) built the same way,

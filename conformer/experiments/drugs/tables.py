@@ -28,7 +28,7 @@ def _fmt_params(count: float | None) -> str:
 
 
 def write_table(document: dict, path: Path) -> None:
-    """protocol.md section 5 layout, one row per method (mean over seeds), plus context."""
+    """docs/design/protocol.md section 5 layout, one row per method (mean over seeds), plus context."""
     runs, settings = document["runs"], document["settings"]
     preset = settings["preset"]
     methods = [m for m in (*MODES, *RDKIT_METHODS) if any(r["method"] == m for r in runs)]
