@@ -46,7 +46,8 @@ class BuildCommandSettings:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(parser, BuildCommandSettings)
-    add_settings_arguments(parser, BuildSettings)
+    add_settings_arguments(parser.add_argument_group(
+        "build settings (recorded in OUT/build_settings.json)"), BuildSettings)
 
 
 def run(args: argparse.Namespace) -> int:

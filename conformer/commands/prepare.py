@@ -41,7 +41,8 @@ class PrepareCommandSettings:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(parser, PrepareCommandSettings)
-    add_settings_arguments(parser, PrepareSettings)
+    add_settings_arguments(parser.add_argument_group(
+        "record settings (in the cache folder's parameter hash)"), PrepareSettings)
 
 
 def run(args: argparse.Namespace) -> int:
