@@ -79,7 +79,8 @@ def option_fields(settings_class) -> list[dataclasses.Field]:
 
 def add_settings_arguments(parser: argparse.ArgumentParser, *settings_classes,
                            labels: tuple[str, ...] = ()) -> None:
-    """Add the option fields of one or more settings dataclasses to ``parser``.
+    """Add the option fields of one or more settings dataclasses to ``parser`` (a parser or
+    one of its argument groups, which sets the heading they are listed under in --help).
 
     With several classes (e.g. one per experiment sharing one parser, named by ``labels``) an
     option present in several is added once; where their defaults differ, the help lists each
