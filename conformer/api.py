@@ -19,9 +19,10 @@ from rdkit import Chem
 
 from conformer.diffusion.guidance import GuidanceSettings
 from conformer.errors import UserInputError
+from conformer.evaluate.metrics import THRESHOLDS
 from conformer.generation.ensemble import FAILURE_PROPERTY, MoleculeGenerator
 from conformer.generation.inputs import lines_from_molecules
-from conformer.generation.options import GenerateOptions
+from conformer.generation.options import DEFAULT_NUM_CONFS, GenerateOptions
 from conformer.generation.sampler import ConformerModel
 
 __all__ = ["ConformerModel", "FAILURE_PROPERTY", "evaluate", "generate", "load_model"]
@@ -37,13 +38,24 @@ def load_model(path: str | Path | None = None, device: str = "auto") -> Conforme
     return ConformerModel.load(path, device, option="device")
 
 
-def generate(molecules: str | Chem.Mol | Iterable[str | Chem.Mol], num_confs: int = 10,
-             seed: int = 0, method: str = "model", model: ConformerModel | str | Path | None = None,
-             device: str = "auto", stereo_guidance: bool = True, steps: int | None = None,
-             batch_size: int = 64, hydrogens: bool = True, max_atoms: int = 400,
-             max_resamples: int = 3, guidance: GuidanceSettings | None = None,
-             bond_check: bool = True, energies: str | None = None,
-             prune_rms: float | None = None, relax_hydrogens: bool = False) -> list[Chem.Mol]:
+# The keyword defaults are GenerateOptions' own (a dataclass field's default is also its class
+# attribute), so the API and `conformer generate` cannot drift apart.
+def generate(molecules: str | Chem.Mol | Iterable[str | Chem.Mol],
+             num_confs: int = DEFAULT_NUM_CONFS, seed: int = GenerateOptions.seed,
+             method: str = GenerateOptions.method,
+             model: ConformerModel | str | Path | None = None,
+             device: str = GenerateOptions.device,
+             stereo_guidance: bool = GenerateOptions.stereo_guidance,
+             steps: int | None = GenerateOptions.steps,
+             batch_size: int = GenerateOptions.batch_size,
+             hydrogens: bool = GenerateOptions.hydrogens,
+             max_atoms: int = GenerateOptions.max_atoms,
+             max_resamples: int = GenerateOptions.max_resamples,
+             guidance: GuidanceSettings | None = None,
+             bond_check: bool = GenerateOptions.bond_check,
+             energies: str | None = GenerateOptions.energies,
+             prune_rms: float | None = GenerateOptions.prune_rms,
+             relax_hydrogens: bool = GenerateOptions.relax_hydrogens) -> list[Chem.Mol]:
     """Conformers for each molecule: one Mol per input, in input order.
 
     molecules: SMILES strings and/or RDKit Mols (a Mol keeps its atom order, stereo tags and
@@ -136,7 +148,7 @@ def _keyed(generated, references) -> tuple[dict, dict, list[str]]:
 
 def evaluate(generated: Sequence[ConformerSet] | Mapping[str, ConformerSet],
              references: Sequence[ConformerSet] | Mapping[str, ConformerSet],
-             threshold: float = 0.75, workers: int = 1) -> dict:
+             threshold: float = THRESHOLDS["drugs"], workers: int = 1) -> dict:
     """COV-R, MAT-R, COV-P and MAT-P of generated conformers against reference conformers.
 
     generated, references: per molecule, a Mol with conformers or a list of Mols (every

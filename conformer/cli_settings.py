@@ -7,6 +7,13 @@ A field becomes ``--field-name`` (``metadata["flag"]`` overrides it); its help t
 one that sets False (name it with ``metadata["flag"]``, e.g. ``--no-baselines``). A field
 without ``metadata["help"]`` is not an option (the caller fills it).
 
+Further metadata, for options that are not plain ``--name VALUE``:
+``positional=True`` makes a required positional argument (``conformer prepare GEOM_DIR``);
+``negatable=True`` makes a ``bool`` field a ``--name/--no-name`` pair (help: ``default: on``);
+``const=VALUE`` makes a switch that stores VALUE (``--no-progress`` for a ``bool | None``
+field whose None means "decide later"); ``parse=callable`` replaces the annotation as the
+converter of the text given (e.g. ``0.8,0.1,0.1`` -> a tuple).
+
 Parsers built here leave options that were not given out of the namespace
 (``argparse.SUPPRESS``), so :func:`settings_from_args` takes each missing value from the
 dataclass itself: argparse never holds a second copy of a default.
@@ -58,6 +65,8 @@ def default_text(field: dataclasses.Field) -> str:
     if "default_text" in field.metadata:
         return field.metadata["default_text"]
     value = default_of(field)
+    if field.metadata.get("negatable"):
+        return "on" if value else "off"
     if isinstance(value, bool):
         return "not given"  # a switch: its default is its absence
     return "none" if value is None else str(value)
@@ -70,7 +79,8 @@ def option_fields(settings_class) -> list[dataclasses.Field]:
 
 def add_settings_arguments(parser: argparse.ArgumentParser, *settings_classes,
                            labels: tuple[str, ...] = ()) -> None:
-    """Add the option fields of one or more settings dataclasses to ``parser``.
+    """Add the option fields of one or more settings dataclasses to ``parser`` (a parser or
+    one of its argument groups, which sets the heading they are listed under in --help).
 
     With several classes (e.g. one per experiment sharing one parser, named by ``labels``) an
     option present in several is added once; where their defaults differ, the help lists each
@@ -87,7 +97,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *settings_classes,
             seen.setdefault(field.name, []).append((label, field))
     for cls, field in order:
         owners = seen[field.name]
-        if not _has_default(field):
+        if field.metadata.get("positional"):
+            shown = ""  # a positional argument is required by its nature
+        elif not _has_default(field):
             shown = "required"
         elif len({default_text(f) for _, f in owners}) == 1:
             shown = f"default: {default_text(field)}"
@@ -98,17 +110,25 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *settings_classes,
         helps = {f.metadata["help"] for _, f in owners}
         described = field.metadata["help"] if len(helps) == 1 else "; ".join(
             f"{label}: {f.metadata['help']}" for label, f in owners)
-        help_text = f"{described} ({shown})"
-        kwargs: dict = {"dest": field.name, "help": help_text}
+        help_text = f"{described} ({shown})" if shown else described
+        kwargs: dict = {"help": help_text}
         value_type = _value_type(hints[cls][field.name])
-        if value_type is bool:
+        if "const" in field.metadata:
+            kwargs.update(action="store_const", const=field.metadata["const"])
+        elif value_type is bool and field.metadata.get("negatable"):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif value_type is bool:
             kwargs["action"] = "store_false" if default_of(field) else "store_true"
         else:
-            kwargs["type"] = value_type
+            kwargs["type"] = field.metadata.get("parse", value_type)
             if "choices" in field.metadata:
                 kwargs["choices"] = field.metadata["choices"]
             if "metavar" in field.metadata:
                 kwargs["metavar"] = field.metadata["metavar"]
+        if field.metadata.get("positional"):
+            parser.add_argument(field.name, **kwargs)
+            continue
+        kwargs["dest"] = field.name
         if _has_default(field):
             kwargs["default"] = argparse.SUPPRESS
         else:
@@ -133,5 +153,14 @@ def settings_from_args(settings_class, args: argparse.Namespace, ignore: tuple[s
     return settings_class(**given)
 
 
+def pick_settings(settings_class, args: argparse.Namespace):
+    """A ``settings_class`` from the entries of ``args`` that are its fields, the rest left
+    alone: for a verb whose options come from several settings classes (e.g. ``conformer
+    prepare``: how to run it, and the settings its records depend on). Options not given keep
+    the class's defaults."""
+    names = {f.name for f in dataclasses.fields(settings_class)}
+    return settings_class(**{k: v for k, v in vars(args).items() if k in names})
+
+
 __all__ = ["add_settings_arguments", "default_text", "option", "option_flag", "option_fields",
-           "settings_from_args"]
+           "pick_settings", "settings_from_args"]

@@ -17,6 +17,7 @@ from rdkit import Chem
 
 import conformer
 from conformer import cli
+from conformer.cli_settings import pick_settings
 from conformer.errors import UserInputError
 from conformer.generation import GenerateOptions, generate_file, resolve_device
 from conformer.sdf_io import read_conformer_groups
@@ -156,7 +157,8 @@ def test_auto_is_the_default_and_picks_cuda_only_when_torch_sees_it(monkeypatch)
     assert inspect.signature(api.load_model).parameters["device"].default == "auto"
     assert GenerateOptions().device == "auto"
     args = cli.build_parser("generate").parse_args(["generate", "in.smi", "--out", "o.sdf"])
-    assert args.device == "auto"
+    # options left out stay out of the namespace and take GenerateOptions' default
+    assert pick_settings(GenerateOptions, args).device == "auto"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -1,5 +1,6 @@
 """The console script: verbs listed, help for each, clear errors."""
 
+import argparse
 import subprocess
 import sys
 
@@ -28,7 +29,24 @@ def test_every_verb_has_help_for_every_option(verb, capsys):
     for action in verb_parser._actions:
         if action.dest in ("help", "_run"):
             continue
-        assert action.help, f"option {action.option_strings or action.dest} of {verb} has no help"
+        name = f"option {action.option_strings or action.dest} of {verb}"
+        assert action.help, f"{name} has no help"
+        # every option that takes a value and may be left out says what it is when left out
+        is_switch = action.nargs == 0
+        if action.option_strings and not is_switch and not action.required:
+            assert "default:" in action.help, f"{name}: its help hides its default"
+
+
+@pytest.mark.parametrize("verb", list(cli.VERBS))
+def test_no_verb_keeps_a_second_copy_of_a_default_in_argparse(verb):
+    """Options left out stay out of the namespace, so each default is read from its settings
+    dataclass (conformer.cli_settings), never from a number repeated in add_argument."""
+    parser = cli.build_parser(verb)
+    verb_parser = parser._subparsers._group_actions[0].choices[verb]
+    for action in verb_parser._actions:
+        if action.option_strings and action.dest != "help" and not action.required:
+            assert action.default is argparse.SUPPRESS, \
+                f"option {action.option_strings} of {verb} has its own default {action.default!r}"
 
 
 def test_console_entry_runs_as_module():

@@ -1,9 +1,17 @@
-"""``conformer build-geom``: a GEOM-layout rdkit_folder from a SMILES file (RDKit, optional xTB)."""
+"""``conformer build-geom``: a GEOM-layout rdkit_folder from a SMILES file (RDKit, optional xTB).
+
+Options, defaults and help come from :class:`BuildCommandSettings` (input, output, processes,
+split) and :class:`~conformer.data.build.BuildSettings` (what the conformers depend on).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
+
+from conformer.cli_settings import add_settings_arguments, option, pick_settings
+from conformer.data.build import DEFAULT_SPLIT_FRACTIONS, BuildSettings
 
 HELP = "build a GEOM-layout rdkit_folder from a SMILES file with RDKit"
 
@@ -19,44 +27,38 @@ def _fractions(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+@dataclasses.dataclass
+class BuildCommandSettings:
+    """How ``conformer build-geom`` runs: input, output, processes, split. The settings the
+    conformers depend on are :class:`~conformer.data.build.BuildSettings`."""
+
+    smiles_file: Path = option(positional=True,
+                               help="text file, one SMILES (optionally followed by a name) per "
+                                    "line; blank lines and lines starting with '#' are skipped")
+    out: Path = option(help="output rdkit_folder (created; rerun the same command to resume)")
+    workers: int = option(1, help="worker processes")
+    split_fractions: tuple[float, float, float] = option(
+        DEFAULT_SPLIT_FRACTIONS, parse=_fractions,
+        help="train,val,test fractions for split.npy",
+        default_text=",".join(str(f) for f in DEFAULT_SPLIT_FRACTIONS))
+    progress: bool = option(True, flag="--no-progress", help="hide the progress bar")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("smiles_file", type=Path,
-                        help="text file, one SMILES (optionally followed by a name) per line; "
-                             "blank lines and lines starting with '#' are skipped")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="output rdkit_folder (created; rerun the same command to resume)")
-    parser.add_argument("--confs", type=int, default=30,
-                        help="ETKDGv3 embeddings per molecule before the energy window and "
-                             "de-duplication (default 30)")
-    parser.add_argument("--seed", type=int, default=1,
-                        help="run seed; per-molecule non-zero ETKDG seeds and the split derive "
-                             "from it (default 1)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes (default 1)")
-    parser.add_argument("--energy-window", type=float, default=6.0,
-                        help="keep conformers within this many kcal/mol of the lowest (default 6)")
-    parser.add_argument("--rmsd-threshold", type=float, default=0.5,
-                        help="heavy-atom RMSD in Angstrom below which two conformers are "
-                             "duplicates (default 0.5)")
-    parser.add_argument("--xtb", action="store_true",
-                        help="refine geometries and energies with GFN2-xTB (needs tblite)")
-    parser.add_argument("--name", default="drugs",
-                        help="dataset name: writes summary_<name>.json and <name>/ (default drugs)")
-    parser.add_argument("--split-fractions", type=_fractions, default=(0.8, 0.1, 0.1),
-                        help="train,val,test fractions for split.npy (default 0.8,0.1,0.1)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_settings_arguments(parser, BuildCommandSettings)
+    add_settings_arguments(parser.add_argument_group(
+        "build settings (recorded in OUT/build_settings.json)"), BuildSettings)
 
 
 def run(args: argparse.Namespace) -> int:
-    from conformer.data.build import BuildSettings, build_geom_folder
+    from conformer.data.build import build_geom_folder
 
-    settings = BuildSettings(n_confs=args.confs, seed=args.seed,
-                             energy_window=args.energy_window,
-                             rmsd_threshold=args.rmsd_threshold, xtb=args.xtb, name=args.name)
-    report = build_geom_folder(args.smiles_file, args.out, settings, workers=args.workers,
-                               split_fractions=args.split_fractions,
-                               progress=not args.no_progress)
+    command = pick_settings(BuildCommandSettings, args)
+    settings = pick_settings(BuildSettings, args)
+    report = build_geom_folder(command.smiles_file, command.out, settings,
+                               workers=command.workers, split_fractions=command.split_fractions,
+                               progress=command.progress)
     print(f"build-geom: built {report.built}, already present {report.skipped_existing}, "
-          f"failed {report.failed} (see {args.out / 'failures.csv'}); "
-          f"{report.molecules_in_folder} molecules in {args.out / args.name}")
+          f"failed {report.failed} (see {command.out / 'failures.csv'}); "
+          f"{report.molecules_in_folder} molecules in {command.out / settings.name}")
     return 0

@@ -28,6 +28,7 @@ from rdkit import Chem, RDLogger
 from rdkit.Chem import rdDistGeom, rdForceFieldHelpers, rdMolAlign
 from rdkit.Chem.EnumerateStereoisomers import EnumerateStereoisomers, StereoEnumerationOptions
 
+from conformer.cli_settings import option
 from conformer.data import geom
 from conformer.errors import UserInputError
 from conformer.parallel import parallel_map
@@ -37,17 +38,28 @@ from conformer.progress import progress as show_progress
 GEOM_ID_STRIDE = 10_000
 STEREO_CHECK_SECONDS = 2
 
+DEFAULT_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # train, val, test of split.npy
+
 
 @dataclasses.dataclass(frozen=True)
 class BuildSettings:
     """Settings of one build; all of them are recorded in ``DIR/build_settings.json``."""
 
-    n_confs: int = 30            # ETKDG embeddings per molecule (before window and de-dup)
-    seed: int = 1                # run seed; per-molecule seeds are derived from it
-    energy_window: float = 6.0   # kcal/mol above the lowest minimum (CREST's default window)
-    rmsd_threshold: float = 0.5  # Angstrom, heavy atoms, symmetry-aware; closer = duplicate
-    xtb: bool = False
-    name: str = "drugs"
+    # Each field with help is also a `conformer build-geom` option with this default and help.
+    n_confs: int = option(30, flag="--confs", metavar="N",
+                          help="ETKDGv3 embeddings per molecule before the energy window and "
+                               "de-duplication")
+    seed: int = option(1, help="run seed; per-molecule non-zero ETKDG seeds and the split "
+                               "derive from it")
+    # CREST's default window
+    energy_window: float = option(6.0, help="keep conformers within this many kcal/mol of the "
+                                            "lowest")
+    # symmetry-aware heavy-atom RMSD
+    rmsd_threshold: float = option(0.5, help="heavy-atom RMSD in Angstrom below which two "
+                                             "conformers are duplicates")
+    xtb: bool = option(False, help="refine geometries and energies with GFN2-xTB (needs "
+                                   "tblite)")
+    name: str = option("drugs", help="dataset name: writes summary_<name>.json and <name>/")
     mmff_max_iters: int = 2000
     embed_timeout_s: int = 120   # ETKDG wall-clock cap per molecule: one pathological molecule
                                  # must not stall a build (only such molecules can hit it)
@@ -340,7 +352,7 @@ class BuildReport:
 
 def build_geom_folder(smiles_file: Path, out_dir: Path, settings: BuildSettings,
                       workers: int = 1,
-                      split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                      split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS,
                       progress: bool = True) -> BuildReport:
     """Build (or resume) ``out_dir`` from ``smiles_file``; see the module docstring.
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from rdkit import Chem, RDLogger
 
+from conformer.cli_settings import option
 from conformer.data import geom, keys
 from conformer.data.features import FEATURE_VERSION, FeaturizationError, featurize_mol
 from conformer.data.splits import SPLIT_NAMES, load_split
@@ -56,9 +57,13 @@ REASON_UNREADABLE = "pickle cannot be read"
 
 @dataclasses.dataclass(frozen=True)
 class PrepareSettings:
-    dataset: str = "drugs"
-    max_confs: int = 30
-    min_heavy_atoms: int = 4
+    """The settings the records depend on (all of them in the parameter hash); each is also a
+    ``conformer prepare`` option with this default and help (see ``conformer.cli_settings``)."""
+
+    dataset: str = option("drugs", help="dataset folder name inside geom_dir: drugs or qm9")
+    max_confs: int = option(30, help="keep at most this many conformers per molecule, highest "
+                                     "Boltzmann weight first")
+    min_heavy_atoms: int = option(4, help="drop molecules with fewer heavy atoms")
 
     def parameter_hash(self, split_sha256: str) -> str:
         return stable_hash({**dataclasses.asdict(self), "feature_version": FEATURE_VERSION,

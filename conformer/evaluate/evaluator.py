@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from rdkit import Chem, RDLogger
 
+from conformer.cli_settings import option
 from conformer.errors import UserInputError
 from conformer.evaluate import metrics as M
 from conformer.evaluate.rmsd import DEFAULT_MAX_MATCHES, rmsd_matrices
@@ -48,13 +49,30 @@ from conformer.versions import environment_info, file_sha256, stable_hash
 
 @dataclass
 class EvaluationSettings:
-    """Every choice the numbers depend on; written into ``results.json``."""
+    """Every choice the numbers depend on; written into ``results.json``. Each field with help
+    is also a ``conformer evaluate`` option with this default and help (``conformer.cli_settings``).
 
-    threshold: float = 0.75
-    dataset: str = "drugs"
-    ref_key: str = "molecule"
-    max_matches: int = DEFAULT_MAX_MATCHES
-    symmetrize_conjugated_terminal_groups: bool = True
+    threshold: Angstrom, strict ``<``; None (the default) takes the dataset's from
+    ``metrics.THRESHOLDS``, so it is always a number once constructed.
+    """
+
+    threshold: float | None = option(
+        None, help="COV threshold delta in Angstrom, strict <",
+        default_text="from --dataset: " + ", ".join(f"{name} {value}" for name, value
+                                                     in M.THRESHOLDS.items()))
+    dataset: str = option("drugs", choices=tuple(M.THRESHOLDS),
+                          help="sets the default threshold and the GEOM summary file to read")
+    ref_key: str = option(
+        "molecule", help="SDF property that groups reference records",
+        default_text="the first of 'molecule' (GEOM, Hutchison) and 'name' (`conformer "
+                     "generate` output) the records have, else their title line")
+    max_matches: int = option(DEFAULT_MAX_MATCHES,
+                              help="cap on symmetry matches per molecule, as GetBestRMS's "
+                                   "maxMatches (this default is GetBestRMS's)")
+    symmetrize_conjugated_terminal_groups: bool = option(
+        True, flag="--no-symmetrize-terminal-groups",
+        help="do not treat the O/N of conjugated terminal groups (carboxylate, nitro) as "
+             "interchangeable (GetBestRMS does by default)")
     rmsd: str = ("heavy atoms (RemoveHs); rdMolAlign.GetBestRMS(ref, gen) semantics: "
                  "substructure self-matches uniquify=False, useChirality=False; proper rotation")
     comparison: str = "strict <"
@@ -64,9 +82,21 @@ class EvaluationSettings:
                                "different smiles kept apart")
     graph_mismatch: str = ("generated conformers whose heavy-atom graph does not match the "
                            "reference are dropped and counted (n_gen_mismatched)")
-    only_generated: bool = False
-    validity_confs_per_molecule: int = 4
+    only_generated: bool = option(False, help="evaluate only reference molecules that have "
+                                              "generated records (partial runs); recorded in "
+                                              "the settings")
+    validity_confs_per_molecule: int = option(
+        4, flag="--validity-confs", metavar="N",
+        help="generated conformers per molecule checked for validity (MMFF bonds/angles, "
+             "clashes, stereo); 0 skips")
     validity: dict = field(default_factory=lambda: dict(VALIDITY_SETTINGS))
+
+    def __post_init__(self) -> None:
+        if self.threshold is None:
+            if self.dataset not in M.THRESHOLDS:
+                raise UserInputError(f"dataset {self.dataset!r}: no default threshold (known: "
+                                     f"{', '.join(M.THRESHOLDS)}); give one")
+            self.threshold = M.THRESHOLDS[self.dataset]
 
 
 def canonical(smiles_or_mol, isomeric: bool) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from conformer.cli_settings import option
 from conformer.diffusion.guidance import GuidanceSettings
 from conformer.errors import UserInputError
 from conformer.generation.inputs import InputLine
@@ -15,33 +16,77 @@ DEFAULT_NUM_CONFS = 10  # when neither --num-confs nor an n_conformers column gi
 
 @dataclass
 class GenerateOptions:
-    """Settings of ``conformer generate`` (see the CLI help for each)."""
+    """Settings of ``conformer generate`` and ``conformer.generate``: each field with help is
+    a CLI option (``--num-confs`` for ``num_confs``, see ``conformer.cli_settings``) whose
+    default and help text are read from here, and the API's keyword defaults are too."""
 
-    method: str = "model"
-    ckpt: str | None = None
-    num_confs: int | None = None
-    ratio: float = 2.0
-    steps: int | None = None
-    batch_size: int = 64
-    device: str = "auto"  # CUDA when torch sees a GPU, else the CPU
-    seed: int = 0
-    hydrogens: bool = True
-    workers: int = 1
-    max_atoms: int = 400
-    max_resamples: int = 3
-    # model method: steer sampling towards the input's tetrahedral and E/Z stereo (see
-    # conformer/diffusion/guidance.py); off gives the raw model's samples
-    stereo_guidance: bool = True
-    guidance: GuidanceSettings = field(default_factory=GuidanceSettings)
-    # drop conformers with bonds outside [0.6, 1.5] x the covalent radii sum (see
-    # conformer/generation/domain.py); off only to inspect a model's raw output
-    bond_check: bool = True
-    # heavy-atom-only models: minimise the RDKit-placed hydrogens with MMFF94, heavy atoms
-    # fixed (see conformer/generation/hydrogens.py); no effect on other models
-    relax_hydrogens: bool = False
-    energies: str | None = None  # "mmff": MMFF94 energy per conformer, sorted by it
-    prune_rms: float | None = None  # Angstrom, heavy atoms (see conformer/generation/output.py)
-    progress: bool | None = None  # None: a bar only on a terminal
+    method: str = option("model", choices=METHODS,
+                         help="model (the diffusion model), etkdg (RDKit ETKDGv3) or etkdg-mmff "
+                              "(ETKDG then MMFF94 minimisation)")
+    ckpt: str | None = option(None, help="model file or training checkpoint",
+                              default_text="the bundled model in conformer/assets/, which is "
+                                           "not a GEOM-Drugs model")
+    num_confs: int | None = option(
+        None, help="conformers per molecule (overrides --ratio)",
+        default_text=f"ratio x n_conformers where the CSV has it, else {DEFAULT_NUM_CONFS}")
+    ratio: float = option(2.0, help="conformers per molecule = ceil(RATIO x n_conformers) for "
+                                    "CSV rows with n_conformers, as the GEOM protocol asks")
+    steps: int | None = option(
+        None, help="Heun steps of the sampler's ODE (2 x steps - 1 network evaluations); the "
+                   "model file's refinement steps, one evaluation each, still follow",
+        default_text="the model file's sampler: its diffusion_settings.sample_steps ODE steps, "
+                     "then its refine_steps refinement steps; the bundled model's are in the "
+                     "README, 'The bundled model'")
+    batch_size: int = option(64, help="conformers sampled together in one batch (memory vs "
+                                      "speed)")
+    device: str = option("auto", help="torch device: auto (CUDA when torch sees a GPU, else the "
+                                      "CPU), cpu, cuda, cuda:1, ...; a device that is not there "
+                                      "is an error before any output is written")
+    seed: int = option(0, help="random seed (per molecule: seed and input line)")
+    hydrogens: bool = option(True, flag="--no-hydrogens",
+                             help="write heavy atoms only (generation always uses hydrogens)")
+    workers: int = option(1, help="RDKit methods: worker processes; model: CPU threads for "
+                                  "torch")
+    max_atoms: int = option(400, help="molecules with more atoms (hydrogens included) go to the "
+                                      "failures file")
+    max_resamples: int = option(3, help="rounds of resampling for conformers with wrong stereo "
+                                        "that a reflection cannot fix")
+    # see conformer/diffusion/guidance.py
+    stereo_guidance: bool = option(
+        True, negatable=True,
+        help="model method: steer the sampler towards the input's tetrahedral and E/Z stereo; "
+             "--no-stereo-guidance gives the raw model's samples (reflection/resampling still "
+             "apply afterwards). Recorded in each SDF record and in the summary")
+    guidance: GuidanceSettings = field(default_factory=GuidanceSettings)  # not a CLI option
+    # see conformer/generation/domain.py; off only to inspect a model's raw output
+    bond_check: bool = option(
+        True, flag="--no-bond-check",
+        help="keep conformers with a bond shorter than 0.6 or longer than 1.5 times the sum of "
+             "its atoms' covalent radii (by default they are dropped, never written, and "
+             "counted in the summary; a molecule left without conformers goes to the failures "
+             "file)")
+    # see conformer/generation/hydrogens.py
+    relax_hydrogens: bool = option(
+        False, help="heavy-atom-only models (trained with data.hydrogens=implicit): minimise the "
+                    "hydrogens RDKit places with MMFF94, heavy atoms fixed (slower; no effect on "
+                    "other models)")
+    energies: str | None = option(
+        None, choices=["mmff"],
+        help="mmff: write each conformer's MMFF94 energy (kcal/mol, single point of the "
+             "conformer as written, not minimised) as mmff94_energy and "
+             "mmff94_relative_energy (above the molecule's lowest), and sort the conformers by "
+             "it, lowest first")
+    # see conformer/generation/output.py
+    prune_rms: float | None = option(
+        None, metavar="A",
+        help="drop conformers within A Angstrom heavy-atom RMSD (after superposition) of one "
+             "kept before them, as RDKit's pruneRmsThresh: the first of each cluster is kept "
+             "(the lowest in energy with --energies); pruned_conformers gives the count. "
+             "Output conformers are always aligned to the first on their heavy atoms and "
+             "written with Kekule bonds")
+    progress: bool | None = option(None, flag="--no-progress", const=False,
+                                   help="no progress bar",
+                                   default_text="a bar when stderr is a terminal")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
