@@ -232,8 +232,8 @@ def test_sampling_is_batch_size_independent(store):
                          dtype=torch.float64)
     flow = FlowMatching(FlowSettings(sample_steps=4))
     together = flow.sample(net, copies_batch(features, 3), x_init=starts)
-    alone = torch.cat([flow.sample(net, copies_batch(features, 1), x_init=starts[k * n:(k + 1) * n])
-                       for k in range(3)])
+    alone = torch.cat([flow.sample(net, copies_batch(features, 1),
+                                   x_init=starts[k * n:(k + 1) * n]) for k in range(3)])
     assert torch.allclose(together, alone, atol=1e-8)
 
 
@@ -344,15 +344,22 @@ def test_cpu_time_budget_stops_training_and_is_carried_over_a_resume(tmp_path, s
     ckpt = torch.load(result["last_checkpoint"], weights_only=True)
     states = [v for k, v in ckpt["callbacks"].items() if "CPUTimeLimit" in k]
     assert len(states) == 1 and states[0]["cpu_seconds_used"] >= 0.5
-    # resumed with a larger budget: counts the earlier sitting's seconds, trains a little more
-    config = load_config("configs/experiment/tiny.yaml", [
-        f"logging.run_dir={tmp_path}", "trainer.max_steps=10000",
-        "trainer.max_cpu_seconds=1.0", "trainer.checkpoint_every_n_steps=1000"])
-    again = train(config, resume=True, datamodule=ConformerDataModule(store, store, max_atoms_per_batch=60))
-    assert result["global_step"] < again["global_step"] < 10000
+    # resumed with the same budget: the earlier sitting's seconds count, so it stops after
+    # the one step it takes before the first check
+    def resume(budget):
+        config = load_config("configs/experiment/tiny.yaml", [
+            f"logging.run_dir={tmp_path}", "trainer.max_steps=10000",
+            f"trainer.max_cpu_seconds={budget}", "trainer.checkpoint_every_n_steps=1000"])
+        return train(config, resume=True,
+                     datamodule=ConformerDataModule(store, store, max_atoms_per_batch=60))
+
+    assert resume(0.5)["global_step"] == result["global_step"] + 1
+    # with a larger budget it trains on until the total reaches it
+    again = resume(1.5)
+    assert result["global_step"] + 1 < again["global_step"] < 10000
     ckpt = torch.load(again["last_checkpoint"], weights_only=True)
     used = [v for k, v in ckpt["callbacks"].items() if "CPUTimeLimit" in k][0]
-    assert used["cpu_seconds_used"] >= 1.0
+    assert 1.5 <= used["cpu_seconds_used"] < 3.0
     with pytest.raises(UserInputError, match="max_cpu_seconds"):
         train(load_config("configs/experiment/tiny.yaml", [
             f"logging.run_dir={tmp_path}/x", "trainer.max_cpu_seconds=-1"]),
