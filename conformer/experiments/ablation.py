@@ -142,7 +142,11 @@ def validation_set(settings: AblationSettings) -> tuple[Path, Path]:
     _, val, _ = load_split(geom_dir / "split.npy", len(pickles))
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    writer = Chem.SDWriter(str(sdf_path.with_suffix(".sdf.tmp")))
+    # arms run side by side may both get here: each writes its own temporary files and the
+    # renames are atomic, so either's (identical) files win
+    sdf_tmp = sdf_path.with_suffix(f".sdf.{os.getpid()}.tmp")
+    csv_tmp = csv_path.with_suffix(f".csv.{os.getpid()}.tmp")
+    writer = Chem.SDWriter(str(sdf_tmp))
     for index in val[: settings.val_molecules]:
         record = read_molecule_pickle(pickles[int(index)])
         smiles = record["smiles"]
@@ -160,12 +164,12 @@ def validation_set(settings: AblationSettings) -> tuple[Path, Path]:
             writer.write(mol)
         rows.append({"name": name, "smiles": smiles, "n_conformers": len(conformers)})
     writer.close()
-    with open(csv_path.with_suffix(".csv.tmp"), "w", newline="") as handle:
+    with open(csv_tmp, "w", newline="") as handle:
         table = csv.DictWriter(handle, fieldnames=["name", "smiles", "n_conformers"])
         table.writeheader()
         table.writerows(rows)
-    sdf_path.with_suffix(".sdf.tmp").replace(sdf_path)
-    csv_path.with_suffix(".csv.tmp").replace(csv_path)
+    sdf_tmp.replace(sdf_path)
+    csv_tmp.replace(csv_path)
     return csv_path, sdf_path
 
 
