@@ -63,6 +63,7 @@ def test_select_names_unknown_arms():
 def test_table_has_one_row_per_arm_with_every_column():
     row = {"arm": "flow", "change": "harmonic prior", "budget_cpu_minutes": 20,
            "training": {"global_step": 4000, "wall_seconds_last_sitting": 1500.0,
+                        "cpu_seconds": 1203.0,
                         "val_loss": 0.5, "sampling_evaluations": 20},
            "metrics": {"cov_r_mean": 0.5, "cov_r_median": 0.4, "mat_r_mean": 0.9,
                        "mat_r_median": 0.8, "cov_p_mean": 0.3, "mat_p_mean": 1.1},
@@ -70,7 +71,7 @@ def test_table_has_one_row_per_arm_with_every_column():
     text = table_markdown([row])
     lines = text.strip().splitlines()
     assert len(lines) == 3 and lines[0].count("|") == lines[1].count("|") == lines[2].count("|")
-    assert "| flow | harmonic prior | 20 | 4000 | 25.0 | 0.5000 | 50.0 / 40.0 | 0.900 / 0.800 " \
+    assert "| flow | harmonic prior | 20 | 4000 | 20.1 | 25.0 | 0.5000 | 50.0 / 40.0 | 0.900 / 0.800 " \
            "| 30.0 | 1.100 | 95.0 | 20 |" in text
 
 

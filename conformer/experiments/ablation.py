@@ -298,8 +298,10 @@ def _number(value, digits: int, scale: float = 1.0) -> str:
 
 
 def table_markdown(rows: list[dict]) -> str:
-    """One line per arm: change, budget, steps, wall time, val loss, COV/MAT, bonds, evals."""
-    header = ("| arm | change | budget (CPU-min) | steps reached | train wall (min) | val loss "
+    """One line per arm: change, budget, steps, CPU and wall time, val loss, COV/MAT, bonds,
+    sampling evaluations."""
+    header = ("| arm | change | budget (CPU-min) | steps reached | CPU used (min) "
+              "| train wall (min) | val loss "
               "| COV-R mean / median % | MAT-R mean / median A | COV-P mean % | MAT-P mean A "
               "| bonds within 0.1 A of MMFF % | sampling evaluations |")
     lines = [header, "|" + "|".join(["---"] * (header.count("|") - 1)) + "|"]
@@ -308,7 +310,8 @@ def table_markdown(rows: list[dict]) -> str:
         wall = t.get("wall_seconds_last_sitting")
         lines.append(
             f"| {row['arm']} | {row['change']} | {row['budget_cpu_minutes']:g} "
-            f"| {t['global_step']} | {_number(wall, 1, 1 / 60)} | {_number(t['val_loss'], 4)} "
+            f"| {t['global_step']} | {_number(t.get('cpu_seconds'), 1, 1 / 60)} "
+            f"| {_number(wall, 1, 1 / 60)} | {_number(t['val_loss'], 4)} "
             f"| {_number(m.get('cov_r_mean'), 1, 100)} / {_number(m.get('cov_r_median'), 1, 100)} "
             f"| {_number(m.get('mat_r_mean'), 3)} / {_number(m.get('mat_r_median'), 3)} "
             f"| {_number(m.get('cov_p_mean'), 1, 100)} | {_number(m.get('mat_p_mean'), 3)} "
