@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         arms = read_arms(args.arms)
         if not args.table_only:
             for arm in select(arms, args.only):
-                row = run_arm(arm, settings)
+                row = run_arm(arm, settings, arms)
                 metrics = row["metrics"]
                 print(f"{arm.name}: {row['training']['global_step']} steps, COV-R "
                       f"{100 * metrics['cov_r_mean']:.1f}%, MAT-R {metrics['mat_r_mean']:.3f} A",

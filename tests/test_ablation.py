@@ -45,6 +45,8 @@ def test_shipped_arms_resolve_to_configs_with_the_cpu_budget(tmp_path):
     ("arms: [{name: a, change: c, config: x, colour: red}]", "unknown key"),
     ("arms: [{name: a, change: c, config: x}, {name: a, change: d, config: y}]", "repeated"),
     ("arms: [{name: 'a b', change: c, config: x}]", "repeated or not"),
+    ("arms: [{name: a, change: c, config: x, sampler_of: b}, {name: b, change: d, config: y}]",
+     "names no arm above it"),
 ])
 def test_bad_arms_files_are_one_clear_error(tmp_path, text, message):
     path = tmp_path / "arms.yaml"
@@ -89,12 +91,14 @@ def test_one_tiny_arm_trains_to_its_cpu_budget_is_scored_and_not_rerun(tmp_path,
         f"arms:\n  - name: tinyflow\n    change: tiny flow\n"
         f"    config: {ROOT / 'configs/experiment/tiny.yaml'}\n"
         "    overrides: [trainer.max_steps=100000, diffusion.kind=flow, "
-        "diffusion.sample_steps=2, data.max_molecules=0]\n")
+        "diffusion.sample_steps=2, data.max_molecules=0]\n"
+        "  - name: tinyflow3\n    change: three steps\n    config: unused.yaml\n"
+        "    sampler_of: tinyflow\n    sampler: {sample_steps: 3}\n")
     arms = read_arms(arms_file)
     settings = AblationSettings(out=str(tmp_path / "out"), geom_dir=str(FIXTURE),
                                 cache_dir=str(cache), budget_cpu_minutes=0.03,
                                 val_molecules=1)
-    row = run_arm(arms[0], settings)
+    row = run_arm(arms[0], settings, arms)
     training = row["training"]
     assert 0 < training["global_step"] < 100000 and training["cpu_seconds"] >= 1.8
     assert training["diffusion_kind"] == "flow" and training["sampling_evaluations"] == 2
@@ -105,5 +109,10 @@ def test_one_tiny_arm_trains_to_its_cpu_budget_is_scored_and_not_rerun(tmp_path,
     # a finished arm is not trained or scored again
     monkeypatch.setattr(ablation, "train_arm", lambda *a: pytest.fail("retrained"))
     assert run_arm(arms[0], settings)["metrics"] == row["metrics"]
-    table = write_table(settings, arms)
-    assert "| tinyflow | tiny flow |" in table.read_text()
+    # a sampler-only arm samples the trained arm's model with its own sampler, untrained
+    resampled = run_arm(arms[1], settings, arms)
+    assert resampled["training"]["sampling_evaluations"] == 3
+    assert resampled["training"]["trained_by_arm"] == "tinyflow"
+    assert resampled["training"]["global_step"] == training["global_step"]
+    table = write_table(settings, arms).read_text()
+    assert "| tinyflow | tiny flow |" in table and "| tinyflow3 | three steps |" in table

@@ -42,13 +42,16 @@ from conformer.experiments.common import atomic_json
 
 @dataclass(frozen=True)
 class Arm:
-    """One recipe. change: what it changes, in words (the table's first column)."""
+    """One recipe. change: what it changes, in words (the table's first column).
+    sampler_of: the name of another arm whose trained model this arm samples with its own
+    ``sampler_overrides`` (a sampler-only change: no training of its own)."""
 
     name: str
     change: str
     config: str
     overrides: tuple[str, ...] = ()
     sampler_overrides: dict = field(default_factory=dict)
+    sampler_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ def read_arms(path: str | Path) -> list[Arm]:
     if not isinstance(entries, list) or not entries:
         raise UserInputError(f"arms file {path}: expected a non-empty list under 'arms'")
     arms, names = [], set()
-    allowed = {"name", "change", "config", "overrides", "sampler"}
+    allowed = {"name", "change", "config", "overrides", "sampler", "sampler_of"}
     for index, entry in enumerate(entries):
         where = f"arms file {path}: arm {index + 1}"
         if not isinstance(entry, dict) or not {"name", "change", "config"} <= set(entry):
@@ -103,9 +106,13 @@ def read_arms(path: str | Path) -> list[Arm]:
         if name in names or not name.replace("_", "").replace("-", "").isalnum():
             raise UserInputError(f"{where}: name {name!r} is repeated or not [A-Za-z0-9_-]")
         names.add(name)
+        sampler_of = entry.get("sampler_of")
+        if sampler_of is not None and str(sampler_of) not in names - {name}:
+            raise UserInputError(f"{where}: sampler_of {sampler_of!r} names no arm above it")
         arms.append(Arm(name, str(entry["change"]), str(entry["config"]),
                         tuple(str(o) for o in entry.get("overrides") or ()),
-                        dict(entry.get("sampler") or {})))
+                        dict(entry.get("sampler") or {}),
+                        None if sampler_of is None else str(sampler_of)))
     return arms
 
 
@@ -209,6 +216,26 @@ def validation_loss(model_path: Path, config, batches: int = 20, seed: int = 123
     return statistics.fmean(losses) if losses else float("nan")
 
 
+def resample_arm(arm: Arm, settings: AblationSettings, arms: list[Arm]) -> dict:
+    """A sampler-only arm: the trained checkpoint of ``arm.sampler_of`` exported with this
+    arm's sampler; the training facts are that arm's."""
+    from conformer.model_io import export_checkpoint, load_model
+
+    source = next(a for a in arms if a.name == arm.sampler_of)
+    config = arm_config(source, settings)
+    marker = config.run_path / "ablation_train.json"
+    if not marker.exists():
+        raise UserInputError(f"arm {arm.name}: train arm {source.name} first (sampler_of)")
+    training = json.loads(marker.read_text())
+    model_path = Path(settings.out) / "models" / f"{arm.name}.pt"
+    export_checkpoint(config.run_path / "checkpoints" / "last.ckpt", model_path,
+                      arm.sampler_overrides or None)
+    _, diffusion, _ = load_model(model_path)
+    return training | {"model_file": str(model_path),
+                       "sampling_evaluations": diffusion.num_evaluations(),
+                       "trained_by_arm": source.name}
+
+
 def train_arm(arm: Arm, settings: AblationSettings) -> dict:
     """Train (or resume) the arm to the budget and export its model; facts for the table."""
     import torch
@@ -270,8 +297,9 @@ def evaluate_arm(arm: Arm, settings: AblationSettings, model_path: str) -> dict:
             "validity": {k: v for k, v in document["validity"].items() if k != "settings"}}
 
 
-def run_arm(arm: Arm, settings: AblationSettings) -> dict:
-    """The arm's row (trained, generated and evaluated unless ``arms/<name>.json`` exists)."""
+def run_arm(arm: Arm, settings: AblationSettings, arms: list[Arm] | None = None) -> dict:
+    """The arm's row (trained, generated and evaluated unless ``arms/<name>.json`` exists).
+    ``arms``: every arm of the file (needed by a ``sampler_of`` arm)."""
     import torch
 
     path = Path(settings.out) / "arms" / f"{arm.name}.json"
@@ -280,7 +308,10 @@ def run_arm(arm: Arm, settings: AblationSettings) -> dict:
     torch.set_num_threads(settings.threads)
     os.environ.setdefault("WANDB_MODE", "disabled")
     started = time.perf_counter()
-    training = train_arm(arm, settings)
+    if arm.sampler_of:
+        training = resample_arm(arm, settings, arms or [])
+    else:
+        training = train_arm(arm, settings)
     scores = evaluate_arm(arm, settings, training["model_file"])
     row = {"arm": arm.name, "change": arm.change, "config": arm.config,
            "overrides": list(arm.overrides), "sampler_overrides": arm.sampler_overrides,
