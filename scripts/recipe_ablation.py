@@ -1,6 +1,6 @@
 """Recipe ablations at a fixed CPU-time budget (see conformer/experiments/ablation.py).
 
-    python scripts/recipe_ablation.py --arms configs/ablation/arms.yaml \
+    python scripts/recipe_ablation.py --arms scripts/recipe_ablation_arms.yaml \
         --geom-dir /work/keep/ablation/geom --cache-dir /work/keep/ablation/cache \
         --out /work/keep/ablation/results --budget-minutes 20 [--only edm,flow]
 
@@ -26,7 +26,7 @@ from conformer.experiments.ablation import (
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arms", default="configs/ablation/arms.yaml", help="arms YAML")
+    parser.add_argument("--arms", default="scripts/recipe_ablation_arms.yaml", help="arms YAML")
     parser.add_argument("--only", default=None, help="comma-separated arm names (default: all)")
     parser.add_argument("--geom-dir", required=True, help="GEOM-layout build with split.npy")
     parser.add_argument("--cache-dir", required=True, help="its `conformer prepare` output")

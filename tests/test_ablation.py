@@ -27,7 +27,7 @@ FIXTURE = ROOT / "tests" / "fixtures" / "geom_mini"
 def test_shipped_arms_resolve_to_configs_with_the_cpu_budget(tmp_path):
     from conformer.diffusion import FlowSettings
 
-    arms = read_arms(ROOT / "configs" / "ablation" / "arms.yaml")
+    arms = read_arms(ROOT / "scripts" / "recipe_ablation_arms.yaml")
     assert [a.name for a in arms][:2] == ["edm", "flow"]
     settings = AblationSettings(out=str(tmp_path), geom_dir="g", cache_dir="c",
                                 budget_cpu_minutes=20)
