@@ -34,7 +34,7 @@ from bench_denoiser import DRUG_SMILES, molecule_batch  # noqa: E402
 
 from conformer.data import keys  # noqa: E402
 from conformer.data.features import ATOM_FEATURE_CARDINALITIES  # noqa: E402
-from conformer.diffusion import EDMDiffusion, EDMSettings  # noqa: E402
+from conformer.diffusion import build_diffusion  # noqa: E402
 from conformer.model_io import load_model  # noqa: E402
 from conformer.nn import build_denoiser  # noqa: E402
 from conformer.nn.denoiser import CategoricalEmbedding  # noqa: E402
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = torch.load(args.ckpt, map_location="cpu", weights_only=True)
     spec, sampler_settings = model["model_spec"], model["diffusion_settings"]
-    diffusion = EDMDiffusion(EDMSettings(**sampler_settings))
+    diffusion = build_diffusion(sampler_settings)  # edm or flow, by the file's kind
     # training runs the network as trained (RECM branches present); sampling runs the shipped
     # file as exported (absorbed branches dropped)
     trained = build_denoiser(spec["preset"], spec["mode"], **spec.get("overrides", {}))

@@ -22,13 +22,15 @@ from typing import Any
 import yaml
 
 from conformer.cli_settings import default_of, option
-from conformer.diffusion.edm import (
-    EDMSettings as DiffusionConfig,  # the schema is the settings class
-)
+from conformer.diffusion import DIFFUSION_KINDS
+from conformer.diffusion.edm import EDMSettings
+from conformer.diffusion.flow import FlowSettings
 from conformer.errors import UserInputError
 
 # how a model treats hydrogens: diffused with the heavy atoms, or placed by RDKit afterwards
 HYDROGEN_MODES = ("explicit", "implicit")
+# the diffusion section's schema is the settings class its ``kind`` names (absent: edm)
+DiffusionConfig = EDMSettings | FlowSettings
 
 
 @dataclass
@@ -89,6 +91,10 @@ class TrainerConfig:
     max_steps: int = 20000
     max_epochs: int = -1
     max_time: str | None = None  # wall-clock limit "DD:HH:MM:SS" (a checkpoint is written)
+    # stop (and write last.ckpt) once the training process has used this many CPU seconds
+    # (time.process_time(), all threads); null = no limit. Fixed-budget comparisons on a shared
+    # machine: wall time would count the other jobs' load.
+    max_cpu_seconds: float | None = None
     accelerator: str = "auto"
     devices: Any = "auto"
     num_nodes: int = 1
@@ -121,7 +127,7 @@ class ExperimentConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    diffusion: DiffusionConfig = field(default_factory=EDMSettings)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -162,6 +168,15 @@ def config_keys_help() -> str:
     lines = ["config keys (YAML sections, or KEY=VALUE overrides) and their defaults:"]
     for top in dataclasses.fields(ExperimentConfig):
         section = hints[top.name]
+        if top.name == "diffusion":
+            lines.append("  diffusion: the generative process; diffusion.kind = edm (default) or "
+                         "flow selects the keys below")
+            for kind, (settings_class, _) in DIFFUSION_KINDS.items():
+                lines.extend(f"    diffusion.{f.name} = {_default_text(default_of(f))}"
+                             + (f"  [{kind}]" if f.name != "kind" else "")
+                             for f in dataclasses.fields(settings_class)
+                             if f.name != "kind" or kind == "edm")
+            continue
         if not dataclasses.is_dataclass(section):
             lines.append(f"  {top.name} = {_default_text(default_of(top))}")
             continue
@@ -172,11 +187,20 @@ def config_keys_help() -> str:
     return "\n".join(lines)
 
 
-def _deep_merge(base: dict, update: dict) -> dict:
+def _diffusion_kind_of(section) -> str:
+    return section.get("kind", "edm") if isinstance(section, dict) else "edm"
+
+
+def _deep_merge(base: dict, update: dict, top: bool = True) -> dict:
+    """``update`` merged into ``base``. A top-level ``diffusion`` section whose ``kind``
+    differs from the base's replaces it: EDM keys mean nothing to flow matching."""
     merged = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+        if (top and key == "diffusion" and isinstance(value, dict) and "kind" in value
+                and _diffusion_kind_of(value) != _diffusion_kind_of(merged.get(key))):
+            merged[key] = value
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value, top=False)
         else:
             merged[key] = value
     return merged
@@ -237,6 +261,12 @@ def _build(cls, data: dict, where: str):
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
+        if hint == DiffusionConfig:
+            kind = _diffusion_kind_of(value)
+            if kind not in DIFFUSION_KINDS:
+                raise UserInputError(f"{where}: {name}.kind {kind!r}: choose one of "
+                                     f"{', '.join(DIFFUSION_KINDS)}")
+            hint = DIFFUSION_KINDS[kind][0]
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value, f"{where}: {name}" if ":" not in where
                                   else f"{where}.{name}")

@@ -8,7 +8,9 @@ An exported model file is a plain dict (``torch.load(..., weights_only=True)`` r
                        and "hydrogens": "explicit" (every atom diffused) or "implicit"
                        (heavy atoms only, hydrogens placed by RDKit at generation); files
                        written before the setting existed have no such key: explicit
-    diffusion_settings the EDM settings (``conformer.diffusion.EDMSettings`` fields)
+    diffusion_settings the generative process's settings: ``kind`` ("edm" or "flow"; absent
+                       in files written before flow matching: EDM) and the fields of
+                       ``conformer.diffusion.EDMSettings`` or ``FlowSettings``
     state_dict         EMA weights + buffers after ``conformer.recm.export`` (dropped branches
                        removed); float32
     config             the resolved training config
@@ -26,7 +28,12 @@ from pathlib import Path
 
 import torch
 
-from conformer.diffusion import EDMDiffusion, EDMSettings
+from conformer.diffusion import (
+    TRAINING_KEYS,
+    build_diffusion,
+    diffusion_kind,
+    settings_from_dict,
+)
 from conformer.errors import UserInputError
 from conformer.recm.controller import controller_of
 from conformer.recm.export import align_dropped_branches
@@ -100,7 +107,10 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     else:
         net = _build_net(data["model_spec"], data["state_dict"])
     net.to(device).eval()
-    diffusion = EDMDiffusion(EDMSettings(**data["diffusion_settings"]))
+    try:
+        diffusion = build_diffusion(data["diffusion_settings"])
+    except (TypeError, ValueError) as error:
+        raise UserInputError(f"checkpoint {path}: diffusion settings: {error}") from error
     meta = {k: v for k, v in data.items() if k not in ("state_dict", "ema_state_dict",
                                                          "optimizer_states", "lr_schedulers")}
     return net, diffusion, meta
@@ -110,7 +120,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path,
                       sampler_overrides: dict | None = None) -> dict:
     """Write the exported EMA model of a training checkpoint to ``out``; returns its meta.
 
-    sampler_overrides: EDMSettings fields that only affect sampling (e.g. ``{"churn": 10}``),
+    sampler_overrides: diffusion settings that only affect sampling (e.g. ``{"churn": 10}``
+    for EDM, ``{"sample_steps": 10}`` for flow),
     chosen after training; recorded in the file's ``training.sampler_overrides``.
     """
     from conformer.recm import export
@@ -120,13 +131,17 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path,
         raise UserInputError(f"checkpoint {checkpoint}: already an exported model")
     net = export(_build_net(data["model_spec"], _ema_state(data)))
     overrides = dict(sampler_overrides or {})
-    training_only = {"sigma_data", "p_mean", "p_std"} & set(overrides)
+    try:
+        kind = diffusion_kind(data["diffusion_settings"])
+    except ValueError as error:
+        raise UserInputError(f"checkpoint {checkpoint}: diffusion settings: {error}") from error
+    training_only = TRAINING_KEYS[kind] & set(overrides)
     if training_only:
         raise UserInputError(f"sampler overrides: {', '.join(sorted(training_only))} "
                              "define the trained model and cannot change at export")
     diffusion_settings = {**data["diffusion_settings"], **overrides}
     try:
-        EDMSettings(**diffusion_settings)
+        settings_from_dict(diffusion_settings)
     except (TypeError, ValueError) as error:
         raise UserInputError(f"sampler overrides {overrides}: {error}") from error
     training = {"global_step": int(data.get("global_step", 0)),

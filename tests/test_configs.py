@@ -10,9 +10,7 @@ from conformer.config import load_config
 from conformer.errors import UserInputError
 
 ROOT = Path(__file__).resolve().parent.parent
-# configs/ablation/ holds recipe-ablation arm lists (scripts/recipe_ablation.py), not configs
-CONFIG_FILES = sorted(p.relative_to(ROOT) for p in (ROOT / "configs").rglob("*.yaml")
-                      if "ablation" not in p.relative_to(ROOT).parts)
+CONFIG_FILES = sorted(p.relative_to(ROOT) for p in (ROOT / "configs").rglob("*.yaml"))
 BENCHMARK_ROWS = ["tiny", "drugs_recm", "drugs_equivariant", "drugs_unconstrained",
                   "drugs_scheduled", "drugs_ace"]
 

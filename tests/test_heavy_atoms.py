@@ -291,7 +291,8 @@ def test_the_bundled_explicit_model_samples_every_atom_as_before():
 def test_the_heavy_ablation_arm_is_the_bundled_recipe_on_heavy_atoms():
     import yaml
 
-    (arm,) = yaml.safe_load(open("configs/ablation/heavy.yaml"))["arms"]
-    config = load_config(arm["config"], arm["overrides"])
+    arms = yaml.safe_load(open("scripts/recipe_ablation_arms.yaml"))["arms"]
+    (arm,) = [a for a in arms if a["name"] == "heavy"]
+    config = load_config(arm["config"], arm.get("overrides", []))
     assert config.data.hydrogens == "implicit"
     assert config.model == load_config("configs/bundled/small_recm.yaml").model

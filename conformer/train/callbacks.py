@@ -1,8 +1,10 @@
-"""Training callbacks: per-layer gamma history (CSV every step) and its plot at the end."""
+"""Training callbacks: per-layer gamma history (CSV every step) and its plot at the end, the
+final checkpoint, and the CPU-time budget."""
 
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 
 import lightning as L
@@ -55,6 +57,49 @@ class FinalCheckpoint(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         trainer.save_checkpoint(self.path)
+
+
+class CPUTimeLimit(L.Callback):
+    """Stops training once the training process has used ``max_cpu_seconds`` of CPU time
+    (``time.process_time()``: user + system seconds of every thread of this process), counted
+    from the start of ``fit`` plus what earlier sittings of a resumed run used (kept in the
+    checkpoint). ``FinalCheckpoint`` then writes ``last.ckpt``.
+
+    Why CPU and not wall time: on a shared machine wall time measures the other jobs' load;
+    with the torch threads fixed, CPU seconds measure the work a recipe was given. Checked
+    after every training batch, so a run overshoots by at most one step. Logs
+    ``cpu_seconds`` (the running total) every step.
+    """
+
+    def __init__(self, max_cpu_seconds: float):
+        if not max_cpu_seconds > 0:
+            raise ValueError(f"max_cpu_seconds must be > 0, got {max_cpu_seconds!r}")
+        self.max_cpu_seconds = float(max_cpu_seconds)
+        self.earlier_seconds = 0.0  # used by the sittings before a resume
+        self._fit_start: float | None = None
+
+    def used_seconds(self) -> float:
+        """CPU seconds of training so far, earlier sittings included."""
+        if self._fit_start is None:
+            return self.earlier_seconds
+        return self.earlier_seconds + time.process_time() - self._fit_start
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._fit_start = time.process_time()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        used = self.used_seconds()
+        pl_module.log("cpu_seconds", used, batch_size=1)
+        if used >= self.max_cpu_seconds:
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict:
+        return {"cpu_seconds_used": self.used_seconds()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.earlier_seconds = float(state_dict.get("cpu_seconds_used", 0.0))
+        if self._fit_start is not None:  # restored after fit started: count from now
+            self._fit_start = time.process_time()
 
 
 def read_gamma_history(path: str | Path) -> tuple[list[int], list[list[float]]]:

@@ -1,4 +1,5 @@
-"""The LightningModule: a denoiser network + EDM diffusion + EMA + the RECM step.
+"""The LightningModule: a denoiser network + EDM diffusion or flow matching + EMA + the RECM
+step.
 
 The network is built outside (``conformer.nn.build_denoiser``) and passed in: this module owns
 the training procedure, not the architecture.
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch
 
-from conformer.diffusion import EDMDiffusion
+from conformer.diffusion import EDMDiffusion, FlowMatching, settings_dict
 from conformer.model_io import CHECKPOINT_FORMAT
 from conformer.recm.export import align_dropped_branches
 from conformer.versions import environment_info
@@ -78,15 +79,18 @@ class ExponentialMovingAverage:
 
 
 class ConformerDiffusionModule(L.LightningModule):
-    """Train ``net`` (``net(batch, noise_conditioning[B]) -> [N, 3]``) as an EDM denoiser.
+    """Train ``net`` (``net(batch, noise_conditioning[B]) -> [N, 3]``) as an EDM denoiser or
+    a flow-matching velocity field.
 
-    diffusion: the EDM object (loss and sampler). optim: ``conformer.config.OptimConfig``.
+    diffusion: the generative process (``conformer.diffusion.build_diffusion``: loss and
+    sampler). optim: ``conformer.config.OptimConfig``.
     config: the resolved experiment config as a dict (saved in every checkpoint).
     model_spec: ``{"preset", "mode", "overrides"}`` needed to rebuild ``net``.
     """
 
-    def __init__(self, net: nn.Module, diffusion: EDMDiffusion, optim, config: dict | None = None,
-                 model_spec: dict | None = None, val_seed: int = 1234):
+    def __init__(self, net: nn.Module, diffusion: EDMDiffusion | FlowMatching, optim,
+                 config: dict | None = None, model_spec: dict | None = None,
+                 val_seed: int = 1234):
         super().__init__()
         self.net = net
         self.diffusion = diffusion
@@ -189,7 +193,7 @@ class ConformerDiffusionModule(L.LightningModule):
                                         for k, v in self.ema.state_dict(self.net).items()}
         checkpoint["config"] = self.config_dict
         checkpoint["model_spec"] = self.model_spec
-        checkpoint["diffusion_settings"] = dict(vars(self.diffusion.settings))
+        checkpoint["diffusion_settings"] = settings_dict(self.diffusion.settings)
         checkpoint["environment"] = environment_info()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

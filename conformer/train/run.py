@@ -20,9 +20,9 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from conformer.config import ExperimentConfig
-from conformer.diffusion import EDMDiffusion
+from conformer.diffusion import build_diffusion
 from conformer.errors import UserInputError
-from conformer.train.callbacks import FinalCheckpoint, GammaHistory
+from conformer.train.callbacks import CPUTimeLimit, FinalCheckpoint, GammaHistory
 from conformer.train.module import ConformerDiffusionModule
 
 
@@ -54,7 +54,7 @@ def build_module(config: ExperimentConfig, net=None) -> ConformerDiffusionModule
     """The LightningModule of ``config`` (``net`` built from ``config.model`` unless given)."""
     net = build_network(config) if net is None else net
     try:
-        diffusion = EDMDiffusion(config.diffusion)
+        diffusion = build_diffusion(config.diffusion)
     except ValueError as error:
         raise UserInputError(f"diffusion settings: {error}") from error
     model_spec = resolved_model_spec(net, config)
@@ -90,6 +90,11 @@ def build_trainer(config: ExperimentConfig, run_dir: Path, extra_callbacks=()) -
                            save_on_train_epoch_end=False)
     callbacks = [checkpoints, best, GammaHistory(run_dir), LearningRateMonitor("step"),
                  FinalCheckpoint(run_dir / "checkpoints" / "last.ckpt"), *extra_callbacks]
+    if t.max_cpu_seconds is not None:
+        budget = t.max_cpu_seconds
+        if isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0:
+            raise UserInputError(f"trainer.max_cpu_seconds {t.max_cpu_seconds}: must be > 0")
+        callbacks.append(CPUTimeLimit(t.max_cpu_seconds))
     return L.Trainer(
         max_steps=t.max_steps, max_epochs=t.max_epochs, max_time=t.max_time,
         accelerator=t.accelerator,

@@ -408,7 +408,7 @@ def run_job_task(task: tuple[Plan, str, int]) -> dict:
 
 def sampler_evaluations(config, preset: DrugsPreset) -> int:
     """Network evaluations per generated conformer under the preset's sampler settings."""
-    from conformer.diffusion import EDMDiffusion
+    from conformer.diffusion import build_diffusion
 
-    return EDMDiffusion(config.diffusion).num_evaluations(
+    return build_diffusion(config.diffusion).num_evaluations(
         preset.sample_steps or config.diffusion.sample_steps)
