@@ -219,3 +219,33 @@ def test_two_workers_write_the_same_records(prepared, tmp_path):
                 np.testing.assert_array_equal(a[k], b[k])
     assert (report.out_dir / "failures.csv").read_text() == \
         (full.out_dir / "failures.csv").read_text()
+
+
+def test_records_of_an_older_feature_version_still_load(prepared, tmp_path):
+    """A record written before the CIP neighbour ranks existed (FEATURE_VERSION 1) still reads
+    and batches for every model that does not use them; a model that does says what to do."""
+    import shutil
+
+    import torch
+
+    from conformer.data.batching import collate_molecules
+    from conformer.data.records import molecule_graph
+    from conformer.nn import build_denoiser
+
+    cache, _ = prepared
+    store = open_prepared(cache, "drugs", "train")
+    folder = tmp_path / "old" / "train"
+    folder.mkdir(parents=True)
+    with np.load(store.file(0), allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files if k != keys.CIP_NEIGHBOUR_RANK}
+    np.savez(folder / store.file(0).name, **arrays)
+    old = RecordStore(folder)[0]
+    assert keys.CIP_NEIGHBOUR_RANK not in old
+    pos = old[keys.POSITIONS][0].float()
+    batch = collate_molecules([molecule_graph(old, pos=pos)])
+    noise = torch.zeros(1)
+    assert build_denoiser("tiny", "equivariant")(batch, noise).shape == pos.shape
+    needs_ranks = build_denoiser("tiny", "equivariant", cip_rank_edges=True)
+    with pytest.raises(UserInputError, match="rerun `conformer prepare`"):
+        needs_ranks(batch, noise)
+    shutil.rmtree(tmp_path / "old")

@@ -57,3 +57,7 @@ GRAPH_FIELDS = {ATOM_FEATURES: X, ATOMIC_NUMBERS: Z, BOND_INDEX: EDGE_INDEX, BON
 RECORD_ARRAY_KEYS = (ATOM_FEATURES, ATOMIC_NUMBERS, BOND_INDEX, BOND_FEATURES, POSITIONS,
                      BOLTZMANN_WEIGHTS, CIP_NEIGHBOUR_RANK)
 RECORD_STRING_KEYS = (SMILES, GEOM_KEY, MOLBLOCK)
+# written by `conformer prepare` today but absent from records of an older FEATURE_VERSION
+# (cip_neighbour_rank came with version 2): read when present, so an older cache still serves
+# every model that does not use them
+OPTIONAL_RECORD_ARRAY_KEYS = (CIP_NEIGHBOUR_RANK,)

@@ -111,7 +111,8 @@ class RecordStore:
 
     def __getitem__(self, i: int) -> MoleculeGraph:
         with np.load(self._files[i], allow_pickle=False) as data:
-            arrays = {k: data[k] for k in keys.RECORD_ARRAY_KEYS}
+            arrays = {k: data[k] for k in keys.RECORD_ARRAY_KEYS
+                      if k in data.files or k not in keys.OPTIONAL_RECORD_ARRAY_KEYS}
             strings = {k: str(data[k]) for k in keys.RECORD_STRING_KEYS}
         return molecule_graph(arrays, **{k: torch.from_numpy(arrays[k]) for k in
                                          (keys.POSITIONS, keys.BOLTZMANN_WEIGHTS)}, **strings)

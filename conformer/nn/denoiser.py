@@ -20,6 +20,7 @@ from conformer.data.features import (
     BOND_FEATURE_CARDINALITIES,
     CIP_NEIGHBOUR_RANK_CARDINALITY,
 )
+from conformer.errors import UserInputError
 from conformer.nn.graph import radius_graph
 from conformer.nn.layers import (
     GaussianRadialBasis,
@@ -260,6 +261,10 @@ class Denoiser(nn.Module):
         radius_source, radius_target = radius_source[~is_bond], radius_target[~is_bond]
         bond_type = self.bond_embedding(batch.edge_attr)
         if self.cip_rank_embedding is not None:
+            if keys.CIP_NEIGHBOUR_RANK not in batch:
+                raise UserInputError(
+                    "this model reads CIP neighbour ranks (cip_rank_edges), which records "
+                    "prepared before FEATURE_VERSION 2 lack: rerun `conformer prepare`")
             bond_type = bond_type + self.cip_rank_embedding(batch[keys.CIP_NEIGHBOUR_RANK])
         radius_type = self.radius_embedding.to(pos.dtype).expand(radius_source.numel(), -1)
         source = torch.cat([bond_source, radius_source])
