@@ -27,10 +27,11 @@ def test_selected_molecules_are_chiral_stereoisomers_of_the_training_list():
                                          useLegacyImplementation=True)
 
 
-def test_reproduce_chirality_micro_writes_the_issue_schema_and_resumes(tmp_path):
+def test_reproduce_chirality_micro_writes_the_issue_schema_and_resumes(tmp_path, capsys):
     out = tmp_path / "chirality"
     argv = ["reproduce", "chirality", "--preset", "micro", "--out", str(out), "--seeds", "1"]
     assert cli.main(argv) == 0
+    assert "\r" not in capsys.readouterr().err  # no progress bar redraws in a log
     payload = json.loads((out / "results.json").read_text())
     assert set(payload) == {"runs", "settings"}
     assert {(r["mode"], r["stereo_parity"]) for r in payload["runs"]} == set(chirality.RUNS)

@@ -46,7 +46,6 @@ import numpy as np
 import torch
 from rdkit import Chem
 from torch_geometric.data import Batch
-from tqdm import tqdm
 
 from conformer.data.batching import collate_molecules, with_positions
 from conformer.data.features import FeaturizationError, featurize_mol
@@ -57,6 +56,7 @@ from conformer.experiments.common import ExperimentSettings, atomic_json, option
 from conformer.nn import build_denoiser
 from conformer.nn.denoiser import CIP_LABEL_COLUMN, CIP_R, CIP_S, STEREO_PARITIES
 from conformer.parallel import parallel_map
+from conformer.progress import progress as show_progress
 from conformer.recm import MODES, RECMConfig, controller_of, export
 from conformer.recm.haar import random_orthogonal
 from conformer.stereo import StereoChecker
@@ -501,7 +501,7 @@ def run(options: ChiralitySettings) -> int:
         atomic_json(detail_path, {"runs": details})
         atomic_json(results_path, {"runs": results, "settings": settings})
 
-    progress = tqdm(total=len(todo), desc="chirality runs", unit="run")
+    progress = show_progress(total=len(todo), desc="chirality runs", unit="run")
     task = functools.partial(_train_task, preset=preset, steps=steps,
                              data_path=str(out / "data.pt"))
     try:

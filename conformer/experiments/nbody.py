@@ -21,7 +21,6 @@ import torch
 from e3nn import o3
 from torch import nn
 from torch_geometric.utils import scatter
-from tqdm import tqdm
 
 from conformer.equivariance import POSITION, max_equivariance_error
 from conformer.errors import UserInputError
@@ -29,6 +28,7 @@ from conformer.experiments.common import ExperimentSettings, atomic_json, option
 from conformer.nn.graph import intra_graph_pairs
 from conformer.nn.layers import GaussianRadialBasis, InteractionBlock
 from conformer.parallel import parallel_map
+from conformer.progress import progress as show_progress
 from conformer.recm import MODES, ModulatedLayer, RECMConfig, RECMController, export
 from conformer.versions import environment_info, stable_hash
 
@@ -334,7 +334,7 @@ def run(options: NBodySettings) -> int:
         atomic_json(results_path, {"settings": settings, "settings_hash": settings_hash,
                                    "environment": environment_info(), "runs": results})
 
-    progress = tqdm(total=len(todo), desc="nbody runs", unit="run")
+    progress = show_progress(total=len(todo), desc="nbody runs", unit="run")
     task = functools.partial(_train_task, preset=preset, steps=steps)
     try:  # each spawned worker runs with the run's torch threads
         with closing(parallel_map(task, todo, options.workers, ordered=False,

@@ -78,6 +78,7 @@ from conformer.experiments.drugs.stages import (
 )
 from conformer.experiments.drugs.tables import plot_gamma, write_table
 from conformer.parallel import parallel_map
+from conformer.progress import progress as show_progress
 from conformer.recm import MODES
 from conformer.versions import environment_info, stable_hash
 
@@ -121,10 +122,9 @@ def run(options: DrugsSettings) -> int:
     jobs = [(m, s) for s in range(seeds) for m in methods]
     say(f"stage 4/4: {len(jobs)} runs (train, generate 2K, evaluate) for "
          f"{', '.join(methods)} x {seeds} seed(s), {options.workers} worker(s)")
-    from tqdm import tqdm
 
     entries = []
-    progress = tqdm(total=len(jobs), desc="drugs runs", unit="run")
+    progress = show_progress(total=len(jobs), desc="drugs runs", unit="run")
 
     def done(entry: dict) -> None:
         entries.append(entry)
