@@ -27,6 +27,7 @@ from conformer.diffusion import (
 )
 from conformer.diffusion.flow import harmonic_prior_sqrt, kabsch_rotations, rotate
 from conformer.errors import UserInputError
+from tests.stores import ListStore
 
 SMILES = ["CCO", "CC(=O)N", "c1ccccc1O", "C[C@H](N)C(=O)O", "CCCCCCCCCC", "NC(=O)c1ccncc1"]
 
@@ -42,16 +43,6 @@ def conformer_record(smiles: str, seed: int = 7) -> dict:
     record[keys.MOLBLOCK] = Chem.MolToMolBlock(mol)
     return record
 
-
-class ListStore:
-    def __init__(self, records):
-        self.records = records
-
-    def __len__(self):
-        return len(self.records)
-
-    def __getitem__(self, i):
-        return self.records[i]
 
 
 @pytest.fixture(scope="module")

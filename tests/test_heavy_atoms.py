@@ -20,6 +20,7 @@ from conformer.diffusion.guidance import signed_volumes
 from conformer.errors import UserInputError
 from conformer.generation.hydrogens import HeavyAtomPlan
 from conformer.stereo import StereoChecker
+from tests.stores import ListStore
 
 SMILES = ["CCO", "CC(=O)N", "c1ccccc1O", "C[C@H](N)C(=O)O", "C/C=C/C", "OCCN", "CCCCl",
           "C1CCOC1", "CC(C)O", "NC(=O)c1ccncc1"]
@@ -34,16 +35,6 @@ STEREO_SMILES = ["C[C@H](N)C(=O)O", "C[C@@H](N)C(=O)O", "[C@H](F)(Cl)Br", "F[C@H
                  "[H][C@](F)(Cl)Br", "F[C@]([H])(Cl)Br", "F[C@@](Cl)([H])Br",
                  "[H][C@@](C)(N)C(=O)O", "[H]/C(F)=C/F"]
 
-
-class ListStore:
-    def __init__(self, records):
-        self.records = records
-
-    def __len__(self):
-        return len(self.records)
-
-    def __getitem__(self, i):
-        return self.records[i]
 
 
 def embedded(smiles: str, count: int = 3, seed: int = 7) -> Chem.Mol:

@@ -13,22 +13,11 @@ from conformer.data import keys
 from conformer.data.batching import collate_molecules
 from conformer.data.datamodule import ConformerDataModule, ConformerDataset, MaxAtomsBatchSampler
 from conformer.data.features import featurize_mol
+from tests.stores import ListStore
 
 SMILES = ["CCO", "CC(=O)N", "c1ccccc1O", "C[C@H](N)C(=O)O", "CC=CC", "OCCN", "CCCCl",
           "C1CCOC1", "CC(C)O", "NC(=O)c1ccncc1"]
 
-
-class ListStore:
-    """A record store held in memory (same interface as conformer.data.records.RecordStore)."""
-
-    def __init__(self, records):
-        self.records = records
-
-    def __len__(self):
-        return len(self.records)
-
-    def __getitem__(self, i):
-        return self.records[i]
 
 
 def make_record(smiles: str, num_confs: int = 3, seed: int = 7) -> dict:
