@@ -328,6 +328,9 @@ def train_one(mode: str, parity: str, seed: int, preset: ChiralityPreset, steps:
             conformer = int(torch.randint(0, len(molecule["positions"]), (1,),
                                           generator=generator))
             items.append(_item(molecule, conformer))
+        # every conformer of a molecule has the molecule's index as its key: every k-th
+        # training molecule is held out of the branches and scores b (RECMConfig.heldout_every)
+        controller.hold_out(torch.tensor(picks))
         loss = diffusion.loss(net, collate_molecules(items), generator=generator)
         loss = loss + controller.regularization_loss()
         optimizer.zero_grad(set_to_none=True)

@@ -188,6 +188,9 @@ def train_one(mode: str, eps: float, seed: int, preset: NBodyPreset, steps: int,
         index = torch.randint(0, preset.num_train, (preset.batch_size,),
                               generator=batch_generator)
         pos, vel, charge, target = (t[index] for t in train32)
+        # stable ids of the systems: every k-th system of the training set is held out of
+        # the branches and scores b (RECMConfig.heldout_every)
+        net.recm.hold_out(index)
         loss = (net(pos, vel, charge) - target).pow(2).mean()
         loss = loss + net.recm.regularization_loss()
         optimizer.zero_grad(set_to_none=True)

@@ -66,25 +66,44 @@ molecules of the last ``stats_window`` steps (n_eff of them), the martingale CLT
 ``t = (m - margin) / (s / sqrt(n_eff)) ~ N(0, 1)`` when mu = margin, and
 ``t ~ (mu - margin) sqrt(n_eff) / s`` in general. A branch is absorbed (gamma = 0, frozen,
 dropped at export) when, after ``absorb_after_steps`` steps and ``min_samples`` molecules,
-the one-sided test of ``E[b] > gap_margin`` at level ``significance_level`` fails to reject
+the one-sided test of ``E[b] > margin`` at level ``significance_level`` fails to reject
 (t < z_{1-alpha}) for ``patience`` consecutive steps. A gap at or under the margin is then
 absorbed with probability -> 1 (each step passes with probability >= 1 - alpha), and the
 exported layer is exactly equivariant; a gap is kept while ``(mu - margin) sqrt(n_eff) / s``
 stays well above z.
 
-Why a margin and not 0: the martingale argument needs fresh data. Training batches come back
-every epoch, and the branch (trained on them through the surrogate gradient) fits the finite
-training set's own asymmetry, so b is biased upwards by O(sqrt(parameters / training size))
-even when the population is exactly symmetric. Measured on N-body at eps = 0 (3000 systems,
-2500 steps): the head's reflection branch had mean b = +0.0092 (sd 0.33, 250k samples, t = 8.7
-against 0); a test against 0 kept it and the export was not equivariant. ``gap_margin``
-(default 0.01, i.e. a fixed point gamma_max * 0.01 = 0.04 of the layer's output) absorbs that.
-The price: a gap below the margin is absorbed too, e.g. a perfect handedness direction over a
-training mix in which few molecules are chiral (+0.009); on chiral molecules it is +0.026
-(t = 0.016 sqrt(16000) / 0.3 = 6.7 at 16 molecules per step, 1000-step window: kept). The
-minimum number of steps matters because b of a young branch (random initial direction,
-before the surrogate gradient has taught it anything) is negative or noise, and v1 decided
-at step ~300 on that. An unbiased b (measured on held-out molecules) would allow margin 0.
+b on each branch's support (``RECMConfig.score_on_support``, default on). The reflection
+branch can write only the output irreps whose flipped irrep occurs in its input (``o3.Linear``
+connects equal irreps): ``S`` (``layer.reflection_support``; the 0o channels, 2 of 34, at the
+denoiser's layer 0). r is zero off S, so ``<delta, r> = <delta_S, r_S>``, but the old
+normalisation ``|delta|`` counted every channel and scored a perfectly aligned branch
+``|delta_S| / |delta|`` (~sqrt(2/34)). We use ``b = -<delta_S, r_S> / (|delta_S| |r_S|)``. The
+null survives: S is a union of whole irreps, so ``|rho_out(g) delta|_S = |delta|_S``, and for
+the reflection branch ``r(rho_in(-I) z) = -rho_out(-I) r(z)``: a molecule and its mirror image
+(equally likely under exact O(3) symmetry) have b of opposite signs, so E[b] = 0 exactly. The
+same holds restricted to the rows where r is non-zero (``support_atoms``: the mirror has the
+same rows). The rotation branch's MLP writes every channel: its support is all of them.
+
+b on held-out molecules (``heldout_every`` = k, default 4; the training loop names each
+molecule with ``RECMController.hold_out(keys)``). Molecules with ``key % k == 0`` pass no
+gradient through either branch (their rows of the branch outputs are detached; the trunk
+still trains on them), and b is scored on them alone. Why: the martingale argument above needs
+molecules the branch has not fitted. Training molecules come back every epoch and the branch,
+trained on them, fits the finite training set's own asymmetry, which biases b upwards even
+when the population is exactly symmetric (N-body, eps = 0: +0.009 at t = 8.7 against 0). Held
+out of every branch's gradient, a molecule's b has mean 0 under the null (the branches'
+parameters do not depend on it), so the margin defaults to 0 (``gap_margin`` None: 0 for
+held-out b, ``FITTED_GAP_MARGIN`` = 0.01 when no keys are given, where b is still measured on
+training molecules). Statistics: a held-out molecule also comes back, and its b barely changes
+between visits (the reflection branch's b is invariant under the proper rotations of
+augmentation), so its visits are not independent samples: the absorbing test uses the
+cluster-robust standard error over ``HELDOUT_CLUSTERS`` fixed clusters of held-out molecules
+(windowed per-cluster sums S_c of b and W_c of counts; m = sum S_c / sum W_c,
+Var m ~ C/(C-1) sum (S_c - m W_c)^2 / (sum W_c)^2), i.e. the evidence is the number of
+distinct held-out molecules, not of visits. The gamma update still uses each step's mean b of
+its held-out molecules. The minimum number of steps matters because b of a young branch
+(random initial direction, before the surrogate gradient has taught it anything) is negative
+or noise, and v1 decided at step ~300 on that.
 
 Baselines behind the same switch (``RECMConfig.mode``; each mode's behaviour is one policy in
 ``conformer.recm.modes``): ``equivariant`` (no branch),

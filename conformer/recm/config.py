@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
 
 from conformer.recm.modes import ModePolicy, mode_policy
+
+FITTED_GAP_MARGIN = 0.01
+"""The margin for b scored on molecules the branches have fitted: above the bias measured on
+N-body at eps = 0 (+0.009), at a fixed point gamma_max * 0.01 = 0.04 of the layer's output."""
 
 
 @dataclass(frozen=True)
@@ -25,10 +30,25 @@ class RECMConfig:
     significance_level: level alpha of the one-sided test "E[b] > gap_margin" on the running
         mean of per-molecule b; a branch whose gap is not significant at this level for
         ``patience`` consecutive steps is frozen at zero (see the package docstring).
-    gap_margin: the b a branch must significantly exceed to be kept. b measured on a finite
-        training set that the branch has fitted is biased upwards even when the population
-        is exactly symmetric (N-body, eps = 0: +0.009 at t = 8.7 against 0); the margin keeps
-        that bias from counting as a gap. Fixed point at the margin: gamma_max * 0.01 = 0.04.
+    gap_margin: the b a branch must significantly exceed to be kept; None (default): 0 when b
+        is scored on held-out molecules (unbiased, so the significance test alone decides),
+        ``FITTED_GAP_MARGIN`` (0.01) when it is scored on molecules the branches train on (no
+        hold-out keys given, or ``heldout_every`` 0). b measured on a finite training set that
+        the branch has fitted is biased upwards even when the population is exactly
+        symmetric (N-body, eps = 0: +0.009 at t = 8.7 against 0); that margin keeps the bias
+        from counting as a gap, at the price of absorbing real gaps under it.
+    heldout_every: every k-th training molecule (``key % k == 0`` for the keys a training loop
+        passes to ``RECMController.hold_out``) is held out of every branch's gradient, and b is
+        scored on those molecules only (``recm`` mode). 0: b on every molecule of the batch
+        (v2 behaviour). The trunk still trains on held-out molecules. Default 4: a quarter of
+        the molecules buys an unbiased b; the branches train on the other three quarters.
+    score_on_support: b is the cosine over the output channels each branch can write (its
+        support, derived from the irreps: for the reflection branch the output irreps whose
+        flipped parity some input irrep has), not over every channel of the layer. True by
+        default: it removes the sqrt(support / dim) dilution and keeps E[b] = 0 under symmetry.
+    support_atoms: also restrict each molecule's b to the rows (atoms) where the branch's
+        residual is non-zero. Off by default: the even atom embedding feeds every atom's
+        residual at layer 0, so there it changes nothing.
     stats_window: effective window (steps) of the running mean / variance of ``b``.
     min_samples: molecules of evidence needed before a branch can be absorbed.
     patience: consecutive steps the test must find no gap.
@@ -56,7 +76,10 @@ class RECMConfig:
     patience: int = 100
     absorb_after_steps: int = 2000
     significance_level: float = 0.01
-    gap_margin: float = 0.01
+    gap_margin: float | None = None
+    heldout_every: int = 4
+    score_on_support: bool = True
+    support_atoms: bool = False
     num_group_samples: int = 2
     free_hidden: int = 64
     free_layers: int = 2
@@ -79,6 +102,20 @@ class RECMConfig:
                              f"{self.significance_level}")
         if self.absorb_after_steps < 0:
             raise ValueError(f"absorb_after_steps must be >= 0, got {self.absorb_after_steps}")
+        if self.gap_margin is not None and not (math.isfinite(self.gap_margin)
+                                                and self.gap_margin >= 0):
+            raise ValueError(f"gap_margin must be None or a finite number >= 0, got "
+                             f"{self.gap_margin}")
+        if self.heldout_every < 0 or self.heldout_every == 1:
+            raise ValueError(f"heldout_every must be 0 (off) or >= 2 (1 would hold every "
+                             f"molecule out of the branches), got {self.heldout_every}")
+
+    def margin(self, heldout: bool) -> float:
+        """The margin of the absorbing test for b scored on held-out molecules (``heldout``)
+        or on molecules the branches train on (see ``gap_margin``)."""
+        if self.gap_margin is not None:
+            return float(self.gap_margin)
+        return 0.0 if heldout else FITTED_GAP_MARGIN
 
     @property
     def significance_z(self) -> float:

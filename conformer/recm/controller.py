@@ -9,7 +9,7 @@ from torch import nn
 
 from conformer.recm import modes
 from conformer.recm.config import RECMConfig
-from conformer.recm.layer import ModulatedLayer, RECMState, SignalSummary
+from conformer.recm.layer import HELDOUT_CLUSTERS, ModulatedLayer, RECMState, SignalSummary
 
 AllReduce = Callable[[torch.Tensor], object]
 """Sums a tensor in place over every process (``torch.distributed.all_reduce``'s contract)."""
@@ -23,7 +23,8 @@ class RECMController(nn.Module):
     that files written when it held the states (``recm.states.<i>.*``) load: see
     ``_load_from_state_dict``. A controller without layers is a no-op (``controller_of``).
 
-    Training loop contract, per optimiser step: forward, ``loss + regularization_loss()``,
+    Training loop contract, per optimiser step: ``hold_out(keys)`` (optional, stable ids of
+    the batch's molecules: makes b unbiased, see ``RECMConfig.heldout_every``), forward, ``loss + regularization_loss()``,
     backward (each layer's hook records its signals), ``optimizer.step()``, under DDP
     ``synchronize_signals()``, then ``after_optimizer_step(progress)``; ``log_dict()`` and
     ``gammas()`` at any time. What each step does depends on the mode
@@ -60,6 +61,23 @@ class RECMController(nn.Module):
         return len(self.layers)
 
     # -- per optimiser step ----------------------------------------------------------------
+    def hold_out(self, keys) -> None:
+        """Name the molecules of the next training forward: ``keys`` [G] integers, one stable
+        id per molecule in batch order (the same molecule always gets the same key, e.g. its
+        index in the training set). Molecules with ``key % heldout_every == 0`` are then held
+        out of every branch's gradient and b is scored on them alone (``recm`` mode; other
+        modes, and ``heldout_every`` 0, ignore the keys). Forgotten after the optimiser step.
+        """
+        if keys is not None:
+            keys = torch.as_tensor(keys)
+            if keys.dim() != 1 or keys.dtype.is_floating_point or keys.dtype == torch.bool:
+                raise ValueError("hold_out: keys must be a 1-D integer tensor (one id per "
+                                 f"molecule), got {keys.dtype} of shape {tuple(keys.shape)}")
+            if keys.numel() and int(keys.min()) < 0:
+                raise ValueError("hold_out: keys must be non-negative")
+        for layer in self.layers:
+            layer.hold_out(keys)
+
     def regularization_loss(self) -> torch.Tensor:
         """Weighted sum of the layers' penalties from the last training forward: a 0-dim
         tensor, 0 when the mode has no penalty."""
@@ -91,28 +109,41 @@ class RECMController(nn.Module):
         states = [state for _, _, state in self.branch_states()]
         if not states:
             return
-        # [branch, (b count, b sum, b square sum, dJ/dgamma local mean, 1 if it has one)]
-        totals = torch.zeros(len(states), 5, dtype=torch.float64, device=states[0].gamma.device)
+        # [branch, (b count, b sum, b square sum, dJ/dgamma local mean, 1 if it has one,
+        #           1 if b is held-out, then per cluster: b sums, counts)]
+        clusters = HELDOUT_CLUSTERS
+        totals = torch.zeros(len(states), 6 + 2 * clusters, dtype=torch.float64,
+                             device=states[0].gamma.device)
         for index, state in enumerate(states):
             summary, dgamma = state.take_summary()
             if summary is not None:
                 totals[index, 0] = summary.count
                 totals[index, 1] = summary.count * summary.mean
                 totals[index, 2] = summary.count * summary.sq_mean
+                if summary.heldout:
+                    totals[index, 5] = 1.0
+                    totals[index, 6:6 + clusters] = summary.cluster_sums
+                    totals[index, 6 + clusters:] = summary.cluster_counts
             if dgamma is not None:
                 totals[index, 3] = dgamma
                 totals[index, 4] = 1.0
         all_reduce(totals)
         for index, state in enumerate(states):
-            count, total, total_sq, dgamma_sum, ranks = totals[index].tolist()
+            row = totals[index].cpu()
+            count, total, total_sq, dgamma_sum, ranks, heldout = row[:6].tolist()
+            sums = row[6:6 + clusters].clone() if heldout > 0 else None
+            counts = row[6 + clusters:].clone() if heldout > 0 else None
             state.pending_summary = (SignalSummary(int(round(count)), total / count,
-                                                   total_sq / count) if count > 0 else None)
+                                                   total_sq / count, sums, counts)
+                                     if count > 0 else None)
             state.pending_dgamma_mean = dgamma_sum / ranks if ranks > 0 else None
 
     @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:
         """Advance every branch's state by one optimiser step; progress in [0, 1] of
         training."""
+        for layer in self.layers:
+            layer.hold_out(None)
         for _, _, state in self.branch_states():
             summary, dgamma = state.take_summary()
             state.step += 1

@@ -16,23 +16,52 @@ from conformer.recm.haar import random_orthogonal, wigner_d
 
 _TINY = 1e-12
 
+HELDOUT_CLUSTERS = 256
+"""Clusters of held-out molecules behind the cluster-robust standard error of b: a held-out
+molecule comes back every epoch with nearly the same b (the reflection branch's b does not
+change under the proper rotations of augmentation), so its visits are not independent
+samples; each molecule always falls in the same cluster (``heldout_cluster``)."""
+
+
+def heldout_cluster(keys: torch.Tensor, heldout_every: int) -> torch.Tensor:
+    """The cluster [G] (in [0, HELDOUT_CLUSTERS)) of held-out molecules with keys [G]: held-out
+    keys are multiples of ``heldout_every``, so consecutive ones go to consecutive clusters."""
+    return torch.div(keys, heldout_every, rounding_mode="floor") % HELDOUT_CLUSTERS
+
 
 @dataclass(frozen=True)
 class SignalSummary:
-    """Count, mean and mean square of the per-molecule b recorded in one optimiser step."""
+    """Count, mean and mean square of the per-molecule b recorded in one optimiser step, and,
+    when b was scored on held-out molecules, its sum and count per cluster
+    (float64 [HELDOUT_CLUSTERS] each; None otherwise)."""
 
     count: int
     mean: float
     sq_mean: float
+    cluster_sums: torch.Tensor | None = None
+    cluster_counts: torch.Tensor | None = None
+
+    @property
+    def heldout(self) -> bool:
+        return self.cluster_sums is not None
 
     @staticmethod
-    def of(values: list[torch.Tensor]) -> SignalSummary | None:
+    def of(values: list[torch.Tensor],
+           clusters: list[torch.Tensor | None] | None = None) -> SignalSummary | None:
         if not values:
             return None
         flat = torch.cat([v.reshape(-1).to(torch.float64) for v in values])
         if flat.numel() == 0:
             return None
-        return SignalSummary(int(flat.numel()), float(flat.mean()), float(flat.pow(2).mean()))
+        sums = counts = None
+        if clusters and all(c is not None for c in clusters):
+            index = torch.cat([c.reshape(-1).to(torch.long).cpu() for c in clusters])
+            sums = torch.zeros(HELDOUT_CLUSTERS, dtype=torch.float64).index_add_(
+                0, index, flat.cpu())
+            counts = torch.zeros(HELDOUT_CLUSTERS, dtype=torch.float64).index_add_(
+                0, index, torch.ones_like(flat.cpu()))
+        return SignalSummary(int(flat.numel()), float(flat.mean()), float(flat.pow(2).mean()),
+                             sums, counts)
 
 
 class RECMState(nn.Module):
@@ -42,7 +71,9 @@ class RECMState(nn.Module):
     gamma: the modulation coefficient; b_mean / b_sq_mean: running (exponential, window
     ``stats_window`` steps) moments of the per-molecule symmetry-violation signal b;
     b_count: molecules whose b was recorded (steps, in files written before b was per
-    molecule); patience: consecutive
+    molecule); b_cluster_sum / b_cluster_weight [HELDOUT_CLUSTERS]: windowed sums of held-out
+    b and of counts per cluster of molecules (zero when b is scored on training molecules),
+    for the cluster-robust standard error; patience: consecutive
     steps the absorbing test passed; dropped: 1 once absorbed (frozen strictly equivariant);
     dual: ACE's Lagrange multiplier; step: optimiser steps seen (seeds the group samples).
 
@@ -51,7 +82,10 @@ class RECMState(nn.Module):
     and ``_load_from_state_dict`` below keeps the layer's own keys from being reported missing.
     """
 
-    BUFFERS = ("gamma", "b_mean", "b_sq_mean", "b_count", "patience", "dropped", "dual", "step")
+    BUFFERS = ("gamma", "b_mean", "b_sq_mean", "b_count", "patience", "dropped", "dual", "step",
+               "b_cluster_sum", "b_cluster_weight")
+    ADDED_LATER = ("b_cluster_sum", "b_cluster_weight")
+    """Buffers that files written before held-out scoring lack (loaded as zeros)."""
 
     def __init__(self, config: RECMConfig):
         super().__init__()
@@ -64,23 +98,31 @@ class RECMState(nn.Module):
         self.register_buffer("dropped", torch.tensor(not policy.has_free_branch))
         self.register_buffer("dual", torch.tensor(0.0))
         self.register_buffer("step", torch.tensor(0, dtype=torch.int64))
+        self.register_buffer("b_cluster_sum", torch.zeros(HELDOUT_CLUSTERS, dtype=torch.float64))
+        self.register_buffer("b_cluster_weight",
+                             torch.zeros(HELDOUT_CLUSTERS, dtype=torch.float64))
         # signals gathered by backward hooks since the last optimiser step (not state)
         self.pending_b: list[torch.Tensor] = []
+        self.pending_clusters: list[torch.Tensor | None] = []
         self.pending_dgamma: list[torch.Tensor] = []
         # set by RECMController.synchronize_signals: the same values on every rank
         self.pending_summary: SignalSummary | None = None
         self.pending_dgamma_mean: float | None = None
 
-    def record_signals(self, b: torch.Tensor, dgamma: torch.Tensor) -> None:
-        """Called by the layer's backward hook: b per molecule ([G] or 0-dim float64) and one
-        dJ/dgamma (0-dim float64)."""
+    def record_signals(self, b: torch.Tensor, dgamma: torch.Tensor,
+                       clusters: torch.Tensor | None = None) -> None:
+        """Called by the layer's backward hook: b per molecule ([G] or 0-dim float64), one
+        dJ/dgamma (0-dim float64) and, for b scored on held-out molecules, each molecule's
+        cluster ([G] int, ``heldout_cluster``)."""
         self.pending_b.append(b)
+        self.pending_clusters.append(clusters)
         self.pending_dgamma.append(dgamma)
 
     def take_pending(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The signals recorded since the last call (b's, dJ/dgamma's), emptying the lists."""
+        """The signals recorded since the last call (b's, dJ/dgamma's), emptying the lists
+        (the clusters of the b's are in ``pending_clusters`` until then)."""
         pending = (self.pending_b, self.pending_dgamma)
-        self.pending_b, self.pending_dgamma = [], []
+        self.pending_b, self.pending_dgamma, self.pending_clusters = [], [], []
         return pending
 
     def take_summary(self) -> tuple[SignalSummary | None, float | None]:
@@ -88,9 +130,12 @@ class RECMState(nn.Module):
         by ``synchronize_signals``) and mean dJ/dgamma, emptying the pending signals."""
         summary, self.pending_summary = self.pending_summary, None
         dgamma_mean, self.pending_dgamma_mean = self.pending_dgamma_mean, None
+        clusters = self.pending_clusters
         b_values, dgammas = self.take_pending()
+        if len(clusters) != len(b_values):  # b appended directly (tests): no clusters
+            clusters = None
         if summary is None:
-            summary = SignalSummary.of(b_values)
+            summary = SignalSummary.of(b_values, clusters)
         if dgamma_mean is None and dgammas:
             dgamma_mean = float(torch.stack([d.reshape(()) for d in dgammas]).mean())
         return summary, dgamma_mean
@@ -101,6 +146,11 @@ class RECMState(nn.Module):
         if not any(prefix + name in state_dict for name in self.BUFFERS):
             for name in self.BUFFERS:
                 state_dict[prefix + name] = getattr(self, name).detach().clone()
+        # files written before held-out scoring: no cluster statistics (b was on training
+        # molecules), i.e. zeros
+        for name in self.ADDED_LATER:
+            if prefix + name not in state_dict:
+                state_dict[prefix + name] = torch.zeros_like(getattr(self, name))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
@@ -194,24 +244,53 @@ def reflection_branch_seed(seed: int, layer_index: int) -> int:
     return seed + 2 + 7919 * layer_index + 104_729
 
 
-def per_molecule_cosine(grad: torch.Tensor, residual: torch.Tensor,
-                        graph: torch.Tensor | None) -> torch.Tensor:
-    """b per molecule: ``-<grad, r> / (|grad| |r|)`` over each molecule's rows.
+def reflection_support(irreps_in, irreps_out) -> torch.Tensor:
+    """The output components the reflection branch can write, bool [irreps_out.dim]: those of
+    the output irreps whose flipped irrep occurs in ``irreps_in`` (``o3.Linear`` connects equal
+    irreps only; every other output component is identically 0). Whole irreps, so the mask
+    commutes with every rho_out(g)."""
+    available = {(ir.l, ir.p) for _, ir in o3.Irreps(irreps_in)}
+    parts = [torch.full((mul * ir.dim,), (ir.l, -ir.p) in available)
+             for mul, ir in o3.Irreps(irreps_out)]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
 
-    grad, residual: [N, dim]; graph: [N] molecule index of each row (None: one molecule).
-    Returns float64 [G]."""
+
+def per_molecule_b(grad: torch.Tensor, residual: torch.Tensor, graph: torch.Tensor | None,
+                   num_graphs: int | None = None, channels: torch.Tensor | None = None,
+                   support_atoms: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """b per molecule, ``-<grad_S, r_S> / (|grad_S| |r_S|)`` over each molecule's rows and the
+    support S, and which molecules have rows.
+
+    grad, residual: [N, dim]; graph: [N] molecule index of each row (None: one molecule);
+    num_graphs: G (default: graph.max() + 1); channels: bool [dim], the branch's output
+    support (None: every channel); support_atoms: also restrict to rows where the residual is
+    non-zero. Returns (float64 [G], bool [G]); b is 0 for a molecule without rows."""
     grad, residual = grad.to(torch.float64), residual.to(torch.float64)
+    if channels is not None:
+        grad, residual = grad[:, channels], residual[:, channels]
     if graph is None:
         graph = torch.zeros(grad.shape[0], dtype=torch.long, device=grad.device)
-    size = int(graph.max()) + 1 if graph.numel() else 0
+    if num_graphs is None:
+        num_graphs = int(graph.max()) + 1 if graph.numel() else 0
+    residual_sq = (residual * residual).sum(-1)
+    if support_atoms:  # r is zero elsewhere, so only the norm of grad changes
+        grad = grad * (residual_sq > 0).to(grad.dtype).unsqueeze(-1)
 
     def per_graph(values: torch.Tensor) -> torch.Tensor:
-        return values.new_zeros(size).index_add_(0, graph, values.sum(-1))
+        return values.new_zeros(num_graphs).index_add_(0, graph, values)
 
-    inner = per_graph(grad * residual)
-    norms = (per_graph(grad * grad) * per_graph(residual * residual)).sqrt()
-    present = per_graph(torch.ones_like(grad[:, :1])) > 0
-    return (-inner / (norms + _TINY))[present]
+    inner = per_graph((grad * residual).sum(-1))
+    norms = (per_graph((grad * grad).sum(-1)) * per_graph(residual_sq)).sqrt()
+    present = per_graph(torch.ones_like(residual_sq)) > 0
+    return -inner / (norms + _TINY), present
+
+
+def per_molecule_cosine(grad: torch.Tensor, residual: torch.Tensor,
+                        graph: torch.Tensor | None,
+                        channels: torch.Tensor | None = None) -> torch.Tensor:
+    """b of each molecule with rows (``per_molecule_b``), float64 [G']."""
+    b, present = per_molecule_b(grad, residual, graph, channels=channels)
+    return b[present]
 
 
 class ModulatedLayer(nn.Module):
@@ -236,6 +315,13 @@ class ModulatedLayer(nn.Module):
 
     forward(..., graph=[N] molecule index of each row) makes b per molecule (the absorbing
     test's samples); without it the batch counts as one molecule.
+
+    Held-out scoring (policies with ``scores_heldout``, ``RECMConfig.heldout_every`` > 0): after
+    ``hold_out(keys)`` (keys [G], one stable id per molecule of the next training batch, e.g.
+    its index in the training set; the controller's ``hold_out`` sets every layer), the
+    molecules with ``key % heldout_every == 0`` pass no gradient through either branch (their
+    rows of each branch's output are detached) and b is recorded for them only. Without keys
+    (or without ``graph``) b is scored on every molecule, as before.
     """
 
     def __init__(self, layer: nn.Module, irreps_in, irreps_out, config: RECMConfig,
@@ -276,7 +362,13 @@ class ModulatedLayer(nn.Module):
                 self.reflection = ReflectionBranch(self.irreps_in, self.irreps_out)
             self.register_buffer("_inversion_in", inversion(self.irreps_in), persistent=False)
             self.register_buffer("_inversion_out", inversion(self.irreps_out), persistent=False)
+            # b of the reflection branch is scored on the channels it can write (not
+            # persistent: derived from the irreps, so files do not change)
+            self.register_buffer("_reflection_support",
+                                 reflection_support(self.irreps_in, self.irreps_out),
+                                 persistent=False)
         self._regularizer: torch.Tensor | None = None
+        self._heldout_keys: torch.Tensor | None = None  # set by hold_out, for one step
 
     _SCALE_MOMENTUM = 0.05
 
@@ -287,6 +379,24 @@ class ModulatedLayer(nn.Module):
         if self.split_subgroups:
             states["reflection"] = self.reflection_state
         return states
+
+    def hold_out(self, keys: torch.Tensor | None) -> None:
+        """Stable ids [G] of the molecules of the next training forward (None: forget them);
+        see the class docstring."""
+        self._heldout_keys = None if keys is None else torch.as_tensor(keys).reshape(-1)
+
+    def _heldout_molecules(self, graph: torch.Tensor | None) -> torch.Tensor | None:
+        """bool [G]: the held-out molecules of this training forward, or None when b is
+        scored on every molecule."""
+        every = self.config.heldout_every
+        keys = self._heldout_keys
+        if (keys is None or graph is None or every == 0 or not self.policy.scores_heldout
+                or not (self.training and torch.is_grad_enabled())):
+            return None
+        if graph.numel() and int(graph.max()) >= keys.numel():
+            raise ValueError(f"hold_out was given {keys.numel()} molecule keys, but the batch "
+                             f"has {int(graph.max()) + 1} molecules")
+        return (keys.to(graph.device) % every) == 0
 
     def _running_ratio(self, buffer: torch.Tensor, y_eq: torch.Tensor,
                        branch_out: torch.Tensor) -> torch.Tensor:
@@ -349,9 +459,11 @@ class ModulatedLayer(nn.Module):
                 and (self.training or self.policy.branch_active_in_eval))
 
     def _modulated(self, branch: nn.Module, branch_input: torch.Tensor, gamma: torch.Tensor,
-                   scale_buffer: torch.Tensor, y_eq: torch.Tensor):
+                   scale_buffer: torch.Tensor, y_eq: torch.Tensor,
+                   heldout_rows: torch.Tensor | None = None):
         """One branch's contribution ``gamma * n(branch(input))`` (value) with the policy's
-        gradient rule; returns (contribution, raw output, n(.)'s factor, n(output))."""
+        gradient rule; rows in ``heldout_rows`` (bool [N]) pass no gradient through the branch.
+        Returns (contribution, raw output, n(.)'s factor, n(output))."""
         surrogate = self.policy.surrogate_branch_gradient
         if surrogate and torch.is_grad_enabled():
             # the layers below get the true gradient of gamma * n(f(z)): gamma times the
@@ -360,6 +472,10 @@ class ModulatedLayer(nn.Module):
         out = branch(branch_input)
         scale = self._running_ratio(scale_buffer, y_eq, out)
         normalized = out * scale
+        if heldout_rows is not None:
+            # same value; no gradient into the branch (or through it) from held-out molecules,
+            # so their b is measured on molecules the branch never fitted
+            normalized = torch.where(heldout_rows.unsqueeze(-1), normalized.detach(), normalized)
         if surrogate:
             # value: gamma n(f); gradient into the branch's own parameters: as if gamma were 1.
             # The branch keeps learning the direction it would take at full use while gamma
@@ -381,12 +497,14 @@ class ModulatedLayer(nn.Module):
             return y_eq
         y = y_eq
         training = self.training and torch.is_grad_enabled()
-        signals = []  # (state, residual, n(output)) per live branch, for the hook
+        heldout = self._heldout_molecules(graph)
+        heldout_rows = None if heldout is None else heldout[graph]
+        signals = []  # (state, residual, n(output), support) per live branch, for the hook
         if rotation_on:
             z = x if free_input is None else free_input
             gamma = self.state.gamma.to(y_eq.dtype)
             contribution, free_out, scale, normalized = self._modulated(
-                self.free, z, gamma, self.free_scale, y_eq)
+                self.free, z, gamma, self.free_scale, y_eq, heldout_rows)
             y = y + contribution
             if training and self.policy.regularization_weight(self.config) > 0:
                 # penalty on the non-equivariant part, relative so the branch's scale is
@@ -395,24 +513,39 @@ class ModulatedLayer(nn.Module):
                 self._regularizer = self.policy.penalty(free_out, residual, gamma, scale, y)
             if training and self.policy.collects_signals:
                 with torch.no_grad():
+                    # the free MLP can write every output channel: its support is all
                     signals.append((self.state, (free_out - self.projected(z)).detach(),
-                                    normalized.detach()))
+                                    normalized.detach(), None))
         if reflection_on:
             gamma = self.reflection_state.gamma.to(y_eq.dtype)
             contribution, _, _, normalized = self._modulated(
-                self.reflection, x, gamma, self.reflection.scale, y_eq)
+                self.reflection, x, gamma, self.reflection.scale, y_eq, heldout_rows)
             y = y + contribution
             if training and self.policy.collects_signals:
                 with torch.no_grad():
+                    support = (self._reflection_support if self.config.score_on_support
+                               else None)
                     signals.append((self.reflection_state,
                                     self.reflection_residual(x.detach()).detach(),
-                                    normalized.detach()))
+                                    normalized.detach(), support))
         if signals and y.requires_grad:
+            keys = self._heldout_keys
+            every = self.config.heldout_every
+            num_graphs = None if heldout is None else heldout.numel()
+            support_atoms = self.config.support_atoms
+
             def collect(grad: torch.Tensor) -> None:
                 with torch.no_grad():
-                    for state, residual, direction in signals:
-                        state.record_signals(per_molecule_cosine(grad, residual, graph),
-                                             (grad * direction).sum().to(torch.float64))
+                    for state, residual, direction, support in signals:
+                        b, present = per_molecule_b(grad, residual, graph, num_graphs,
+                                                    support, support_atoms)
+                        clusters = None
+                        if heldout is not None:  # b of held-out molecules only
+                            present = present & heldout
+                            clusters = heldout_cluster(keys.to(present.device)[present], every)
+                        state.record_signals(b[present],
+                                             (grad * direction).sum().to(torch.float64),
+                                             clusters)
 
             y.register_hook(collect)
         return y

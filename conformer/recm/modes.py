@@ -37,6 +37,8 @@ class ModePolicy:
         1 while the trunk below gets the true one (see the package docstring, departure 2).
     subgroup_branches: one branch per subgroup (a reflection branch beside the free branch,
         which then becomes the rotation branch), each with its own gamma and state.
+    scores_heldout: molecules the training loop marks held out (``RECMController.hold_out``,
+        ``RECMConfig.heldout_every``) train no branch and are the only ones b is scored on.
     """
 
     name: ClassVar[str]
@@ -45,6 +47,7 @@ class ModePolicy:
     collects_signals: ClassVar[bool] = False
     surrogate_branch_gradient: ClassVar[bool] = False
     subgroup_branches: ClassVar[bool] = False
+    scores_heldout: ClassVar[bool] = False
 
     def initial_gamma(self, config: RECMConfig) -> float:
         return 1.0
@@ -144,6 +147,7 @@ class RECM(ModePolicy):
     collects_signals = True
     surrogate_branch_gradient = True
     subgroup_branches = True
+    scores_heldout = True
 
     def initial_gamma(self, config: RECMConfig) -> float:
         return config.gamma_init
@@ -168,6 +172,13 @@ class RECM(ModePolicy):
         state.b_mean.fill_((1 - weight) * float(state.b_mean) + weight * b.mean)
         state.b_sq_mean.fill_((1 - weight) * float(state.b_sq_mean) + weight * b.sq_mean)
         state.b_count.add_(b.count)
+        if b.heldout:
+            # windowed per-cluster sums: exact over the first `stats_window` steps, then
+            # exponential with the same effective window as the running mean
+            decay = 1.0 - 1.0 / config.stats_window if steps_seen > config.stats_window else 1.0
+            state.b_cluster_sum.mul_(decay).add_(b.cluster_sums.to(state.b_cluster_sum))
+            state.b_cluster_weight.mul_(decay).add_(
+                b.cluster_counts.to(state.b_cluster_weight))
         if absorbing_test_passes(state, config):
             state.patience += 1
         else:
@@ -196,6 +207,40 @@ def effective_samples(state: RECMState, config: RECMConfig) -> float:
     return count * min(1.0, config.stats_window / steps)
 
 
+def scored_heldout(state: RECMState) -> bool:
+    """Whether the state's b statistics come from held-out molecules (cluster sums)."""
+    return bool(state.b_cluster_weight.sum() > 0)
+
+
+def cluster_mean_and_standard_error(state: RECMState) -> tuple[float, float]:
+    """Mean of held-out b and its cluster-robust standard error (inf before two clusters).
+
+    With per-cluster windowed sums S_c of b and W_c of counts, m = sum S_c / sum W_c and
+    Var(m) ~ C/(C-1) sum_c (S_c - m W_c)^2 / (sum W_c)^2 over the C non-empty clusters: the
+    clusters (fixed sets of molecules) are independent, a molecule's repeated visits are
+    not."""
+    sums = state.b_cluster_sum.to(torch.float64)
+    weights = state.b_cluster_weight.to(torch.float64)
+    total = float(weights.sum())
+    if total <= 0:
+        return 0.0, math.inf
+    mean = float(sums.sum()) / total
+    clusters = int((weights > 0).sum())
+    if clusters < 2:
+        return mean, math.inf
+    variance = float((sums - mean * weights).pow(2).sum()) / total ** 2
+    return mean, math.sqrt(variance * clusters / (clusters - 1))
+
+
+def b_mean_and_standard_error(state: RECMState, config: RECMConfig) -> tuple[float, float]:
+    """The mean of b the absorbing test uses and its standard error: cluster-robust over
+    held-out molecules when b is scored on them, else the running moments over every
+    molecule's b as independent samples (inf before two samples)."""
+    if scored_heldout(state):
+        return cluster_mean_and_standard_error(state)
+    return float(state.b_mean), b_standard_error(state, config)
+
+
 def b_standard_error(state: RECMState, config: RECMConfig) -> float:
     """Standard error of the running mean of per-molecule b (inf before two samples)."""
     samples = effective_samples(state, config)
@@ -206,26 +251,28 @@ def b_standard_error(state: RECMState, config: RECMConfig) -> float:
 
 
 def gap_statistic(state: RECMState, config: RECMConfig) -> float:
-    """t = (mean(b) - gap_margin) / standard error: how many standard errors the mean of b
-    is above the margin (the package docstring's test statistic; nan before two samples)."""
-    stderr = b_standard_error(state, config)
+    """t = (mean(b) - margin) / standard error: how many standard errors the mean of b is
+    above the margin (``RECMConfig.margin``: 0 by default for held-out b, 0.01 for b on
+    training molecules; the package docstring's test statistic; nan before two samples)."""
+    heldout = scored_heldout(state)
+    mean, stderr = b_mean_and_standard_error(state, config)
     if not math.isfinite(stderr):
         return math.nan
-    return (float(state.b_mean) - config.gap_margin) / max(stderr, _TINY)
+    return (mean - config.margin(heldout)) / max(stderr, _TINY)
 
 
 def upper_confidence_fixed_point(state: RECMState, config: RECMConfig) -> float:
     """gamma_max * (mean(b) + z * standard error), z = ``confidence_z``: an upper bound on
     the fixed point, reported in the logs (inf before two samples)."""
-    stderr = b_standard_error(state, config)
+    mean, stderr = b_mean_and_standard_error(state, config)
     if not math.isfinite(stderr):
         return math.inf
-    return config.gamma_max * (float(state.b_mean) + config.confidence_z * stderr)
+    return config.gamma_max * (mean + config.confidence_z * stderr)
 
 
 def absorbing_test_passes(state: RECMState, config: RECMConfig) -> bool:
     """No significant gap: after ``absorb_after_steps`` steps, the one-sided test of
-    ``E[b] <= gap_margin`` at level ``significance_level`` does not reject (t below the
+    ``E[b] <= margin`` at level ``significance_level`` does not reject (t below the
     normal quantile), with at least ``min_samples`` molecules of evidence."""
     if int(state.step) < config.absorb_after_steps or int(state.b_count) < config.min_samples:
         return False

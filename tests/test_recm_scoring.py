@@ -1,0 +1,223 @@
+"""RECM's b scored on each branch's output support and on held-out molecules (issue 11,
+fixes 1 and 2): float64, CPU, seeded."""
+
+import pytest
+import torch
+from e3nn import o3
+from torch import nn
+
+from conformer.experiments.nbody import NBodyNet, NBodyPreset, equivariance_error, simulate
+from conformer.recm import RECMConfig, RECMController, export
+from conformer.recm.haar import random_orthogonal, wigner_d
+from conformer.recm.layer import ModulatedLayer, per_molecule_b, reflection_support
+from conformer.recm.modes import cluster_mean_and_standard_error
+from tests.equivariance import single_thread
+
+one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
+
+
+def test_reflection_support_is_derived_from_the_irreps():
+    # 0e in -> 0o out, 1o in -> 1e out; nothing reaches 0e, 1o
+    mask = reflection_support("2x0e+1x1o", "3x0e+2x0o+1x1e+1x1o")
+    assert mask.tolist() == [False] * 3 + [True] * 2 + [True] * 3 + [False] * 3
+
+
+def aligned_layer(score_on_support: bool):
+    """A layer whose reflection branch can write only its 2 0o channels (of 34), and a
+    gradient that is exactly -r on them and large on the 32 0e channels."""
+    torch.manual_seed(0)
+    config = RECMConfig(mode="recm", score_on_support=score_on_support)
+    layer = ModulatedLayer(o3.Linear("4x0e", "32x0e+2x0o"), "4x0e", "32x0e+2x0o", config)
+    RECMController([layer], config)
+    layer = layer.double().train()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(10, 4, generator=generator, dtype=torch.float64)
+    residual = layer.reflection_residual(x).detach()
+    assert residual[:, :32].abs().max() == 0 and residual[:, 32:].abs().min() > 0
+    grad = torch.randn(10, 34, generator=generator, dtype=torch.float64) * 5
+    grad[:, 32:] = -residual[:, 32:]
+    y = layer(x, graph=torch.zeros(10, dtype=torch.long))
+    (y * grad).sum().backward()  # dL/dy = grad
+    (b,) = layer.reflection_state.pending_b
+    return float(b)
+
+
+def test_support_restricted_b_of_a_perfectly_aligned_reflection_branch_is_one():
+    assert aligned_layer(score_on_support=True) == pytest.approx(1.0, abs=1e-9)
+    # over every channel it is diluted to ~ |r| / |grad| (the bug this fixes)
+    assert aligned_layer(score_on_support=False) < 0.2
+
+
+def test_support_restricted_b_is_odd_under_the_mirror_image():
+    """The null: mirroring a molecule (input and gradient) flips the sign of its b exactly,
+    so E[b] = 0 when a molecule and its mirror image are equally likely."""
+    generator = torch.Generator().manual_seed(0)
+    irreps_in, irreps_out = o3.Irreps("3x0e+2x1o+1x0o"), o3.Irreps("4x0e+2x0o+3x1o+1x1e")
+    torch.manual_seed(0)
+    config = RECMConfig(mode="recm")
+    layer = ModulatedLayer(o3.Linear(irreps_in, irreps_out), irreps_in, irreps_out, config)
+    layer = layer.double()
+    support = layer._reflection_support
+    assert 0 < int(support.sum()) < irreps_out.dim
+    x = torch.randn(12, irreps_in.dim, generator=generator, dtype=torch.float64)
+    grad = torch.randn(12, irreps_out.dim, generator=generator, dtype=torch.float64)
+    graph = torch.arange(3).repeat_interleave(4)
+    mirror = -torch.eye(3, dtype=torch.float64) @ random_orthogonal(generator,
+                                                                    reflections=False)
+    d_in, d_out = wigner_d(irreps_in, mirror), wigner_d(irreps_out, mirror)
+    b, _ = per_molecule_b(grad, layer.reflection_residual(x), graph, channels=support)
+    b_mirror, _ = per_molecule_b(grad @ d_out.T, layer.reflection_residual(x @ d_in.T), graph,
+                                 channels=support)
+    assert b.abs().min() > 1e-3
+    assert torch.allclose(b_mirror, -b, atol=1e-12)
+
+
+# -- held-out scoring on an exactly O(3)-symmetric target ----------------------------------
+SYMMETRIC = NBodyPreset(num_train=48, num_test=16, integration_steps=20,
+                        hidden_irreps="8x0e+2x0o+4x1o+4x1e", batch_size=24, learning_rate=3e-3)
+SHORT = dict(absorb_after_steps=200, stats_window=200, patience=20, min_samples=50,
+             beta=0.05)
+
+
+def train_nbody(steps: int, **recm) -> tuple[NBodyNet, tuple]:
+    """N-body at eps = 0 on a small training set the branches can over-fit (float64)."""
+    generator = torch.Generator().manual_seed(0)
+    train = simulate(SYMMETRIC.num_train, 0.0, SYMMETRIC, generator)
+    test = simulate(SYMMETRIC.num_test, 0.0, SYMMETRIC, generator)
+    torch.manual_seed(0)
+    net = NBodyNet(SYMMETRIC, RECMConfig(mode="recm", seed=0, **{**SHORT, **recm})).double()
+    optimizer = torch.optim.Adam(net.parameters(), lr=SYMMETRIC.learning_rate)
+    batches = torch.Generator().manual_seed(1)
+    net.train()
+    for step in range(steps):
+        index = torch.randint(0, SYMMETRIC.num_train, (SYMMETRIC.batch_size,),
+                              generator=batches)
+        pos, vel, charge, target = (t[index] for t in train)
+        net.recm.hold_out(index)
+        loss = (net(pos, vel, charge) - target).pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        net.recm.after_optimizer_step((step + 1) / steps)
+    return net, test
+
+
+@pytest.mark.parametrize("heldout_every", [4, 0])
+def test_held_out_b_is_unbiased_under_exact_symmetry_and_every_branch_is_absorbed(
+        heldout_every):
+    """Held-out b: mean ~0 (within 3 standard errors), every branch absorbed with margin 0,
+    export O(3)-equivariant. The control (b on the molecules the branches fit, margin 0)
+    keeps a branch: that is the bias held-out scoring removes."""
+    net, test = train_nbody(400, heldout_every=heldout_every, gap_margin=0.0)
+    dropped = net.recm.branch_dropped()
+    absorbed = all(dropped["rotation"]) and all(dropped["reflection"])
+    if heldout_every == 0:
+        assert not absorbed
+        return
+    for _, _, state in net.recm.branch_states():
+        mean, stderr = cluster_mean_and_standard_error(state)
+        assert abs(mean) <= 3 * stderr, (mean, stderr)  # 0 = 0 for a branch nothing reads
+    assert absorbed
+    assert equivariance_error(export(net), *test[:3]) < 1e-6
+
+
+# -- a reflection-breaking target: a handed displacement from an even label ------------------
+class HandedToy(nn.Module):
+    """Layer 0 (modulated): even node scalars -> ``128x0e+1x0o``; only its reflection branch
+    can write the 0o channel (1 of 129, as at the denoiser's layer 0). Head (equivariant):
+    that output times (u, w = u x v) -> 1o. The target ``0.3 label w + 0.5 u`` (label even,
+    w a pseudovector) is rotation-equivariant but reflection-breaking: it needs a
+    pseudoscalar made from the even label."""
+
+    HIDDEN = o3.Irreps("128x0e+1x0o")
+
+    def __init__(self, config: RECMConfig):
+        super().__init__()
+        self.layer = ModulatedLayer(o3.Linear("4x0e", self.HIDDEN), "4x0e", self.HIDDEN,
+                                    config, irreps_free_in="4x0e+1x1o")
+        self.head = o3.FullyConnectedTensorProduct(self.HIDDEN, "1x1o+1x1e", "1x1o")
+        self.recm = RECMController([self.layer], config)
+
+    def forward(self, scalars, u, w, graph):
+        h = self.layer(scalars, free_input=torch.cat([scalars, u], -1), graph=graph)
+        return self.head(h, torch.cat([u, w], -1))
+
+
+def handed_data(molecules: int, atoms: int, generator):
+    label = torch.randint(0, 2, (molecules,), generator=generator).double() * 2 - 1
+    u = torch.randn(molecules * atoms, 3, generator=generator, dtype=torch.float64)
+    v = torch.randn(molecules * atoms, 3, generator=generator, dtype=torch.float64)
+    w = torch.cross(u, v, dim=-1)
+    graph = torch.arange(molecules).repeat_interleave(atoms)
+    target = 0.3 * label[graph, None] * w + 0.5 * u
+    return label, u, w, graph, target
+
+
+def train_handed(steps: int, **recm) -> HandedToy:
+    """Noisy targets (fresh noise of sd 2 per step, as diffusion training has) make the
+    gradient large on every channel, so b over every channel is diluted under 0.01."""
+    molecules, atoms, batch, noise = 1024, 3, 16, 2.0
+    generator = torch.Generator().manual_seed(0)
+    label, u, w, graph, target = handed_data(molecules, atoms, generator)
+    torch.manual_seed(0)
+    settings = dict(absorb_after_steps=1100, stats_window=400, patience=20, min_samples=50,
+                    beta=0.05)
+    net = HandedToy(RECMConfig(mode="recm", seed=0, **{**settings, **recm})).double().train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for step in range(steps):
+        picks = torch.randint(0, molecules, (batch,), generator=generator)
+        rows = torch.cat([torch.arange(m * atoms, (m + 1) * atoms) for m in picks.tolist()])
+        rotation = random_orthogonal(generator, reflections=False)  # augmentation
+        local_graph = torch.arange(batch).repeat_interleave(atoms)
+        scalars = torch.stack([label[graph[rows]], torch.ones(rows.numel(), dtype=torch.float64),
+                               u[rows].norm(dim=-1), w[rows].norm(dim=-1)], -1)
+        net.recm.hold_out(picks)
+        prediction = net(scalars, u[rows] @ rotation.T, w[rows] @ rotation.T, local_graph)
+        noisy = target[rows] + noise * torch.randn(rows.numel(), 3, generator=generator,
+                                                   dtype=torch.float64)
+        loss = (prediction - noisy @ rotation.T).pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        net.recm.after_optimizer_step((step + 1) / steps)
+    return net
+
+
+@pytest.mark.parametrize("new_scoring", [True, False])
+def test_a_handed_target_keeps_the_reflection_branch_and_absorbs_the_rotation_branch(
+        new_scoring):
+    """With b on the support and on held-out molecules (margin 0) the reflection branch is
+    kept (gamma > 0) and the rotation branch absorbed; the old scoring (every channel,
+    training molecules, margin 0.01) absorbs both."""
+    old = dict(score_on_support=False, heldout_every=0)
+    net = train_handed(1300, **({} if new_scoring else old))
+    dropped = net.recm.branch_dropped()
+    gammas = net.recm.branch_gammas()
+    assert dropped["rotation"] == [True]
+    if new_scoring:
+        assert dropped["reflection"] == [False] and gammas["reflection"][0] > 0
+    else:
+        assert dropped["reflection"] == [True]
+
+
+def test_held_out_molecules_train_no_branch_and_are_the_only_ones_scored():
+    torch.manual_seed(0)
+    config = RECMConfig(mode="recm", heldout_every=2)
+    irreps = o3.Irreps("2x0e+1x1o")
+    layer = ModulatedLayer(o3.Linear(irreps, "2x0e+1x0o+1x1o"), irreps, "2x0e+1x0o+1x1o",
+                           config)
+    controller = RECMController([layer], config)
+    layer = layer.double().train()
+    x = torch.randn(6, irreps.dim, dtype=torch.float64)
+    graph = torch.tensor([0, 0, 0, 1, 1, 1])
+    for rows, trains_branches in ((graph == 0, False), (graph == 1, True)):
+        layer.zero_grad()
+        controller.hold_out(torch.tensor([4, 7]))  # molecule 0 is held out (4 % 2 == 0)
+        y = layer(x, graph=graph)
+        y[rows].pow(2).sum().backward()
+        grads = [p.grad for p in [*layer.free.parameters(), *layer.reflection.parameters()]]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads) == trains_branches
+        assert [b.numel() for b in layer.state.pending_b] == [1]  # molecule 0's b only
+        controller.after_optimizer_step(0.5)
+    with pytest.raises(ValueError, match="integer"):
+        controller.hold_out(torch.tensor([0.5, 1.0]))
