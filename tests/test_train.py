@@ -166,3 +166,16 @@ def test_export_and_load_model_round_trip(tmp_path, store):
         export_checkpoint(result["last_checkpoint"], tuned, sampler_overrides={"sigma_data": 1})
     with pytest.raises(UserInputError, match="churn"):
         export_checkpoint(result["last_checkpoint"], tuned, sampler_overrides={"churn": -1})
+
+
+def test_conformer_train_scores_recm_b_on_held_out_molecules(tmp_path, store):
+    """`conformer train` names each molecule by its dataset index, so RECM holds every k-th
+    molecule out of its branches and scores b on those: the held-out statistics fill up."""
+    torch.set_num_threads(1)
+    config = tiny_config(tmp_path, "trainer.max_steps=3", "model.mode=recm")
+    result = _run(config, store)
+    ckpt = torch.load(result["last_checkpoint"], weights_only=True)
+    held_out = [v for k, v in ckpt["state_dict"].items()
+                if k.startswith("net.") and k.endswith("b_cluster_weight")]
+    assert held_out, "no RECM layer state in the checkpoint"
+    assert sum(float(v.sum()) for v in held_out) > 0

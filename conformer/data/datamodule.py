@@ -94,6 +94,9 @@ class ConformerDataset(Dataset):
         # a copy: an in-memory store must not share its arrays with the items handed out
         pos = torch.as_tensor(positions[choice]).to(torch.float32, copy=True)
         graph = molecule_graph(record, pos=pos)
+        # a stable id per molecule: RECM holds every k-th molecule out of its branches'
+        # gradient and scores b on those alone (conformer.recm, RECMController.hold_out)
+        graph.molecule_index = torch.tensor([i], dtype=torch.long)
         return heavy_atom_graph(graph) if self.heavy_only else graph
 
 
