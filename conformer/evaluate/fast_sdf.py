@@ -33,10 +33,15 @@ from rdkit import Chem
 from conformer.errors import UserInputError
 from conformer.sdf_io import iter_sdf, open_binary
 
-_TERMINATOR = re.compile(rb"^\$\$\$\$\n", re.M)  # as conformer.sdf_io: a whole line
+_RECORD_END = b"$$$$\n"  # as conformer.sdf_io: a record ends at a whole "$$$$" line
 # A data header RDKit reads as the label between the first '<' and the last '>' (the line
 # ends with it); other header forms go to RDKit.
-_DATA_HEADER = re.compile(rb">[^<\n]*<([^\n]*)>[^>\n]*")
+# One data item: a header whose label RDKit takes between the first '<' and the last '>', one
+# value line without surrounding blanks, an empty line (or the end). Other forms go to RDKit.
+_ITEM_TEXT = r">[^<\n]*<([^\n]*)>[^>\n]*\n([^\s>](?:[^\n]*[^\s])?)\n(?:\n|\Z)"
+_DATA_ITEM = re.compile(_ITEM_TEXT)
+_DATA_ITEMS = re.compile(r"\n*(?:" + _ITEM_TEXT.replace("(", "(?:").replace("(?:?:", "(?:")
+                         + r"\n*)*")
 _COORD_COLUMNS = 30  # x, y, z: three 10-character fields at the start of a V2000 atom line
 _END_LINE = b"M  END\n"
 _BOND_STEREO = slice(9, 12)  # columns of a V2000 bond line's stereo field
@@ -180,87 +185,74 @@ def _rdkit_record(text: bytes) -> Chem.Mol | None:
 def _data_items(data: bytes, start: int, stop: int) -> dict[str, str] | None:
     """The data items of ``data[start:stop]`` (after ``M  END``), or None when any of them
     is not the plain one-line form (RDKit then reads the record)."""
-    items: dict[str, str] = {}
-    lines = data[start:stop].split(b"\n")
-    i, n = 0, len(lines)
-    while i < n:
-        line = lines[i]
-        if not line:
-            i += 1
-            continue
-        header = _DATA_HEADER.fullmatch(line)
-        if header is None or i + 1 >= n:
-            return None
-        value = lines[i + 1]
-        if (not value or value[:1] == b">" or value != value.strip()
-                or (i + 2 < n and lines[i + 2])):
-            return None  # empty, multi-line or padded values: RDKit's rules
-        try:
-            items[header.group(1).decode()] = value.decode()
-        except UnicodeDecodeError:
-            return None
-        i += 2
-    return items
+    try:
+        text = data[start:stop].decode()
+    except UnicodeDecodeError:
+        return None
+    if not _DATA_ITEMS.fullmatch(text):
+        return None  # empty, multi-line or padded values, other headers: RDKit's rules
+    return dict(_DATA_ITEM.findall(text))
+
+
+_PLACE_VALUES = np.array([1e8, 1e7, 1e6, 1e5, 1e4, 0, 1e3, 1e2, 1e1, 1e0])
 
 
 def _parse_fixed_coordinates(chars: np.ndarray) -> np.ndarray | None:
-    """Values of 10-character fields ``chars`` (..., 10) uint8 written as ``%10.4f`` (leading
+    """Values of 10-character fields ``chars`` (N, 10) uint8 written as ``%10.4f`` (leading
     blanks, an optional minus, digits, the point at column 5, four decimals); None when any
-    field has another form. Exact: an integer mantissa divided by 10^4 rounds once, as
-    strtod does."""
-    digits = chars.astype(np.int16) - 48
-    is_digit = (digits >= 0) & (digits <= 9)
-    if not (np.all(chars[..., 5] == 46) and np.all(is_digit[..., 6:]) and np.all(is_digit[..., 4])):
+    field has another form. Exact: an integer mantissa (exact in float64) divided by 10^4
+    rounds once, to the double nearest the decimal text, as strtod does."""
+    values = chars - np.uint8(48)  # digits 0-9; blank 240, minus 253, point 254 (wrapped)
+    is_digit = values < 10
+    if not (np.all(chars[:, 5] == 46) and np.all(is_digit[:, 6:]) and np.all(is_digit[:, 4])):
         return None
-    head = chars[..., :5]
-    kind = np.where(head == 32, 0, np.where(head == 45, 1, np.where(is_digit[..., :5], 2, 9)))
-    # blanks, then at most one minus, then digits
-    if np.any(kind == 9) or np.any(np.diff(kind, axis=-1) < 0) or np.any((kind == 1).sum(-1) > 1):
+    head, head_digit = values[:, :4], is_digit[:, :4]
+    minus = head == 253
+    if not np.all(head_digit | minus | (head == 240)):
         return None
-    weights = np.array([1e8, 1e7, 1e6, 1e5, 1e4, 0, 1e3, 1e2, 1e1, 1e0])
-    mantissa = np.where(is_digit, digits, 0).astype(np.float64) @ weights  # exact integers
-    values = mantissa / 1e4
-    return np.where((kind == 1).any(-1), -values, values)
+    # blanks, then at most one minus, then digits: ranks 0, 1, 2 never decrease, no "--"
+    rank = head_digit * np.uint8(2) + minus
+    if np.any(rank[:, 1:] < rank[:, :-1]) or np.any(minus[:, 1:] & minus[:, :-1]):
+        return None
+    mantissa = (values * is_digit) @ _PLACE_VALUES  # exact integers
+    return np.where(minus.any(axis=1), -mantissa, mantissa) / 1e4
 
 
-def _finish_block(block: _Block, data_array: np.ndarray) -> np.ndarray:
-    """Fill ``block.coords``; returns a bool per row: True where the row's atom lines equal
-    the template's outside the coordinate columns and its coordinates are plain text."""
-    offsets = np.asarray(block.offsets, dtype=np.int64)
-    width = block.line_length + 1
-    index = (offsets[:, None, None] + (np.arange(block.n_atoms) * width)[None, :, None]
-             + np.arange(width)[None, None, :])
-    lines = data_array[index]  # (rows, atoms, width)
-    same = np.all(lines[:, :, _COORD_COLUMNS:] == block.atom_bytes[None, :, _COORD_COLUMNS:],
-                  axis=(1, 2))
+def _finish_block(block: _Block, data: bytes) -> np.ndarray:
+    """Fill ``block.coords``; returns a bool per row: True where the row's atom and bond lines
+    equal the template's outside the coordinate columns (and, for 3D records, the bond stereo
+    field) and its coordinates are plain ``%10.4f`` text."""
+    n_atoms, width = block.n_atoms, block.line_length + 1
     n_bonds, bond_width = block.bond_bytes.shape
-    if n_bonds:
-        bond_index = (offsets[:, None, None] + block.n_atoms * width
-                      + (np.arange(n_bonds) * bond_width)[None, :, None]
-                      + np.arange(bond_width)[None, None, :])
-        bonds = data_array[bond_index] == block.bond_bytes[None]
-        if block.dimension == b"3D":
-            # the bond stereo field (wedges): RDKit takes stereo of a 3D record from its
-            # coordinates, and writes wedges per conformer; the engine reads no stereo
-            bonds[:, :, _BOND_STEREO] = True
-        same &= np.all(bonds, axis=(1, 2))
-    fields = lines[:, :, :_COORD_COLUMNS].reshape(len(offsets), block.n_atoms, 3, 10)
-    coords = np.zeros((len(offsets), block.n_atoms, 3))
-    plain = np.zeros(len(offsets), dtype=bool)
+    span = n_atoms * width + n_bonds * bond_width
+    rows = np.frombuffer(b"".join([data[o:o + span] for o in block.offsets]),
+                         dtype=np.uint8).reshape(len(block.offsets), span)
+    template = np.concatenate([block.atom_bytes.ravel(), block.bond_bytes.ravel()])
+    compared = np.ones((n_atoms + n_bonds, max(width, bond_width)), dtype=bool)
+    compared[:n_atoms, :_COORD_COLUMNS] = False
+    if block.dimension == b"3D":
+        # the bond stereo field (wedges): RDKit takes the stereo of a 3D record from its
+        # coordinates, and writes wedges per conformer; the RMSD engine reads no stereo
+        compared[n_atoms:, _BOND_STEREO] = False
+    compared = np.concatenate([compared[:n_atoms, :width].ravel(),
+                               compared[n_atoms:, :bond_width].ravel()])
+    same = np.all((rows == template) | ~compared, axis=1)
+    fields = rows[:, :n_atoms * width].reshape(-1, n_atoms, width)[:, :, :_COORD_COLUMNS]
+    fields = fields.reshape(len(rows), n_atoms * 3, 10)
+    coords = np.zeros((len(rows), n_atoms, 3))
+    plain = np.zeros(len(rows), dtype=bool)
     ok_rows = np.flatnonzero(same)
-    if len(ok_rows):
-        values = _parse_fixed_coordinates(fields[ok_rows])
-        if values is not None:
-            coords[ok_rows] = values
-            plain[ok_rows] = True
-        else:  # some field is not plain: parse row by row, keep the plain rows
-            for row in ok_rows:
-                row_values = _parse_fixed_coordinates(fields[row])
-                if row_values is not None:
-                    coords[row], plain[row] = row_values, True
+    values = (_parse_fixed_coordinates(fields[ok_rows].reshape(-1, 10)) if len(ok_rows)
+              else None)
+    if values is not None:
+        coords[ok_rows], plain[ok_rows] = values.reshape(-1, n_atoms, 3), True
+    else:  # some field is not plain: row by row, keep the plain rows
+        for row in ok_rows:
+            row_values = _parse_fixed_coordinates(fields[row])
+            if row_values is not None:
+                coords[row], plain[row] = row_values.reshape(n_atoms, 3), True
     # the template's own coordinates are RDKit's, whatever their text
-    coords[0] = block.template.GetConformer().GetPositions()
-    plain[0] = True
+    coords[0], plain[0] = block.template.GetConformer().GetPositions(), True
     block.coords = coords
     return plain
 
@@ -333,10 +325,13 @@ def _read_entries(path: Path) -> list[_Entry | None]:
     if b"\r" in data:
         return _rdkit_groups(path)
     data_array = np.frombuffer(data, dtype=np.uint8)
-    spans, end = [], 0
-    for match in _TERMINATOR.finditer(data):
-        spans.append((end, match.end()))
-        end = match.end()
+    spans, end = [], 0  # (start, stop) of each record ending in a whole "$$$$" line
+    if data.startswith(_RECORD_END):
+        spans.append((0, len(_RECORD_END)))
+        end = len(_RECORD_END)
+    while (found := data.find(b"\n" + _RECORD_END, max(end - 1, 0))) >= 0:
+        spans.append((end, found + 1 + len(_RECORD_END)))
+        end = found + 1 + len(_RECORD_END)
     entries: list[_Entry | None] = []
     blocks: list[_Block] = []
     block: _Block | None = None
@@ -363,7 +358,7 @@ def _read_entries(path: Path) -> list[_Entry | None]:
         mol = _rdkit_record(tail)
         entries.append(None if mol is None else _Entry(mol=mol))
     for block in blocks:
-        plain = _finish_block(block, data_array)
+        plain = _finish_block(block, data)
         if not plain.all():
             _demote_rows(entries, block, plain)
     return entries
