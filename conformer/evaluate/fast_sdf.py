@@ -111,8 +111,10 @@ class ConformerRecords(Sequence):
     def __iter__(self) -> Iterator[Chem.Mol]:
         return (self._molecule(entry) for entry in self._entries)
 
-    def __add__(self, other: ConformerRecords) -> ConformerRecords:
-        return ConformerRecords(self._entries + ConformerRecords.from_molecules(other)._entries)
+    @classmethod
+    def concatenate(cls, parts) -> ConformerRecords:
+        """The records of ``parts`` (records or lists of molecules), in order."""
+        return cls([entry for part in parts for entry in cls.from_molecules(part)._entries])
 
     @staticmethod
     def _molecule(entry: _Entry) -> Chem.Mol:
