@@ -26,7 +26,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -62,8 +61,9 @@ def write_set(folder: Path, references: str, n_molecules: int, geom_like_k: int)
                 ref = Chem.Mol(ref)
                 ref.SetProp("molecule", name)
                 ref_writer.write(ref)
+            # the smiles property as an input file gives it: hydrogens implicit
             gen_writer.write_molecule(generate_rdkit(graph, 2 * len(refs), seed=100 + i), name,
-                                      smiles, i + 1)
+                                      Chem.MolToSmiles(graph), i + 1)
     ref_writer.close()
     return ref_path, gen_path
 
@@ -83,15 +83,20 @@ def loop(ref_path: Path, gen_path: Path, threshold: float) -> tuple[dict, dict]:
     return M.aggregate(scores, threshold), matrices
 
 
-def run_evaluate(ref_path: Path, gen_path: Path, out: Path, workers: int) -> tuple[dict, dict]:
-    shutil.rmtree(out, ignore_errors=True)
+def run_evaluate(ref_path: Path, gen_path: Path, out: Path, workers: int) -> dict:
+    """``conformer evaluate``'s path with its defaults (``--plot svg``), validity off, into
+    ``out`` (a new folder: no cached result is reused)."""
     settings = EvaluationSettings(validity_confs_per_molecule=0)
     document = evaluate(gen_path, load_references(ref_path), out, settings, workers=workers,
                         progress=False)
+    return document["metrics"]
+
+
+def written_matrices(out: Path) -> dict:
+    """The RMSD matrices evaluate wrote (read back to compare, outside the timing)."""
     with np.load(out / "rmsd.npz") as data:
         names = list(data["names"])
-        matrices = {n: data[f"m{i}"] for i, n in enumerate(names)}
-    return document["metrics"], matrices
+        return {n: data[f"m{i}"] for i, n in enumerate(names)}
 
 
 def main() -> None:
@@ -110,14 +115,15 @@ def main() -> None:
             ref_path, gen_path = write_set(folder, args.references, args.molecules,
                                            49 if label == "geom-sized" else 0)
             loop_s, fast_s = [], []
-            for _ in range(args.repeats):  # interleaved: machine load hits both alike
+            for round_index in range(args.repeats):  # interleaved: load hits both alike
                 start = time.perf_counter()
                 loop_metrics, loop_matrices = loop(ref_path, gen_path, 0.75)
                 loop_s.append(time.perf_counter() - start)
+                out = folder / f"out{round_index}"
                 start = time.perf_counter()
-                metrics, matrices = run_evaluate(ref_path, gen_path, folder / "out",
-                                                 args.workers)
+                metrics = run_evaluate(ref_path, gen_path, out, args.workers)
                 fast_s.append(time.perf_counter() - start)
+                matrices = written_matrices(out)
             diff = max(float(np.abs(matrices[n] - loop_matrices[n]).max()) for n in matrices)
             same_cov = all(metrics[k] == loop_metrics[k] for k in
                            ("cov_r_mean", "cov_r_median", "cov_p_mean", "cov_p_median"))

@@ -257,11 +257,17 @@ def match_generated(references: dict[str, list[Chem.Mol]], generated: dict[str, 
     are computed only where a rule needs them (most groups match by name).
     """
     ref_smiles: dict[str, tuple[str | None, _Canonical]] = {}
+    parsed: dict[str | None, _Canonical] = {}  # one parse per SMILES text
+
+    def canonical_of(smiles: str | None) -> _Canonical:
+        if smiles not in parsed:
+            parsed[smiles] = _Canonical(smiles)
+        return parsed[smiles]
 
     def reference(name: str) -> tuple[str | None, _Canonical]:
         if name not in ref_smiles:
             smiles = _group_smiles(name, references[name])
-            ref_smiles[name] = smiles, _Canonical(smiles)
+            ref_smiles[name] = smiles, canonical_of(smiles)
         return ref_smiles[name]
 
     by_smiles: list[dict[str, list[str]]] = []  # [isomeric, non-isomeric] -> names
@@ -283,7 +289,7 @@ def match_generated(references: dict[str, list[Chem.Mol]], generated: dict[str, 
     for gen_name, mols in generated.items():
         mols = ConformerRecords.from_molecules(mols)
         smiles = mols.prop(0, "smiles")
-        canon = _Canonical(smiles)
+        canon = canonical_of(smiles)
         flat = canon.text(False) if smiles else None
         if gen_name in references and (
                 flat is None or (reference(gen_name)[1].text(False)
@@ -611,7 +617,11 @@ class _MoleculeCache:
         path, position = self._files[name]
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))[position]
-            return meta | {"rmsd": data[f"rmsd{position}"]}
+            shapes = data["shapes"]
+            start = int(np.prod(shapes[:position], axis=1).sum())
+            rows, cols = (int(n) for n in shapes[position])
+            rmsd = data["values"][start:start + rows * cols].reshape(rows, cols)
+            return meta | {"rmsd": rmsd}
 
     def save(self, results: list[dict]) -> None:
         """Store one chunk's results (one file, written atomically)."""
@@ -621,8 +631,10 @@ class _MoleculeCache:
         path = self.folder / f"chunk-{stable_hash(names, 24)}.npz"
         partial = path.with_suffix(".tmp.npz")
         meta = [{k: v for k, v in r.items() if k != "rmsd"} for r in results]
+        shapes = np.array([r["rmsd"].shape for r in results], dtype=np.int64).reshape(-1, 2)
+        values = np.concatenate([r["rmsd"].ravel() for r in results])
         np.savez(partial, names=np.array(json.dumps(names)), meta=np.array(json.dumps(meta)),
-                 **{f"rmsd{i}": r["rmsd"] for i, r in enumerate(results)})
+                 shapes=shapes, values=values)  # few arrays: each costs a zip member
         partial.replace(path)  # atomic: a killed run never leaves half a file
         for position, name in enumerate(names):
             self._files[name] = (path, position)

@@ -47,13 +47,14 @@ _END_LINE = b"M  END\n"
 _BOND_STEREO = slice(9, 12)  # columns of a V2000 bond line's stereo field
 
 
+
 class _Block:
     """A run of records sharing one topology: RDKit's parse of the first (``template``), the
     atom lines' fixed length, and after :func:`_finish_block` every row's coordinates
     ``coords`` (n_rows, n_atoms, 3) float64 Angstrom (row 0: the template's)."""
 
     __slots__ = ("template", "counts", "dimension", "line_length", "n_atoms", "atom_bytes",
-                 "bond_bytes", "tail", "offsets", "coords")
+                 "bond_bytes", "bond_text", "tail", "offsets", "coords")
 
     def __init__(self, template: Chem.Mol, counts: bytes, dimension: bytes,
                  atom_bytes: np.ndarray, bond_bytes: np.ndarray, tail: bytes, offset: int):
@@ -62,6 +63,7 @@ class _Block:
         self.n_atoms, self.line_length = atom_bytes.shape[0], atom_bytes.shape[1] - 1
         self.atom_bytes = atom_bytes  # (n_atoms, line_length + 1) uint8, newline included
         self.bond_bytes = bond_bytes  # (n_bonds, bond line length + 1) uint8
+        self.bond_text = bond_bytes.tobytes()
         self.offsets = [offset]  # start of each row's atom block in the file
         self.coords: np.ndarray | None = None
 
@@ -162,14 +164,11 @@ class ConformerRecords(Sequence):
         return out
 
     def digest(self, update) -> None:
-        """Feed what identifies these records (topology, float64 coordinates, data items) to
-        ``update`` (a hash's update method), without building a molecule per record."""
-        options = _BINARY_OPTIONS
-        for mol in self.engine_molecules():
-            update(mol.ToBinary(options))
+        """Feed what identifies these records to ``update`` (a hash's update method): a record
+        read from a file by its text (which fixes everything read from it), a molecule given
+        in memory by its binary form (topology, float64 coordinates, the file's properties)."""
         for entry in self._entries:
-            if entry.props is not None:
-                update(repr(sorted(entry.props.items())).encode())
+            update(entry.text if entry.text is not None else entry.mol.ToBinary(_BINARY_OPTIONS))
 
 
 _P = Chem.PropertyPickleOptions
@@ -221,25 +220,16 @@ def _parse_fixed_coordinates(chars: np.ndarray) -> np.ndarray | None:
 
 
 def _finish_block(block: _Block, data: bytes) -> np.ndarray:
-    """Fill ``block.coords``; returns a bool per row: True where the row's atom and bond lines
-    equal the template's outside the coordinate columns (and, for 3D records, the bond stereo
-    field) and its coordinates are plain ``%10.4f`` text."""
+    """Fill ``block.coords``; returns a bool per row: True where the row's atom lines equal
+    the template's outside the coordinate columns and its coordinates are plain ``%10.4f``
+    text."""
     n_atoms, width = block.n_atoms, block.line_length + 1
-    n_bonds, bond_width = block.bond_bytes.shape
-    span = n_atoms * width + n_bonds * bond_width
+    span = n_atoms * width  # the bond lines were checked by _fast_entry
     rows = np.frombuffer(b"".join([data[o:o + span] for o in block.offsets]),
-                         dtype=np.uint8).reshape(len(block.offsets), span)
-    template = np.concatenate([block.atom_bytes.ravel(), block.bond_bytes.ravel()])
-    compared = np.ones((n_atoms + n_bonds, max(width, bond_width)), dtype=bool)
-    compared[:n_atoms, :_COORD_COLUMNS] = False
-    if block.dimension == b"3D":
-        # the bond stereo field (wedges): RDKit takes the stereo of a 3D record from its
-        # coordinates, and writes wedges per conformer; the RMSD engine reads no stereo
-        compared[n_atoms:, _BOND_STEREO] = False
-    compared = np.concatenate([compared[:n_atoms, :width].ravel(),
-                               compared[n_atoms:, :bond_width].ravel()])
-    same = np.all((rows == template) | ~compared, axis=1)
-    fields = rows[:, :n_atoms * width].reshape(-1, n_atoms, width)[:, :, :_COORD_COLUMNS]
+                         dtype=np.uint8).reshape(len(block.offsets), n_atoms, width)
+    same = np.all(rows[:, :, _COORD_COLUMNS:] == block.atom_bytes[None, :, _COORD_COLUMNS:],
+                  axis=(1, 2))
+    fields = rows[:, :, :_COORD_COLUMNS]
     fields = fields.reshape(len(rows), n_atoms * 3, 10)
     coords = np.zeros((len(rows), n_atoms, 3))
     plain = np.zeros(len(rows), dtype=bool)
@@ -336,9 +326,15 @@ def _read_entries(path: Path) -> list[_Entry | None]:
         end = found + 1 + len(_RECORD_END)
     entries: list[_Entry | None] = []
     blocks: list[_Block] = []
-    block: _Block | None = None
+    recent: list[_Block] = []  # the last few templates, newest first
     for start, stop in spans:
-        entry = _fast_entry(data, block, start, stop)
+        entry = None
+        for block in recent or [None]:
+            # a file may interleave a few atom or bond orders of one molecule (Hutchison's
+            # references do): each keeps its template
+            entry = _fast_entry(data, data_array, block, start, stop)
+            if entry is not None:
+                break
         if entry is _STRUCTURE_ERROR:
             return _rdkit_groups(path)  # boundaries RDKit may draw elsewhere
         if entry is None:  # parsed by RDKit: a new template, or a record of its own
@@ -348,17 +344,17 @@ def _read_entries(path: Path) -> list[_Entry | None]:
                 continue
             candidate = _template_block(mol, data, data_array, start, stop)
             if candidate is not None:
-                block = candidate
-                blocks.append(block)
-                entries.append(_Entry(block=block, row=0, mol=mol, text=data[start:stop]))
+                recent = [candidate, *recent[:_RECENT_TEMPLATES - 1]]
+                blocks.append(candidate)
+                entries.append(_Entry(block=candidate, row=0, mol=mol, text=data[start:stop]))
             else:
-                entries.append(_Entry(mol=mol))
+                entries.append(_Entry(mol=mol, text=data[start:stop]))
             continue
         entries.append(entry)
     tail = data[end:]
     if tail.strip():  # a last record without its terminator (a cut file): RDKit decides
         mol = _rdkit_record(tail)
-        entries.append(None if mol is None else _Entry(mol=mol))
+        entries.append(None if mol is None else _Entry(mol=mol, text=tail))
     for block in blocks:
         plain = _finish_block(block, data)
         if not plain.all():
@@ -371,13 +367,15 @@ def _demote_rows(entries: list, block: _Block, plain: np.ndarray) -> None:
     for k, entry in enumerate(entries):
         if entry is not None and entry.block is block and not plain[entry.row]:
             mol = _rdkit_record(entry.text)
-            entries[k] = None if mol is None else _Entry(mol=mol)
+            entries[k] = None if mol is None else _Entry(mol=mol, text=entry.text)
 
 
 _STRUCTURE_ERROR = object()
+_RECENT_TEMPLATES = 4
 
 
-def _fast_entry(data: bytes, block: _Block | None, start: int, stop: int):
+def _fast_entry(data: bytes, data_array: np.ndarray, block: _Block | None, start: int,
+                stop: int):
     """The entry of record ``data[start:stop]`` read against ``block``'s template, None when
     RDKit must read it, :data:`_STRUCTURE_ERROR` when the record has no V2000 header at all
     (its boundaries might not be RDKit's)."""
@@ -391,10 +389,20 @@ def _fast_entry(data: bytes, block: _Block | None, start: int, stop: int):
     counts, dimension, atoms_start, n_atoms = header
     if counts != block.counts or dimension != block.dimension:
         return None
-    bonds_stop = (atoms_start + n_atoms * (block.line_length + 1)
-                  + block.bond_bytes.shape[0] * block.bond_bytes.shape[1])
+    bonds_start = atoms_start + n_atoms * (block.line_length + 1)
+    bonds_stop = bonds_start + block.bond_bytes.size
     if bonds_stop > stop or data[bonds_stop - 1] != 10:
         return None
+    if data[bonds_start:bonds_stop] != block.bond_text:
+        if block.dimension != b"3D":
+            return None
+        # the bond stereo field (wedges) may differ: RDKit takes the stereo of a 3D record
+        # from its coordinates, and writes wedges per conformer; the RMSD engine reads none
+        bonds = data_array[bonds_start:bonds_stop].reshape(block.bond_bytes.shape)
+        differs = bonds != block.bond_bytes
+        differs[:, _BOND_STEREO] = False
+        if differs.any():
+            return None
     tail_stop = bonds_stop + len(block.tail)
     if data[bonds_stop:tail_stop] != block.tail or data[tail_stop:tail_stop + 7] != _END_LINE:
         return None
