@@ -54,7 +54,7 @@ class _Block:
     ``coords`` (n_rows, n_atoms, 3) float64 Angstrom (row 0: the template's)."""
 
     __slots__ = ("template", "counts", "dimension", "line_length", "n_atoms", "atom_bytes",
-                 "bond_bytes", "bond_text", "tail", "offsets", "coords")
+                 "bond_bytes", "bond_texts", "tail", "offsets", "coords")
 
     def __init__(self, template: Chem.Mol, counts: bytes, dimension: bytes,
                  atom_bytes: np.ndarray, bond_bytes: np.ndarray, tail: bytes, offset: int):
@@ -63,7 +63,7 @@ class _Block:
         self.n_atoms, self.line_length = atom_bytes.shape[0], atom_bytes.shape[1] - 1
         self.atom_bytes = atom_bytes  # (n_atoms, line_length + 1) uint8, newline included
         self.bond_bytes = bond_bytes  # (n_bonds, bond line length + 1) uint8
-        self.bond_text = bond_bytes.tobytes()
+        self.bond_texts = {bond_bytes.tobytes()}  # bond blocks known to match
         self.offsets = [offset]  # start of each row's atom block in the file
         self.coords: np.ndarray | None = None
 
@@ -195,7 +195,8 @@ def _data_items(data: bytes, start: int, stop: int) -> dict[str, str] | None:
     return dict(_DATA_ITEM.findall(text))
 
 
-_PLACE_VALUES = np.array([1e8, 1e7, 1e6, 1e5, 1e4, 0, 1e3, 1e2, 1e1, 1e0])
+_PLACE_VALUES = np.array([10 ** 8, 10 ** 7, 10 ** 6, 10 ** 5, 10 ** 4, 0, 1000, 100, 10, 1],
+                         dtype=np.int64)
 
 
 def _parse_fixed_coordinates(chars: np.ndarray) -> np.ndarray | None:
@@ -215,8 +216,8 @@ def _parse_fixed_coordinates(chars: np.ndarray) -> np.ndarray | None:
     rank = head_digit * np.uint8(2) + minus
     if np.any(rank[:, 1:] < rank[:, :-1]) or np.any(minus[:, 1:] & minus[:, :-1]):
         return None
-    mantissa = (values * is_digit) @ _PLACE_VALUES  # exact integers
-    return np.where(minus.any(axis=1), -mantissa, mantissa) / 1e4
+    mantissa = np.einsum("ij,j->i", values * is_digit, _PLACE_VALUES)  # int64: exact
+    return np.where(minus.any(axis=1), -mantissa, mantissa) / 1e4  # one rounding
 
 
 def _finish_block(block: _Block, data: bytes) -> np.ndarray:
@@ -393,7 +394,8 @@ def _fast_entry(data: bytes, data_array: np.ndarray, block: _Block | None, start
     bonds_stop = bonds_start + block.bond_bytes.size
     if bonds_stop > stop or data[bonds_stop - 1] != 10:
         return None
-    if data[bonds_start:bonds_stop] != block.bond_text:
+    bond_text = data[bonds_start:bonds_stop]
+    if bond_text not in block.bond_texts:
         if block.dimension != b"3D":
             return None
         # the bond stereo field (wedges) may differ: RDKit takes the stereo of a 3D record
@@ -403,6 +405,7 @@ def _fast_entry(data: bytes, data_array: np.ndarray, block: _Block | None, start
         differs[:, _BOND_STEREO] = False
         if differs.any():
             return None
+        block.bond_texts.add(bond_text)  # a molecule has few wedge patterns: seen once
     tail_stop = bonds_stop + len(block.tail)
     if data[bonds_stop:tail_stop] != block.tail or data[tail_stop:tail_stop + 7] != _END_LINE:
         return None
