@@ -217,7 +217,8 @@ def _parse_fixed_coordinates(chars: np.ndarray) -> np.ndarray | None:
     if np.any(rank[:, 1:] < rank[:, :-1]) or np.any(minus[:, 1:] & minus[:, :-1]):
         return None
     mantissa = np.einsum("ij,j->i", values * is_digit, _PLACE_VALUES)  # int64: exact
-    return np.where(minus.any(axis=1), -mantissa, mantissa) / 1e4  # one rounding
+    magnitude = mantissa / 1e4  # one rounding
+    return np.where(minus.any(axis=1), -magnitude, magnitude)  # "-0.0000" is -0.0, as strtod
 
 
 def _finish_block(block: _Block, data: bytes) -> np.ndarray:
