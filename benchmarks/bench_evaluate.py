@@ -37,6 +37,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -108,6 +109,44 @@ def written_matrices(out: Path) -> dict:
         return {n: data[f"m{i}"] for i, n in enumerate(names)}
 
 
+def _cache_key(refs: dict, names: list[str], gen_path: Path) -> tuple:
+    from conformer.evaluate.fast_sdf import records_digest
+    from conformer.versions import file_sha256
+
+    return records_digest(refs, names), file_sha256(gen_path)
+
+
+def _engine_problems(refs: dict, matched: dict, names: list[str]) -> list:
+    return [(refs[n].engine_molecules(), matched[n].engine_molecules()) for n in names]
+
+
+def breakdown(ref_path: Path, gen_path: Path, repeats: int) -> dict[str, float]:
+    """Best-of-``repeats`` seconds of evaluate's stages, each timed on its own (one worker)."""
+    from conformer.evaluate import evaluator as E
+    from conformer.evaluate.fast_sdf import read_record_groups
+    from conformer.evaluate.rmsd import rmsd_matrices
+
+    best: dict[str, float] = {}
+
+    def timed(stage, function, *args):
+        start = time.perf_counter()
+        value = function(*args)
+        best[stage] = min(best.get(stage, np.inf), time.perf_counter() - start)
+        return value
+
+    for _ in range(repeats):
+        refs, _ = E.split_name_clashes(timed("read references", E.load_references, ref_path))
+        gens, _ = E.split_name_clashes(timed("read generated", read_record_groups, gen_path,
+                                             "name", []))
+        matched, _ = timed("match by name/SMILES", E.match_generated, refs, gens)
+        names = sorted(refs)
+        timed("cache key (digest, sha256)", _cache_key, refs, names, gen_path)
+        problems = timed("engine molecules", _engine_problems, refs, matched, names)
+        timed("RMSD engine (1 worker)", partial(rmsd_matrices, workers=1, on_mismatch="nan"),
+              problems)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--molecules", type=int, default=20)
@@ -116,6 +155,8 @@ def main() -> None:
                         help="evaluate's --workers (default 1: both sides on one core)")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many rounds")
     parser.add_argument("--sets", default="hutchison,geom-sized")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time evaluate's stages one by one")
     args = parser.parse_args()
     RDLogger.DisableLog("rdApp.*")
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,6 +186,9 @@ def main() -> None:
                   f"(workers {args.workers}), {ratio:.1f}x ({verdict} the "
                   f"{TARGETS[label]:.0f}x target), max |diff| {diff:.2e} A, "
                   f"COV identical: {same_cov}")
+            if args.breakdown:
+                for stage, seconds in breakdown(ref_path, gen_path, args.repeats).items():
+                    print(f"  {stage}: {1000 * seconds:.1f} ms")
 
 
 if __name__ == "__main__":
