@@ -162,6 +162,24 @@ def test_cut_file_and_unreadable_record(generated, tmp_path):
         read_record_groups(broken, key="name")
 
 
+def test_record_boundaries_rdkit_draws_differently_read_by_rdkit(generated, tmp_path):
+    """A title line "$$$$" (RDKit reads it as a title, not as a record's end) or an empty
+    record: the whole file goes to RDKit."""
+    records = _records(generated)
+    odd = tmp_path / "odd.sdf"
+    odd.write_text("".join(records[:3]) + "$$$$\n" + records[3].split("\n", 1)[1]
+                   + "".join(records[4:]))
+    assert _fast_count(_assert_same_as_rdkit(odd)) == 0
+    odd.write_text("".join(records[:3]) + "$$$$\n" + "".join(records[3:]))
+    assert _fast_count(_assert_same_as_rdkit(odd)) == 0
+    # a data item named _Name wins over the title, as in RDKit
+    odd.write_text("".join(records[:3]) + records[3].replace(
+        ">  <method>", ">  <_Name>\nitem name\n\n>  <method>") + "".join(records[4:]))
+    groups = _assert_same_as_rdkit(odd)
+    assert groups["choline_acetate"].prop(3, "_Name") == "item name"
+    assert groups["choline_acetate"]._entries[3].props is not None
+
+
 def test_windows_line_ends_and_missing_key_fall_back_to_rdkit(generated, tmp_path):
     crlf = tmp_path / "crlf.sdf"
     crlf.write_bytes(generated.read_bytes().replace(b"\n", b"\r\n"))

@@ -330,6 +330,8 @@ def _read_entries(path: Path) -> list[_Entry | None]:
     blocks: list[_Block] = []
     recent: list[_Block] = []  # the last few templates, newest first
     for start, stop in spans:
+        if data.count(b"\n", start, stop) < 5:  # not even a header and counts line: a
+            return _rdkit_groups(path)  # "$$$$" header line, RDKit draws other boundaries
         entry = None
         for block in recent or [None]:
             # a file may interleave a few atom or bond orders of one molecule (Hutchison's
@@ -337,8 +339,6 @@ def _read_entries(path: Path) -> list[_Entry | None]:
             entry = _fast_entry(data, data_array, block, start, stop)
             if entry is not None:
                 break
-        if entry is _STRUCTURE_ERROR:
-            return _rdkit_groups(path)  # boundaries RDKit may draw elsewhere
         if entry is None:  # parsed by RDKit: a new template, or a record of its own
             mol = _rdkit_record(data[start:stop])
             if mol is None:
@@ -372,21 +372,17 @@ def _demote_rows(entries: list, block: _Block, plain: np.ndarray) -> None:
             entries[k] = None if mol is None else _Entry(mol=mol, text=entry.text)
 
 
-_STRUCTURE_ERROR = object()
 _RECENT_TEMPLATES = 4
 
 
 def _fast_entry(data: bytes, data_array: np.ndarray, block: _Block | None, start: int,
                 stop: int):
     """The entry of record ``data[start:stop]`` read against ``block``'s template, None when
-    RDKit must read it, :data:`_STRUCTURE_ERROR` when the record has no V2000 header at all
-    (its boundaries might not be RDKit's)."""
+    RDKit must read it."""
     if block is None:
         return None
     header = _header(data, start, stop)
     if header is None:
-        if data.count(b"\n", start, stop) < 4:
-            return _STRUCTURE_ERROR
         return None
     counts, dimension, atoms_start, n_atoms = header
     if counts != block.counts or dimension != block.dimension:
@@ -410,11 +406,11 @@ def _fast_entry(data: bytes, data_array: np.ndarray, block: _Block | None, start
     tail_stop = bonds_stop + len(block.tail)
     if data[bonds_stop:tail_stop] != block.tail or data[tail_stop:tail_stop + 7] != _END_LINE:
         return None
-    props = _data_items(data, tail_stop + 7, stop - 5)
-    if props is None:
+    items = _data_items(data, tail_stop + 7, stop - 5)
+    if items is None:
         return None
-    try:
-        props["_Name"] = data[start:data.find(b"\n", start)].decode()
+    try:  # the title, unless a data item is called _Name: RDKit sets that one last
+        props = {"_Name": data[start:data.find(b"\n", start)].decode(), **items}
     except UnicodeDecodeError:
         return None
     row = len(block.offsets)
