@@ -28,7 +28,8 @@ class EvaluateCommandSettings:
                                    "grouped by --ref-key, a GEOM rdkit_folder (with --test-csv), "
                                    "or a test_mols.pkl-style dict SMILES -> molecules (a pickle: "
                                    "trusted files only)")
-    out: Path = option(help="output folder: results.json, table.md, coverage.png, rmsd.npz")
+    out: Path = option(help="output folder: results.json, table.md, rmsd.npz and the coverage "
+                            "plot (see --plot)")
     test_csv: Path | None = option(None, help="test molecules (smiles,n_conformers) when "
                                               "--references is a GEOM rdkit_folder")
     workers: int = option(1, help="worker processes for the RMSD matrices (forked)")
@@ -37,6 +38,10 @@ class EvaluateCommandSettings:
                     "(OUT/posebusters.csv and the pass rate), beside the project's own validity "
                     "checks; needs the optional posebusters package "
                     "(pip install 'conformer[posebusters]')")
+    plot: str = option("svg", choices=("svg", "png", "none"),
+                       help="coverage plot: svg writes OUT/coverage.svg directly (about a "
+                            "millisecond), png OUT/coverage.png with matplotlib (about half a "
+                            "second more, its import and drawing), none skips it")
     progress: bool = option(True, flag="--no-progress", help="hide the progress bar")
 
 
@@ -76,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError(f"--references {command.references}: no reference conformers "
                              "found")
     document = evaluate(command.generated, references, command.out, settings,
-                        workers=command.workers, progress=command.progress,
+                        workers=command.workers, progress=command.progress, plot=command.plot,
                         extra_settings={"references": str(command.references),
                                         "test_csv": str(command.test_csv)
                                         if command.test_csv else None})

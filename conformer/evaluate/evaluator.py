@@ -26,7 +26,7 @@ per-molecule results cached on disk so that a rerun resumes.
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import pickle
 from collections import defaultdict
@@ -39,11 +39,12 @@ from rdkit import Chem, RDLogger
 from conformer.cli_settings import option
 from conformer.errors import UserInputError
 from conformer.evaluate import metrics as M
+from conformer.evaluate.fast_sdf import ConformerRecords, read_record_groups, records_digest
 from conformer.evaluate.rmsd import DEFAULT_MAX_MATCHES, rmsd_matrices
 from conformer.evaluate.validity import SETTINGS as VALIDITY_SETTINGS
 from conformer.evaluate.validity import summarize, validity_report
 from conformer.progress import progress as show_progress
-from conformer.sdf_io import iter_sdf, open_binary, read_conformer_groups
+from conformer.sdf_io import iter_sdf, open_binary
 from conformer.versions import environment_info, file_sha256, stable_hash
 
 
@@ -153,7 +154,9 @@ def written_by_generate(mols) -> bool:
 def load_references(path: Path, ref_key: str | None = None, test_csv: Path | None = None,
                     dataset: str = "drugs") -> dict[str, list[Chem.Mol]]:
     """Reference conformers grouped by molecule name (see module docstring for layouts);
-    ``ref_key`` None detects the SDF grouping property (:func:`detect_group_key`)."""
+    ``ref_key`` None detects the SDF grouping property (:func:`detect_group_key`). An SDF's
+    groups are :class:`~conformer.evaluate.fast_sdf.ConformerRecords` (sequences of molecules
+    built on demand), the other layouts' lists of molecules."""
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"--references {path}: not found")
@@ -170,7 +173,7 @@ def load_references(path: Path, ref_key: str | None = None, test_csv: Path | Non
     if not (path.name.endswith(".sdf") or path.name.endswith(".sdf.gz")):
         raise UserInputError(f"--references {path}: expected .sdf, .sdf.gz, .pkl or a folder")
     key = ref_key or detect_group_key(path, "--references")
-    return read_conformer_groups(path, key=key)
+    return read_record_groups(path, key=key)
 
 
 def _load_geom_references(geom_dir: Path, test_csv: Path, dataset: str) -> dict:
@@ -197,14 +200,16 @@ def _load_geom_references(geom_dir: Path, test_csv: Path, dataset: str) -> dict:
 
 
 def split_name_clashes(groups: dict[str, list[Chem.Mol]]
-                       ) -> tuple[dict[str, list[Chem.Mol]], list[dict]]:
+                       ) -> tuple[dict[str, ConformerRecords], list[dict]]:
     """Groups whose records carry different ``smiles`` (different molecules under one name)
     split into ``"name [canonical isomeric SMILES]"`` groups; returns the groups and one clash
     report per split name. Records without ``smiles`` stay with their name."""
-    out: dict[str, list[Chem.Mol]] = {}
+    out: dict[str, ConformerRecords] = {}
     clashes = []
     for name, mols in groups.items():
-        texts = {m.GetProp("smiles") for m in mols if m.HasProp("smiles")}
+        mols = ConformerRecords.from_molecules(mols)
+        record_smiles = mols.props("smiles")
+        texts = set(record_smiles) - {None}
         if len(texts) < 2:
             out[name] = mols
             continue
@@ -212,49 +217,93 @@ def split_name_clashes(groups: dict[str, list[Chem.Mol]]
         if len(set(canon.values())) < 2:
             out[name] = mols
             continue
-        parts: dict[str, list[Chem.Mol]] = defaultdict(list)
-        for mol in mols:
-            smiles = canon.get(mol.GetProp("smiles")) if mol.HasProp("smiles") else None
-            parts[f"{name} [{smiles}]" if smiles else name].append(mol)
-        out.update(parts)
+        parts: dict[str, list[int]] = defaultdict(list)
+        for index, text in enumerate(record_smiles):
+            smiles = canon.get(text) if text is not None else None
+            parts[f"{name} [{smiles}]" if smiles else name].append(index)
+        out.update({part: mols.select(indices) for part, indices in parts.items()})
         clashes.append({"name": name, "smiles": sorted(set(canon.values())),
                         "reason": f"{len(set(canon.values()))} different molecules share this "
                                   "name; kept apart as 'name [SMILES]'"})
     return out, clashes
 
 
+class _Canonical:
+    """:func:`canonical` of one SMILES, isomeric and not, from one parse (computed on first
+    use; None where :func:`canonical` gives None)."""
+
+    def __init__(self, smiles: str | None):
+        self._smiles, self._heavy, self._texts = smiles, None, {}
+
+    def text(self, isomeric: bool) -> str | None:
+        if isomeric not in self._texts:
+            if self._heavy is None:
+                mol = Chem.MolFromSmiles(self._smiles) if self._smiles else None
+                try:
+                    self._heavy = False if mol is None else Chem.RemoveHs(mol)
+                except (RuntimeError, ValueError):  # as canonical(): sanitisation errors
+                    self._heavy = False
+            self._texts[isomeric] = None if self._heavy is False else \
+                Chem.MolToSmiles(Chem.Mol(self._heavy), isomericSmiles=isomeric)
+        return self._texts[isomeric]
+
+
 def match_generated(references: dict[str, list[Chem.Mol]], generated: dict[str, list[Chem.Mol]]
-                    ) -> tuple[dict[str, list[Chem.Mol]], list[dict]]:
+                    ) -> tuple[dict[str, ConformerRecords], list[dict]]:
     """Generated conformers per reference name, and the generated groups that matched none.
 
     By name only when the molecules agree (same non-isomeric heavy-atom SMILES, when the
-    generated records carry ``smiles``); else by SMILES (module docstring).
+    generated records carry ``smiles``); else by SMILES (module docstring). Canonical SMILES
+    are computed only where a rule needs them (most groups match by name).
     """
-    by_iso: dict[str, list[str]] = defaultdict(list)
-    by_flat: dict[str, list[str]] = defaultdict(list)
-    flat_of: dict[str, str | None] = {}
-    for name, mols in references.items():
-        smiles = _group_smiles(name, mols)
-        flat_of[name] = canonical(smiles, False) if smiles else None
-        if smiles:
-            by_iso[canonical(smiles, True) or ""].append(name)
-            by_flat[flat_of[name] or ""].append(name)
-    matched: dict[str, list[Chem.Mol]] = defaultdict(list)
+    ref_smiles: dict[str, tuple[str | None, _Canonical]] = {}
+    parsed: dict[str | None, _Canonical] = {}  # one parse per SMILES text
+
+    def canonical_of(smiles: str | None) -> _Canonical:
+        if smiles not in parsed:
+            parsed[smiles] = _Canonical(smiles)
+        return parsed[smiles]
+
+    def reference(name: str) -> tuple[str | None, _Canonical]:
+        if name not in ref_smiles:
+            smiles = _group_smiles(name, references[name])
+            ref_smiles[name] = smiles, canonical_of(smiles)
+        return ref_smiles[name]
+
+    by_smiles: list[dict[str, list[str]]] = []  # [isomeric, non-isomeric] -> names
+
+    def lookup(isomeric: bool) -> dict[str, list[str]]:
+        if not by_smiles:
+            by_iso: dict[str, list[str]] = defaultdict(list)
+            by_flat: dict[str, list[str]] = defaultdict(list)
+            for name in references:
+                smiles, canon = reference(name)
+                if smiles:
+                    by_iso[canon.text(True) or ""].append(name)
+                    by_flat[canon.text(False) or ""].append(name)
+            by_smiles.extend([by_iso, by_flat])
+        return by_smiles[0 if isomeric else 1]
+
+    matched: dict[str, list[ConformerRecords]] = defaultdict(list)
     unmatched = []
     for gen_name, mols in generated.items():
-        smiles = mols[0].GetProp("smiles") if mols[0].HasProp("smiles") else None
-        iso = canonical(smiles, True) if smiles else None
-        flat = canonical(smiles, False) if smiles else None
-        if gen_name in references and (flat is None or flat_of[gen_name] in (None, flat)):
-            matched[gen_name].extend(mols)
-        elif iso and len(by_iso.get(iso, [])) == 1:
-            matched[by_iso[iso][0]].extend(mols)
-        elif flat and len(by_flat.get(flat, [])) == 1:
-            matched[by_flat[flat][0]].extend(mols)
+        mols = ConformerRecords.from_molecules(mols)
+        smiles = mols.prop(0, "smiles")
+        canon = canonical_of(smiles)
+        flat = canon.text(False) if smiles else None
+        if gen_name in references and (
+                flat is None or (reference(gen_name)[1].text(False)
+                                 if reference(gen_name)[0] else None) in (None, flat)):
+            matched[gen_name].append(mols)
+        elif smiles and canon.text(True) and len(lookup(True).get(canon.text(True), [])) == 1:
+            matched[lookup(True)[canon.text(True)][0]].append(mols)
+        elif flat and len(lookup(False).get(flat, [])) == 1:
+            matched[lookup(False)[flat][0]].append(mols)
         else:
             unmatched.append({"name": gen_name, "smiles": smiles, "n_gen": len(mols),
                               "reason": "matches no reference group by name or SMILES"})
-    return dict(matched), unmatched
+    return {name: parts[0] if len(parts) == 1 else ConformerRecords.concatenate(parts)
+            for name, parts in matched.items()}, unmatched
 
 
 def incomplete_molecules(generated: dict[str, list[Chem.Mol]]) -> dict[str, tuple[int, int]]:
@@ -265,13 +314,13 @@ def incomplete_molecules(generated: dict[str, list[Chem.Mol]]) -> dict[str, tupl
     for name, mols in generated.items():
         present: dict[str, int] = defaultdict(int)
         expected: dict[str, int] = {}
-        for mol in mols:
-            if not all(mol.HasProp(p) for p in GENERATE_PROPS):
+        mols = ConformerRecords.from_molecules(mols)
+        for line, total in zip(mols.props("input_line"), mols.props("n_conformers"), strict=True):
+            if line is None or total is None:
                 continue
-            line = mol.GetProp("input_line")
             present[line] += 1
             try:
-                expected[line] = int(mol.GetProp("n_conformers"))
+                expected[line] = int(total)
             except ValueError:
                 continue
         short = [(present[line], expected[line]) for line in expected
@@ -302,17 +351,6 @@ def _group_smiles(name: str, mols: list[Chem.Mol]) -> str | None:
         except (RuntimeError, ValueError):
             return None
     return name if Chem.MolFromSmiles(name) is not None else None
-
-
-# What the cache key digests of each reference: the float64 coordinates (RDKit pickles float32
-# by default) and the file's properties, not computed ones (ring info, invariants), which
-# RDKit caches on a molecule as the RMSD engine reads it and would change the key mid-run.
-_P = Chem.PropertyPickleOptions
-_BINARY_OPTIONS = _P.MolProps | _P.AtomProps | _P.BondProps | _P.CoordsAsDouble
-
-
-def _to_bytes(mols: list[Chem.Mol]) -> list[bytes]:
-    return [mol.ToBinary(_BINARY_OPTIONS) for mol in mols]
 
 
 # Molecules whose RMSD matrices are computed together (one call of the batched engine, its
@@ -346,9 +384,10 @@ def molecule_result(name: str, refs: list[Chem.Mol], gens: list[Chem.Mol], matri
     keep = ~np.isnan(matrix).any(axis=0)
     out["n_gen_mismatched"] = int((~keep).sum())
     out["rmsd"] = matrix[:, keep]
-    kept = [g for g, k in zip(gens, keep, strict=True) if k]
-    if kept and settings.validity_confs_per_molecule > 0:
-        sample = kept[: settings.validity_confs_per_molecule]
+    kept = np.flatnonzero(keep)
+    if len(kept) and settings.validity_confs_per_molecule > 0:
+        # only these records are built as molecules (the fast reader's records are lazy)
+        sample = [gens[int(i)] for i in kept[: settings.validity_confs_per_molecule]]
         try:
             reports = [validity_report(g, g.GetProp("smiles") if g.HasProp("smiles")
                                        else _group_smiles(name, refs)) for g in sample]
@@ -363,21 +402,33 @@ def compute_results(names: list[str], references: dict[str, list[Chem.Mol]],
                     workers: int = 1, on_done=None):
     """Yield :func:`molecule_result` for each name, chunk by chunk (see CACHE_CHUNK_PAIRS);
     ``on_done(n)`` is called as the engine finishes molecules (a progress bar's update)."""
+    for chunk in compute_chunks(names, references, matched, settings, workers, on_done):
+        yield from chunk
+
+
+def compute_chunks(names: list[str], references: dict[str, list[Chem.Mol]],
+                   matched: dict[str, list[Chem.Mol]], settings: EvaluationSettings,
+                   workers: int = 1, on_done=None):
+    """:func:`compute_results` one chunk (a list of results) at a time."""
     RDLogger.DisableLog("rdApp.*")
     pairs = {n: len(references[n]) * max(1, len(matched.get(n, []))) for n in names}
     for chunk in _chunks_by_pairs(names, pairs, CACHE_CHUNK_PAIRS):
         problems = [(references[n], matched.get(n, [])) for n in chunk]
-        with_gens = [i for i, (_, gens) in enumerate(problems) if gens]
-        matrices = rmsd_matrices([problems[i] for i in with_gens], workers=workers,
+        with_gens = [i for i, (_, gens) in enumerate(problems) if len(gens)]
+        # the engine reads each run of records sharing a topology as one molecule with
+        # many conformers: its per-conformer graph checks are then paid once per run
+        engine_problems = [(ConformerRecords.from_molecules(problems[i][0]).engine_molecules(),
+                            ConformerRecords.from_molecules(problems[i][1]).engine_molecules())
+                           for i in with_gens]
+        matrices = rmsd_matrices(engine_problems, workers=workers,
                                  max_matches=settings.max_matches,
                                  symmetrize=settings.symmetrize_conjugated_terminal_groups,
                                  on_mismatch="nan", progress=on_done)
         matrix_of = dict(zip(with_gens, matrices, strict=True))
         if on_done is not None and len(with_gens) < len(chunk):
             on_done(len(chunk) - len(with_gens))
-        for i, name in enumerate(chunk):
-            refs, gens = problems[i]
-            yield molecule_result(name, refs, gens, matrix_of.get(i), settings)
+        yield [molecule_result(name, *problems[i], matrix_of.get(i), settings)
+               for i, name in enumerate(chunk)]
 
 
 def _check_not_swapped(generated_path: Path, generated: dict, references: dict,
@@ -400,15 +451,24 @@ def _check_not_swapped(generated_path: Path, generated: dict, references: dict,
     return []
 
 
+PLOT_FORMATS = ("svg", "png", "none")
+
+
 def evaluate(generated_path: Path, references: dict[str, list[Chem.Mol]], out_dir: Path,
              settings: EvaluationSettings, workers: int = 1, progress: bool = True,
-             extra_settings: dict | None = None, generated_key: str | None = None) -> dict:
-    """Evaluate and write ``results.json``, ``table.md``, ``coverage.png``, ``rmsd.npz``.
+             extra_settings: dict | None = None, generated_key: str | None = None,
+             plot: str = "svg") -> dict:
+    """Evaluate and write ``results.json``, ``table.md``, ``rmsd.npz`` and the coverage plot.
 
     ``generated_key`` groups the generated records (None: detected, see
-    :func:`detect_group_key`). The returned document's ``warnings`` are lines for the user
-    (incomplete molecules, name clashes, files that may be swapped).
+    :func:`detect_group_key`). ``plot``: ``"svg"`` writes ``coverage.svg`` (written directly,
+    about a millisecond), ``"png"`` ``coverage.png`` with matplotlib (its import and drawing
+    take about half a second, more than the rest of a small evaluation), ``"none"`` no plot.
+    The returned document's ``warnings`` are lines for the user (incomplete molecules, name
+    clashes, files that may be swapped).
     """
+    if plot not in PLOT_FORMATS:
+        raise UserInputError(f"--plot {plot!r}: expected one of {', '.join(PLOT_FORMATS)}")
     unreadable: list[dict] = []
     generated_path = Path(generated_path)
     references, ref_clashes = split_name_clashes(references)
@@ -421,7 +481,7 @@ def evaluate(generated_path: Path, references: dict[str, list[Chem.Mol]], out_di
                     "coverage 0 (listed in the failures)"]
     else:
         gen_key = generated_key or detect_group_key(generated_path, "--generated")
-        generated = read_conformer_groups(generated_path, key=gen_key, errors=unreadable)
+        generated = read_record_groups(generated_path, key=gen_key, errors=unreadable)
         if not generated:
             raise UserInputError(f"--generated {generated_path}: no readable conformer record")
         generated, gen_clashes = split_name_clashes(generated)
@@ -453,15 +513,17 @@ def evaluate(generated_path: Path, references: dict[str, list[Chem.Mol]], out_di
         names = [n for n in names if n in matched]
     settings_dict = asdict(settings)
     out_dir = Path(out_dir)
+    generated_sha256 = file_sha256(generated_path)
     cache = _MoleculeCache(out_dir / "per_molecule_cache", {
-        "settings": settings_dict, "generated_sha256": file_sha256(generated_path),
-        "references": _references_digest(references, names)})
+        "settings": settings_dict, "generated_sha256": generated_sha256,
+        "references": records_digest(references, names)})
     results = [r for r in (cache.load(n) for n in names) if r is not None]
     todo = [n for n in names if not cache.has(n)]
     with show_progress(total=len(todo), desc="evaluate", unit="mol", enabled=progress) as bar:
-        for result in compute_results(todo, references, matched, settings, workers, bar.update):
-            cache.save(result)
-            results.append(result)
+        for chunk_results in compute_chunks(todo, references, matched, settings, workers,
+                                            bar.update):
+            cache.save(chunk_results)
+            results.extend(chunk_results)
     results.sort(key=lambda r: r["name"])
 
     scores, matrices, validity_entries = [], {}, []
@@ -497,33 +559,35 @@ def evaluate(generated_path: Path, references: dict[str, list[Chem.Mol]], out_di
         "curves": curves,
         "settings": settings_dict | (extra_settings or {}) | {
             "generated": str(generated_path), "generated_key": gen_key,
-            "generated_sha256": file_sha256(generated_path),
-            "environment": environment_info()},
+            "generated_sha256": generated_sha256,
+            "environment": _environment_info()},
     }
     (out_dir / "results.json").write_text(json.dumps(document, indent=2))
-    np.savez_compressed(out_dir / "rmsd.npz", **{f"m{i}": m for i, m in
-                                                 enumerate(matrices.values())},
-                        names=np.array(list(matrices)))
+    # not compressed: RMSD values in float64 barely compress, and zlib took longer than the
+    # rest of the output on the benchmark sets
+    np.savez(out_dir / "rmsd.npz", **{f"m{i}": m for i, m in enumerate(matrices.values())},
+             names=np.array(list(matrices)))
     (out_dir / "table.md").write_text(_table_markdown(document))
-    plot_coverage(curves, out_dir / "coverage.png", settings.threshold)
+    if plot == "svg":
+        write_coverage_svg(curves, out_dir / "coverage.svg", settings.threshold)
+    elif plot == "png":
+        plot_coverage(curves, out_dir / "coverage.png", settings.threshold)
     return document
 
 
-def _references_digest(references: dict[str, list[Chem.Mol]], names: list[str]) -> str:
-    digest = hashlib.sha256()
-    for name in names:
-        digest.update(name.encode())
-        for blob in _to_bytes(references[name]):
-            digest.update(blob)
-    return digest.hexdigest()[:16]
+# The code of this process cannot change once imported, so its revision (two git calls) and
+# library versions are looked up once per process.
+_environment_info = functools.cache(environment_info)
 
 
 class _MoleculeCache:
     """Per-molecule results on disk, so an interrupted evaluation resumes (rerun the command).
 
-    One NPZ per molecule (arrays and a JSON string; no pickles) under ``folder``; the folder
-    holds ``key.json`` (settings, generated-file hash, references hash) and is emptied when the
-    key changes, so stale results are never mixed in.
+    One NPZ per chunk of molecules computed together (arrays and a JSON string; no pickles)
+    under ``folder``: a killed run loses at most the chunk in progress, and a small evaluation
+    writes one file rather than one per molecule. The folder holds ``key.json`` (settings,
+    generated-file hash, references hash) and is emptied when the key changes, so stale
+    results are never mixed in.
     """
 
     def __init__(self, folder: Path, key: dict):
@@ -531,31 +595,49 @@ class _MoleculeCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         key_path = self.folder / "key.json"
         text = json.dumps(key, sort_keys=True, default=str)
+        self._files: dict[str, tuple[Path, int]] = {}  # name -> (chunk file, position)
         if not key_path.exists() or key_path.read_text() != text:
             for old in self.folder.glob("*.npz"):
                 old.unlink()
             key_path.write_text(text)
-
-    def _path(self, name: str) -> Path:
-        return self.folder / f"{stable_hash(name, 24)}.npz"
+            return
+        for path in sorted(self.folder.glob("chunk-*.npz")):
+            if path.name.endswith(".tmp.npz"):
+                continue
+            with np.load(path, allow_pickle=False) as data:
+                for position, name in enumerate(json.loads(str(data["names"]))):
+                    self._files[name] = (path, position)
 
     def has(self, name: str) -> bool:
-        return self._path(name).exists()
+        return name in self._files
 
     def load(self, name: str) -> dict | None:
-        path = self._path(name)
-        if not path.exists():
+        if name not in self._files:
             return None
+        path, position = self._files[name]
         with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            return meta | {"rmsd": data["rmsd"]}
+            meta = json.loads(str(data["meta"]))[position]
+            shapes = data["shapes"]
+            start = int(np.prod(shapes[:position], axis=1).sum())
+            rows, cols = (int(n) for n in shapes[position])
+            rmsd = data["values"][start:start + rows * cols].reshape(rows, cols)
+            return meta | {"rmsd": rmsd}
 
-    def save(self, result: dict) -> None:
-        meta = {k: v for k, v in result.items() if k != "rmsd"}
-        path = self._path(result["name"])
+    def save(self, results: list[dict]) -> None:
+        """Store one chunk's results (one file, written atomically)."""
+        if not results:
+            return
+        names = [r["name"] for r in results]
+        path = self.folder / f"chunk-{stable_hash(names, 24)}.npz"
         partial = path.with_suffix(".tmp.npz")
-        np.savez(partial, rmsd=result["rmsd"], meta=np.array(json.dumps(meta)))
+        meta = [{k: v for k, v in r.items() if k != "rmsd"} for r in results]
+        shapes = np.array([r["rmsd"].shape for r in results], dtype=np.int64).reshape(-1, 2)
+        values = np.concatenate([r["rmsd"].ravel() for r in results])
+        np.savez(partial, names=np.array(json.dumps(names)), meta=np.array(json.dumps(meta)),
+                 shapes=shapes, values=values)  # few arrays: each costs a zip member
         partial.replace(path)  # atomic: a killed run never leaves half a file
+        for position, name in enumerate(names):
+            self._files[name] = (path, position)
 
 
 def _table_markdown(document: dict) -> str:
@@ -598,3 +680,56 @@ def plot_coverage(curves: dict, path: Path, threshold: float) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def write_coverage_svg(curves: dict, path: Path, threshold: float) -> None:
+    """:func:`plot_coverage`'s figure as an SVG file written directly (no plotting library):
+    COV-R and COV-P (mean solid, median dashed; %) against the threshold (Angstrom), the
+    evaluation's threshold as a grey line."""
+    width, height, left, right, top, bottom = 500, 350, 60, 20, 20, 50
+    x = [float(v) for v in curves["threshold"]]
+    x_max = max(x) if x and max(x) > 0 else 1.0
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def px(value: float) -> float:
+        return left + plot_w * value / x_max
+
+    def py(percent: float) -> float:
+        return top + plot_h * (1 - percent / 100)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'font-family="sans-serif" font-size="11">',
+             f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
+             'stroke="black"/>']
+    step = next(s for s in (0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0) if x_max / s <= 10)
+    for i in range(int(x_max / step + 1e-9) + 1):
+        tick = i * step
+        parts.append(f'<line x1="{px(tick):.1f}" y1="{top + plot_h}" x2="{px(tick):.1f}" '
+                     f'y2="{top + plot_h + 4}" stroke="black"/><text x="{px(tick):.1f}" '
+                     f'y="{top + plot_h + 16}" text-anchor="middle">{tick:g}</text>')
+    for percent in range(0, 101, 20):
+        parts.append(f'<line x1="{left - 4}" y1="{py(percent):.1f}" x2="{left}" '
+                     f'y2="{py(percent):.1f}" stroke="black"/><text x="{left - 7}" '
+                     f'y="{py(percent) + 4:.1f}" text-anchor="end">{percent}</text>')
+    parts.append(f'<line x1="{px(threshold):.1f}" y1="{top}" x2="{px(threshold):.1f}" '
+                 f'y2="{top + plot_h}" stroke="grey" stroke-width="0.8"/>')
+    colours = {"cov_r": "#1f77b4", "cov_p": "#ff7f0e"}
+    legend_y = top + plot_h - 8
+    for key in ("cov_p_median", "cov_p_mean", "cov_r_median", "cov_r_mean"):
+        if not curves.get(key):
+            continue
+        colour, dash = colours[key[:5]], ' stroke-dasharray="5,3"' if "median" in key else ""
+        points = " ".join(f"{px(a):.1f},{py(100 * float(b)):.1f}"
+                          for a, b in zip(x, curves[key], strict=True))
+        parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" '
+                     f'stroke-width="1.5"{dash}/>')
+        parts.append(f'<line x1="{width - right - 110}" y1="{legend_y - 4}" '
+                     f'x2="{width - right - 85}" y2="{legend_y - 4}" stroke="{colour}" '
+                     f'stroke-width="1.5"{dash}/><text x="{width - right - 80}" '
+                     f'y="{legend_y}">{key.replace("_", " ")}</text>')
+        legend_y -= 15
+    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 12}" text-anchor="middle">'
+                 'threshold delta (A)</text>')
+    parts.append(f'<text x="15" y="{top + plot_h / 2}" text-anchor="middle" '
+                 f'transform="rotate(-90 15 {top + plot_h / 2})">coverage (%)</text></svg>\n')
+    Path(path).write_text("".join(parts))

@@ -1,0 +1,451 @@
+"""A fast SDF reader for ``conformer evaluate``: one RDKit parse per molecule, not per record.
+
+The conformers of one molecule share their topology: every record of a run of conformers has
+the same counts line, the same atom lines apart from the coordinate columns, the same bond and
+``M`` lines. :func:`read_record_groups` parses the first record of such a run with RDKit (the
+*template*) and, for each following record, only checks that its topology bytes equal the
+template's and reads its coordinates (numpy, from the fixed-width V2000 columns) and its data
+items. A record that differs in any way (another molecule, a changed charge or bond, a
+coordinate field that is not plain ``%10.4f``-style text, a data item RDKit might read
+differently) is parsed by RDKit on its own, exactly as :func:`conformer.sdf_io.iter_sdf` would;
+a file whose record boundaries are not plain (carriage returns, a header line holding
+``$$$$``) is read by RDKit as a whole. The result of RDKit's reader and this one are the same
+records, names, properties and coordinates (equal to the last printed digit: both round the
+same decimal text to the nearest double).
+
+Records are held in :class:`ConformerRecords`, a sequence of RDKit molecules that builds a
+record's :class:`~rdkit.Chem.Mol` only when asked for it (by RDKit, from the record's own text,
+so stereo perceived from its coordinates is the record's own) and that hands the RMSD engine one
+multi-conformer molecule per run of records (:meth:`ConformerRecords.engine_molecules`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from rdkit import Chem
+
+from conformer.errors import UserInputError
+from conformer.sdf_io import iter_sdf, open_binary
+
+_RECORD_END = b"$$$$\n"  # as conformer.sdf_io: a record ends at a whole "$$$$" line
+# A data header RDKit reads as the label between the first '<' and the last '>' (the line
+# ends with it); other header forms go to RDKit.
+# One data item: a header whose label RDKit takes between the first '<' and the last '>', one
+# value line without surrounding blanks, an empty line (or the end). Other forms go to RDKit.
+_ITEM_TEXT = r">[^<\n]*<([^\n]*)>[^>\n]*\n([^\s>](?:[^\n]*[^\s])?)\n(?:\n|\Z)"
+_DATA_ITEM = re.compile(_ITEM_TEXT)
+_DATA_ITEMS = re.compile(r"\n*(?:" + _ITEM_TEXT.replace("(", "(?:").replace("(?:?:", "(?:")
+                         + r"\n*)*")
+_COORD_COLUMNS = 30  # x, y, z: three 10-character fields at the start of a V2000 atom line
+_END_LINE = b"M  END\n"
+_BOND_STEREO = slice(9, 12)  # columns of a V2000 bond line's stereo field
+
+
+
+class _Block:
+    """A run of records sharing one topology: RDKit's parse of the first (``template``), the
+    atom lines' fixed length, and after :func:`_finish_block` every row's coordinates
+    ``coords`` (n_rows, n_atoms, 3) float64 Angstrom (row 0: the template's)."""
+
+    __slots__ = ("template", "counts", "dimension", "line_length", "n_atoms", "atom_bytes",
+                 "bond_bytes", "bond_texts", "tail", "offsets", "coords")
+
+    def __init__(self, template: Chem.Mol, counts: bytes, dimension: bytes,
+                 atom_bytes: np.ndarray, bond_bytes: np.ndarray, tail: bytes, offset: int):
+        self.template = template
+        self.counts, self.dimension, self.tail = counts, dimension, tail
+        self.n_atoms, self.line_length = atom_bytes.shape[0], atom_bytes.shape[1] - 1
+        self.atom_bytes = atom_bytes  # (n_atoms, line_length + 1) uint8, newline included
+        self.bond_bytes = bond_bytes  # (n_bonds, bond line length + 1) uint8
+        self.bond_texts = {bond_bytes.tobytes()}  # bond blocks known to match
+        self.offsets = [offset]  # start of each row's atom block in the file
+        self.coords: np.ndarray | None = None
+
+
+class _Entry:
+    """One record: its data items (``props``, with the title as ``_Name``; None when the
+    molecule ``mol`` carries them), its place in a block, its text (for a lazy RDKit parse)."""
+
+    __slots__ = ("props", "block", "row", "text", "mol")
+
+    def __init__(self, props=None, block=None, row=0, text=None, mol=None):
+        self.props, self.block, self.row, self.text, self.mol = props, block, row, text, mol
+
+    def get(self, key: str) -> str | None:
+        if self.props is not None:
+            return self.props.get(key)
+        return self.mol.GetProp(key) if self.mol.HasProp(key) else None
+
+
+class ConformerRecords(Sequence):
+    """The records of one molecule group, as a read-only sequence of RDKit molecules.
+
+    Indexing or iterating builds each record's molecule with RDKit (cached); :meth:`prop`,
+    :meth:`engine_molecules`, :meth:`digest` and :meth:`select` never do.
+    """
+
+    __slots__ = ("_entries",)
+
+    def __init__(self, entries: list[_Entry]):
+        self._entries = entries
+
+    @classmethod
+    def from_molecules(cls, mols) -> ConformerRecords:
+        """Wrap molecules already in memory (each keeps its own conformers)."""
+        if isinstance(mols, ConformerRecords):
+            return mols
+        return cls([_Entry(mol=mol) for mol in mols])
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self._molecule(entry) for entry in self._entries[index]]
+        return self._molecule(self._entries[index])
+
+    def __iter__(self) -> Iterator[Chem.Mol]:
+        return (self._molecule(entry) for entry in self._entries)
+
+    @classmethod
+    def concatenate(cls, parts) -> ConformerRecords:
+        """The records of ``parts`` (records or lists of molecules), in order."""
+        return cls([entry for part in parts for entry in cls.from_molecules(part)._entries])
+
+    @staticmethod
+    def _molecule(entry: _Entry) -> Chem.Mol:
+        if entry.mol is None:
+            entry.mol = _rdkit_record(entry.text)
+        return entry.mol
+
+    def prop(self, index: int, key: str) -> str | None:
+        """Record ``index``'s property ``key`` as RDKit would give it (``_Name``: the title),
+        None when absent."""
+        return self._entries[index].get(key)
+
+    def props(self, key: str) -> list[str | None]:
+        """:meth:`prop` of every record."""
+        return [entry.get(key) for entry in self._entries]
+
+    def select(self, indices) -> ConformerRecords:
+        """The records at ``indices``, in that order."""
+        return ConformerRecords([self._entries[i] for i in indices])
+
+    def engine_molecules(self) -> list[Chem.Mol]:
+        """The records as the RMSD engine reads them: each run of consecutive records from
+        one block as one molecule with one conformer per record (in order), other records as
+        they are. Conformer j of the result is record j's coordinates."""
+        out: list[Chem.Mol] = []
+        entries, i = self._entries, 0
+        while i < len(entries):
+            block = entries[i].block
+            if block is None:
+                out.append(self._molecule(entries[i]))
+                i += 1
+                continue
+            j = i
+            while j < len(entries) and entries[j].block is block:
+                j += 1
+            rows = [entry.row for entry in entries[i:j]]
+            mol = Chem.Mol(block.template)
+            mol.RemoveAllConformers()
+            for xyz in block.coords[rows]:
+                conformer = Chem.Conformer(block.n_atoms)
+                conformer.SetPositions(xyz)
+                mol.AddConformer(conformer, assignId=True)
+            out.append(mol)
+            i = j
+        return out
+
+    def digest(self, update) -> None:
+        """Feed what identifies these records to ``update`` (a hash's update method): a record
+        read from a file by its text (which fixes everything read from it), a molecule given
+        in memory by its binary form (topology, float64 coordinates, the file's properties)."""
+        for entry in self._entries:
+            update(entry.text if entry.text is not None else entry.mol.ToBinary(_BINARY_OPTIONS))
+
+
+_P = Chem.PropertyPickleOptions
+# the file's properties and float64 coordinates, not computed ones (ring info, invariants),
+# which RDKit caches on a molecule as the RMSD engine reads it
+_BINARY_OPTIONS = _P.MolProps | _P.AtomProps | _P.BondProps | _P.CoordsAsDouble
+
+
+def _rdkit_record(text: bytes) -> Chem.Mol | None:
+    """RDKit's reading of one record, as :func:`conformer.sdf_io.iter_sdf` reads it."""
+    supplier = Chem.ForwardSDMolSupplier(io.BytesIO(text), removeHs=False, sanitize=True)
+    return next(iter(supplier), None)
+
+
+def _data_items(data: bytes, start: int, stop: int) -> dict[str, str] | None:
+    """The data items of ``data[start:stop]`` (after ``M  END``), or None when any of them
+    is not the plain one-line form (RDKit then reads the record)."""
+    try:
+        text = data[start:stop].decode()
+    except UnicodeDecodeError:
+        return None
+    if not _DATA_ITEMS.fullmatch(text):
+        return None  # empty, multi-line or padded values, other headers: RDKit's rules
+    return dict(_DATA_ITEM.findall(text))
+
+
+_PLACE_VALUES = np.array([10 ** 8, 10 ** 7, 10 ** 6, 10 ** 5, 10 ** 4, 0, 1000, 100, 10, 1],
+                         dtype=np.int64)
+
+
+def _parse_fixed_coordinates(chars: np.ndarray) -> np.ndarray | None:
+    """Values of 10-character fields ``chars`` (N, 10) uint8 written as ``%10.4f`` (leading
+    blanks, an optional minus, digits, the point at column 5, four decimals); None when any
+    field has another form. Exact: an integer mantissa (exact in float64) divided by 10^4
+    rounds once, to the double nearest the decimal text, as strtod does."""
+    values = chars - np.uint8(48)  # digits 0-9; blank 240, minus 253, point 254 (wrapped)
+    is_digit = values < 10
+    if not (np.all(chars[:, 5] == 46) and np.all(is_digit[:, 6:]) and np.all(is_digit[:, 4])):
+        return None
+    head, head_digit = values[:, :4], is_digit[:, :4]
+    minus = head == 253
+    if not np.all(head_digit | minus | (head == 240)):
+        return None
+    # blanks, then at most one minus, then digits: ranks 0, 1, 2 never decrease, no "--"
+    rank = head_digit * np.uint8(2) + minus
+    if np.any(rank[:, 1:] < rank[:, :-1]) or np.any(minus[:, 1:] & minus[:, :-1]):
+        return None
+    mantissa = np.einsum("ij,j->i", values * is_digit, _PLACE_VALUES)  # int64: exact
+    magnitude = mantissa / 1e4  # one rounding
+    return np.where(minus.any(axis=1), -magnitude, magnitude)  # "-0.0000" is -0.0, as strtod
+
+
+def _finish_block(block: _Block, data: bytes) -> np.ndarray:
+    """Fill ``block.coords``; returns a bool per row: True where the row's atom lines equal
+    the template's outside the coordinate columns and its coordinates are plain ``%10.4f``
+    text."""
+    n_atoms, width = block.n_atoms, block.line_length + 1
+    span = n_atoms * width  # the bond lines were checked by _fast_entry
+    rows = np.frombuffer(b"".join([data[o:o + span] for o in block.offsets]),
+                         dtype=np.uint8).reshape(len(block.offsets), n_atoms, width)
+    same = np.all(rows[:, :, _COORD_COLUMNS:] == block.atom_bytes[None, :, _COORD_COLUMNS:],
+                  axis=(1, 2))
+    fields = rows[:, :, :_COORD_COLUMNS]
+    fields = fields.reshape(len(rows), n_atoms * 3, 10)
+    coords = np.zeros((len(rows), n_atoms, 3))
+    plain = np.zeros(len(rows), dtype=bool)
+    ok_rows = np.flatnonzero(same)
+    values = (_parse_fixed_coordinates(fields[ok_rows].reshape(-1, 10)) if len(ok_rows)
+              else None)
+    if values is not None:
+        coords[ok_rows], plain[ok_rows] = values.reshape(-1, n_atoms, 3), True
+    else:  # some field is not plain: row by row, keep the plain rows
+        for row in ok_rows:
+            row_values = _parse_fixed_coordinates(fields[row])
+            if row_values is not None:
+                coords[row], plain[row] = row_values.reshape(n_atoms, 3), True
+    # the template's own coordinates are RDKit's, whatever their text
+    coords[0], plain[0] = block.template.GetConformer().GetPositions(), True
+    block.coords = coords
+    return plain
+
+
+def _template_block(mol: Chem.Mol, data: bytes, data_array: np.ndarray, start: int,
+                    stop: int) -> _Block | None:
+    """A block from a record RDKit read (``data[start:stop]``), or None when its layout is
+    not one later records can be checked against (V3000, uneven atom lines, several
+    conformers)."""
+    if mol.GetNumConformers() != 1:
+        return None
+    header = _header(data, start, stop)
+    if header is None:
+        return None
+    counts, dimension, atoms_start, n_atoms = header
+    if n_atoms != mol.GetNumAtoms() or n_atoms == 0:
+        return None
+    line_end = data.find(b"\n", atoms_start, stop)
+    line_length = line_end - atoms_start
+    atoms_stop = atoms_start + n_atoms * (line_length + 1)
+    if line_length <= _COORD_COLUMNS or atoms_stop > stop:
+        return None
+    atom_bytes = data_array[atoms_start:atoms_stop].reshape(n_atoms, line_length + 1)
+    if not np.all(atom_bytes[:, -1] == 10):
+        return None
+    n_bonds = mol.GetNumBonds()
+    bond_length = data.find(b"\n", atoms_stop, stop) - atoms_stop if n_bonds else 0
+    bonds_stop = atoms_stop + n_bonds * (bond_length + 1)
+    if n_bonds and (bond_length < _BOND_STEREO.stop or bonds_stop > stop):
+        return None
+    bond_bytes = data_array[atoms_stop:bonds_stop].reshape(n_bonds, bond_length + 1)
+    if not np.all(bond_bytes[:, -1] == 10):
+        return None
+    end = data.find(_END_LINE, bonds_stop - 1, stop)
+    if end < 0:
+        return None
+    return _Block(mol, counts, dimension, atom_bytes.copy(), bond_bytes.copy(),
+                  data[bonds_stop:end], atoms_start)
+
+
+def _header(data: bytes, start: int, stop: int):
+    """(counts line, dimension code, start of the atom block, atom count) of a V2000 record,
+    or None."""
+    title_end = data.find(b"\n", start, stop)
+    program_end = data.find(b"\n", title_end + 1, stop) if title_end >= 0 else -1
+    comment_end = data.find(b"\n", program_end + 1, stop) if program_end >= 0 else -1
+    counts_end = data.find(b"\n", comment_end + 1, stop) if comment_end >= 0 else -1
+    if counts_end < 0:
+        return None
+    counts = data[comment_end + 1:counts_end]
+    if b"V2000" not in counts:
+        return None
+    try:
+        n_atoms = int(counts[0:3])
+    except ValueError:
+        return None
+    dimension = data[title_end + 21:min(title_end + 23, program_end)]  # "3D": columns 21-22
+    return counts, dimension, counts_end + 1, n_atoms
+
+
+def _rdkit_groups(path: Path) -> list[_Entry | None]:
+    """Every record read by RDKit (None: unreadable), as entries."""
+    return [None if mol is None else _Entry(mol=mol) for _, mol in iter_sdf(path)]
+
+
+def _read_entries(path: Path) -> list[_Entry | None]:
+    """Every record of the file in order, as entries (None: RDKit cannot read it)."""
+    with open_binary(path) as handle:
+        data = handle.read()
+    if b"\r" in data:
+        return _rdkit_groups(path)
+    data_array = np.frombuffer(data, dtype=np.uint8)
+    spans, end = [], 0  # (start, stop) of each record ending in a whole "$$$$" line
+    if data.startswith(_RECORD_END):
+        spans.append((0, len(_RECORD_END)))
+        end = len(_RECORD_END)
+    while (found := data.find(b"\n" + _RECORD_END, max(end - 1, 0))) >= 0:
+        spans.append((end, found + 1 + len(_RECORD_END)))
+        end = found + 1 + len(_RECORD_END)
+    entries: list[_Entry | None] = []
+    blocks: list[_Block] = []
+    recent: list[_Block] = []  # the last few templates, newest first
+    for start, stop in spans:
+        if data.count(b"\n", start, stop) < 5:  # not even a header and counts line: a
+            return _rdkit_groups(path)  # "$$$$" header line, RDKit draws other boundaries
+        entry = None
+        for block in recent or [None]:
+            # a file may interleave a few atom or bond orders of one molecule (Hutchison's
+            # references do): each keeps its template
+            entry = _fast_entry(data, data_array, block, start, stop)
+            if entry is not None:
+                break
+        if entry is None:  # parsed by RDKit: a new template, or a record of its own
+            mol = _rdkit_record(data[start:stop])
+            if mol is None:
+                entries.append(None)
+                continue
+            candidate = _template_block(mol, data, data_array, start, stop)
+            if candidate is not None:
+                recent = [candidate, *recent[:_RECENT_TEMPLATES - 1]]
+                blocks.append(candidate)
+                entries.append(_Entry(block=candidate, row=0, mol=mol, text=data[start:stop]))
+            else:
+                entries.append(_Entry(mol=mol, text=data[start:stop]))
+            continue
+        entries.append(entry)
+    tail = data[end:]
+    if tail.strip():  # a last record without its terminator (a cut file): RDKit decides
+        mol = _rdkit_record(tail)
+        entries.append(None if mol is None else _Entry(mol=mol, text=tail))
+    for block in blocks:
+        plain = _finish_block(block, data)
+        if not plain.all():
+            _demote_rows(entries, block, plain)
+    return entries
+
+
+def _demote_rows(entries: list, block: _Block, plain: np.ndarray) -> None:
+    """Records of ``block`` that did not pass its checks: read by RDKit on their own."""
+    for k, entry in enumerate(entries):
+        if entry is not None and entry.block is block and not plain[entry.row]:
+            mol = _rdkit_record(entry.text)
+            entries[k] = None if mol is None else _Entry(mol=mol, text=entry.text)
+
+
+_RECENT_TEMPLATES = 4
+
+
+def _fast_entry(data: bytes, data_array: np.ndarray, block: _Block | None, start: int,
+                stop: int):
+    """The entry of record ``data[start:stop]`` read against ``block``'s template, None when
+    RDKit must read it."""
+    if block is None:
+        return None
+    header = _header(data, start, stop)
+    if header is None:
+        return None
+    counts, dimension, atoms_start, n_atoms = header
+    if counts != block.counts or dimension != block.dimension:
+        return None
+    bonds_start = atoms_start + n_atoms * (block.line_length + 1)
+    bonds_stop = bonds_start + block.bond_bytes.size
+    if bonds_stop > stop or data[bonds_stop - 1] != 10:
+        return None
+    bond_text = data[bonds_start:bonds_stop]
+    if bond_text not in block.bond_texts:
+        if block.dimension != b"3D":
+            return None
+        # the bond stereo field (wedges) may differ: RDKit takes the stereo of a 3D record
+        # from its coordinates, and writes wedges per conformer; the RMSD engine reads none
+        bonds = data_array[bonds_start:bonds_stop].reshape(block.bond_bytes.shape)
+        differs = bonds != block.bond_bytes
+        differs[:, _BOND_STEREO] = False
+        if differs.any():
+            return None
+        block.bond_texts.add(bond_text)  # a molecule has few wedge patterns: seen once
+    tail_stop = bonds_stop + len(block.tail)
+    if data[bonds_stop:tail_stop] != block.tail or data[tail_stop:tail_stop + 7] != _END_LINE:
+        return None
+    items = _data_items(data, tail_stop + 7, stop - 5)
+    if items is None:
+        return None
+    try:  # the title, unless a data item is called _Name: RDKit sets that one last
+        props = {"_Name": data[start:data.find(b"\n", start)].decode(), **items}
+    except UnicodeDecodeError:
+        return None
+    row = len(block.offsets)
+    block.offsets.append(atoms_start)
+    return _Entry(props=props, block=block, row=row, text=data[start:stop])
+
+
+def read_record_groups(path: str | Path, key: str,
+                       errors: list[dict] | None = None) -> dict[str, ConformerRecords]:
+    """:func:`conformer.sdf_io.read_conformer_groups` (same groups, order, errors and
+    messages) with :class:`ConformerRecords` groups read by the fast reader."""
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"{path}: file not found")
+    groups: dict[str, list[_Entry]] = {}
+    for index, entry in enumerate(_read_entries(path)):
+        value = None if entry is None else entry.get(key)
+        reason = None
+        if entry is None:
+            reason = "cannot be read by RDKit"
+        elif value is None:
+            reason = f"has no property '{key}'"
+        if reason is not None:
+            if errors is None:
+                raise UserInputError(f"{path}: record {index + 1} {reason}")
+            errors.append({"record": index + 1, "reason": f"{path}: record {reason}"})
+            continue
+        groups.setdefault(value, []).append(entry)
+    return {name: ConformerRecords(entries) for name, entries in groups.items()}
+
+
+def records_digest(groups: dict[str, ConformerRecords], names: list[str]) -> str:
+    """A short hash of the named groups' records (see :meth:`ConformerRecords.digest`)."""
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(name.encode())
+        ConformerRecords.from_molecules(groups[name]).digest(digest.update)
+    return digest.hexdigest()[:16]
