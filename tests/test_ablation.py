@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -110,7 +111,10 @@ def test_one_tiny_arm_trains_to_its_cpu_budget_is_scored_and_not_rerun(tmp_path,
     monkeypatch.setattr(ablation, "train_arm", lambda *a: pytest.fail("retrained"))
     assert run_arm(arms[0], settings)["metrics"] == row["metrics"]
     # a sampler-only arm samples the trained arm's model with its own sampler, untrained
-    resampled = run_arm(arms[1], settings, arms)
+    # ... and reports the budget that model was trained under, not this invocation's
+    later = dataclasses.replace(settings, budget_cpu_minutes=99.0)
+    resampled = run_arm(arms[1], later, arms)
+    assert resampled["budget_cpu_minutes"] == pytest.approx(0.03)
     assert resampled["training"]["sampling_evaluations"] == 3
     assert resampled["training"]["trained_by_arm"] == "tinyflow"
     assert resampled["training"]["global_step"] == training["global_step"]

@@ -317,12 +317,19 @@ def run_arm(arm: Arm, settings: AblationSettings, arms: list[Arm] | None = None)
     scores = evaluate_arm(arm, settings, training["model_file"])
     row = {"arm": arm.name, "change": arm.change, "config": arm.config,
            "overrides": list(arm.overrides), "sampler_overrides": arm.sampler_overrides,
-           "budget_cpu_minutes": settings.budget_cpu_minutes,
+           "budget_cpu_minutes": _trained_budget_minutes(training, settings),
            "settings": dataclasses.asdict(settings),
            "training": {k: v for k, v in training.items() if k != "config"},
            **scores, "harness_wall_seconds": round(time.perf_counter() - started, 1)}
     atomic_json(path, row)
     return row
+
+
+def _trained_budget_minutes(training: dict, settings: AblationSettings) -> float:
+    """The CPU budget the arm's model was trained under: a sampler-only arm reuses a model
+    trained earlier, possibly with another ``--budget-minutes`` than this invocation's."""
+    seconds = (training.get("config") or {}).get("trainer", {}).get("max_cpu_seconds")
+    return settings.budget_cpu_minutes if seconds is None else float(seconds) / 60.0
 
 
 # -- the table ----------------------------------------------------------------------------------
