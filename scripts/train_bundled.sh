@@ -1,45 +1,55 @@
 #!/bin/bash
-# The exact commands that produced the bundled model conformer/assets/model.pt (and the
-# equivariant companion used for the stereo-before-correction comparison).
+# The exact commands that produced the bundled model conformer/assets/model.pt: the heavy-atom
+# recipe (configs/bundled/small_recm_heavy.yaml, recm mode; hydrogens placed by RDKit at
+# generation). Every step resumes when the script is rerun.
 #
-#   GEOM_DIR   GEOM-layout folder built by `conformer build-geom` (default /work/bundled_geom,
-#              built from data/train_smiles/train_druglike.smi, see data/train_smiles/)
-#   CACHE      prepared records (default cache/bundled)
-#   MODES      which models to train (default "recm equivariant")
+#   GEOM_DIR   GEOM-layout folder built by `conformer build-geom` from
+#              data/train_smiles/train_druglike.smi (default ../keep/bundled_geom)
+#   CACHE      prepared records (default ../keep/bundled_cache)
+#   RUNS       training runs (default ../keep/runs)
+#   CONFIGS    which bundled configs to train (default "small_recm_heavy"; the older
+#              explicit-hydrogen recipes are small_recm and small_equivariant)
 #   EXTRA      extra dotted overrides for `conformer train`, e.g. "trainer.max_steps=2000"
+#   THREADS    torch threads for training (default 1: as fast as 2 on a quiet 2-core machine,
+#              and not slowed down by other work on the second core)
 #
-# CPU, niced, one run after the other; rerunning the script resumes an interrupted run.
+# Session 5 (the shipped model): steps 1-2 on 2 workers (build 2,009 s, prepare ~25 s), step 3
+# on one thread, in three sittings, resumed with --resume each time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-GEOM_DIR=${GEOM_DIR:-/work/bundled_geom}
-CACHE=${CACHE:-cache/bundled}
-MODES=${MODES:-"equivariant recm"}
+GEOM_DIR=${GEOM_DIR:-../keep/bundled_geom}
+CACHE=${CACHE:-../keep/bundled_cache}
+RUNS=${RUNS:-../keep/runs}
+CONFIGS=${CONFIGS:-"small_recm_heavy"}
 EXTRA=${EXTRA:-}
+THREADS=${THREADS:-1}
 PY=${PY:-.venv/bin/python}
 export PYTHONPATH=${PYTHONPATH:-.}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+export OMP_NUM_THREADS=$THREADS
 export WANDB_MODE=${WANDB_MODE:-disabled}
 
-# 1. the GEOM-layout folder (4,834 molecules, 87 failures listed in its failures.csv):
-#    conformer build-geom data/train_smiles/train_druglike.smi --out "$GEOM_DIR" --confs 12 --seed 1
-# 2. featurised records, split as build-geom wrote it
-nice -n 10 $PY -m conformer.cli prepare "$GEOM_DIR" --split "$GEOM_DIR/split.npy" \
-    --out "$CACHE" --workers 1 --no-progress
-# 3. train each mode, then export its EMA weights with the sampler chosen after training
-#    (10 Heun steps with churn + 31 low-noise refinement steps = 50 network evaluations; chosen
-#    on 40 validation molecules of this build, never on GEOM test molecules)
+# 1. the GEOM-layout folder: 4,912 molecules built, 9 failures listed in its failures.csv
+#    (ETKDGv3, 12 embeddings, MMFF94, 6 kcal/mol window, 0.5 A de-duplication, seed 1)
+$PY -m conformer.cli build-geom data/train_smiles/train_druglike.smi --out "$GEOM_DIR" \
+    --confs 12 --seed 1 --workers 2 --no-progress
+# 2. featurised records, split as build-geom wrote it (80/10/10)
+$PY -m conformer.cli prepare "$GEOM_DIR" --split "$GEOM_DIR/split.npy" --out "$CACHE" \
+    --workers 2 --no-progress
+# 3. train, then export the EMA weights with the sampler chosen on validation molecules of our
+#    own build (10 Heun steps with churn + 31 low-noise refinement steps = 50 network
+#    evaluations; docs/results/recipe_ablation.md, the heavy_* sampler rows)
 SAMPLER=${SAMPLER:-'{"sample_steps": 10, "churn": 10.0, "refine_steps": 31, "refine_sigma_max": 0.5, "refine_sigma_min": 0.02}'}
-for MODE in $MODES; do
-    RUN=runs/bundled_small_$MODE
+for CONFIG in $CONFIGS; do
+    NAME=bundled_$CONFIG
     RESUME=""
-    if [ -f "$RUN/checkpoints/last.ckpt" ]; then RESUME="--resume"; fi
-    nice -n 10 $PY -m conformer.cli train --config configs/bundled/small_$MODE.yaml $RESUME \
-        data.cache_dir="$CACHE" $EXTRA
-    # the shipped model.pt is the recm one (every layer absorbed: exactly equivariant)
-    OUT=conformer/assets/model.pt
-    if [ "$MODE" != recm ]; then OUT=runs/bundled_small_$MODE/model.pt; fi
+    if [ -f "$RUNS/$NAME/checkpoints/last.ckpt" ]; then RESUME="--resume"; fi
+    $PY -m conformer.cli train --config "configs/bundled/$CONFIG.yaml" $RESUME \
+        data.cache_dir="$CACHE" logging.run_dir="$RUNS" $EXTRA
+    OUT=$RUNS/$NAME/model.pt
+    # the shipped model.pt is the heavy-atom recm one (every layer absorbed: exactly equivariant)
+    if [ "$CONFIG" = small_recm_heavy ]; then OUT=conformer/assets/model.pt; fi
     $PY -c "from conformer.model_io import export_checkpoint as e; import sys, json; \
 print(e(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))['training'])" \
-        "$RUN/checkpoints/last.ckpt" "$OUT" "$SAMPLER"
+        "$RUNS/$NAME/checkpoints/last.ckpt" "$OUT" "$SAMPLER"
 done
 ls -la conformer/assets/
