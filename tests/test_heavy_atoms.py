@@ -3,6 +3,8 @@ records, hydrogens placed by RDKit at generation, stereo through it, the model f
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,9 @@ from conformer.errors import UserInputError
 from conformer.generation.hydrogens import HeavyAtomPlan
 from conformer.stereo import StereoChecker
 from tests.stores import ListStore
+
+# the bundled model until session 5: explicit hydrogens, written before `hydrogens` existed
+EXPLICIT_H_MODEL = Path(__file__).resolve().parent / "fixtures" / "bundled_model_explicit_h_2026-11.pt"
 
 SMILES = ["CCO", "CC(=O)N", "c1ccccc1O", "C[C@H](N)C(=O)O", "C/C=C/C", "OCCN", "CCCCl",
           "C1CCOC1", "CC(C)O", "NC(=O)c1ccncc1"]
@@ -194,8 +199,11 @@ def test_heavy_model_file_round_trips_and_old_files_read_as_explicit(heavy_model
     _, _, meta = load_model(heavy_model)
     assert hydrogen_mode(meta) == "implicit"
     assert ConformerModel.load(heavy_model, "cpu").hydrogens == "implicit"
-    bundled = ConformerModel.load(None, "cpu")
-    assert "hydrogens" not in bundled.meta["model_spec"] and bundled.hydrogens == "explicit"
+    # a file written before the option existed (the explicit-hydrogen bundled model of 2026-11)
+    old = ConformerModel.load(EXPLICIT_H_MODEL, "cpu")
+    assert "hydrogens" not in old.meta["model_spec"] and old.hydrogens == "explicit"
+    # the bundled model since session 5 diffuses heavy atoms only
+    assert ConformerModel.load(None, "cpu").hydrogens == "implicit"
     data = torch.load(heavy_model, weights_only=True)
     data["model_spec"]["hydrogens"] = "some"
     odd = tmp_path / "odd.pt"
@@ -266,11 +274,11 @@ def test_a_hydrogen_stereo_atom_is_replaced_by_the_other_substituent():
     assert np.array_equal(mapped.bond_signs, expected.bond_signs)
 
 
-def test_the_bundled_explicit_model_samples_every_atom_as_before():
+def test_an_explicit_hydrogen_model_samples_every_atom_as_before():
     from conformer.generation.sampler import ConformerModel, ModelSampler
 
     torch.set_num_threads(1)
-    sampler = ModelSampler(ConformerModel.load(None, "cpu"), 3, 8)
+    sampler = ModelSampler(ConformerModel.load(EXPLICIT_H_MODEL, "cpu"), 3, 8)
     assert not sampler.heavy_atoms_only
     mol = Chem.AddHs(Chem.MolFromSmiles("C[C@H](N)O"))
     targets = StereoChecker(mol).targets()
