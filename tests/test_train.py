@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -179,3 +181,56 @@ def test_conformer_train_scores_recm_b_on_held_out_molecules(tmp_path, store):
                 if k.startswith("net.") and k.endswith("b_cluster_weight")]
     assert held_out, "no RECM layer state in the checkpoint"
     assert sum(float(v.sum()) for v in held_out) > 0
+
+
+def test_resume_from_a_mid_epoch_checkpoint_continues_the_epoch(tmp_path, store, monkeypatch):
+    """A run stopped mid-epoch and resumed trains on the same batches, in the same order, as
+    one uninterrupted run: neither the molecules seen before the stop again, nor the rest of
+    the epoch skipped."""
+    from conformer.train.module import ConformerDiffusionModule
+    from conformer.train.run import train
+
+    torch.set_num_threads(1)
+    seen: list[list[int]] = []
+    original = ConformerDiffusionModule.training_step
+
+    interrupt_at = []
+
+    def recording_step(self, batch, batch_idx):
+        if interrupt_at and self.global_step == interrupt_at[0]:
+            raise RuntimeError("interrupted")  # as a killed job: its last checkpoint remains
+        seen.append(batch.molecule_id.tolist())
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(ConformerDiffusionModule, "training_step", recording_step)
+
+    def run(folder, steps, resume=False):
+        config = tiny_config(folder, f"trainer.max_steps={steps}",
+                             "trainer.checkpoint_every_n_steps=1")
+        datamodule = ConformerDataModule(store, store, max_atoms_per_batch=25)
+        return train(config, resume=resume, datamodule=datamodule)
+
+    datamodule = ConformerDataModule(store, store, max_atoms_per_batch=25)
+    datamodule.setup("fit")
+    assert len(datamodule.train_dataloader()) >= 6  # so that step 3 is mid-epoch
+
+    run(tmp_path / "straight", 5)
+    straight, seen[:] = list(seen), []
+    interrupt_at.append(3)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run(tmp_path / "stopped", 5)
+    assert len(seen) == 3
+    interrupt_at.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(tmp_path / "stopped", 5, resume=True)
+    assert not [w for w in caught if "dataloader is not resumable" in str(w.message)]
+    assert len(straight) == 5 and seen == straight
+
+
+def test_training_batches_carry_each_molecules_dataset_index(store):
+    """RECM's held-out molecules are chosen by this id, so it must survive batching as is."""
+    datamodule = ConformerDataModule(store, store, max_atoms_per_batch=60)
+    datamodule.setup("fit")
+    ids = [i for batch in datamodule.train_dataloader() for i in batch.molecule_id.tolist()]
+    assert sorted(ids) == list(range(len(store)))

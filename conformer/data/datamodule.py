@@ -95,8 +95,10 @@ class ConformerDataset(Dataset):
         pos = torch.as_tensor(positions[choice]).to(torch.float32, copy=True)
         graph = molecule_graph(record, pos=pos)
         # a stable id per molecule: RECM holds every k-th molecule out of its branches'
-        # gradient and scores b on those alone (conformer.recm, RECMController.hold_out)
-        graph.molecule_index = torch.tensor([i], dtype=torch.long)
+        # gradient and scores b on those alone (conformer.recm, RECMController.hold_out).
+        # Not "..._index": PyG's Batch offsets every field whose name holds "index" by the
+        # atom count, as for edge_index.
+        graph.molecule_id = torch.tensor([i], dtype=torch.long)
         return heavy_atom_graph(graph) if self.heavy_only else graph
 
 
@@ -121,9 +123,16 @@ class MaxAtomsBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
+        self.resume_at: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def skip_once(self, epoch: int, batches: int) -> None:
+        """Leave out the first ``batches`` batches of ``epoch`` the next time that epoch is
+        iterated: a run resumed from a mid-epoch checkpoint then goes on with the batches it
+        had not seen, in the same order (the batch list is a function of seed and epoch)."""
+        self.resume_at = (epoch, batches)
 
     def global_batches(self) -> list[list[int]]:
         order = np.arange(len(self.num_atoms))
@@ -149,11 +158,27 @@ class MaxAtomsBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         """Each batch is a list of (molecule index, epoch) pairs."""
-        for batch in self._rank_batches():
+        batches = self._rank_batches()
+        if self.resume_at is not None and self.resume_at[0] == self.epoch:
+            batches = batches[self.resume_at[1]:]
+            self.resume_at = None
+        for batch in batches:
             yield [(index, self.epoch) for index in batch]
 
     def __len__(self) -> int:
         return math.ceil(len(self.global_batches()) / self.num_replicas)
+
+
+class _ResumableTrainLoader(DataLoader):
+    """The training loader. Its position is kept by ``ConformerDataModule.state_dict`` (the
+    sampler then skips what the interrupted run had trained on); these two methods tell
+    Lightning that a mid-epoch resume is handled, which it otherwise warns about."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
 
 
 class ConformerDataModule(L.LightningDataModule):
@@ -179,6 +204,7 @@ class ConformerDataModule(L.LightningDataModule):
         self.train_dataset: ConformerDataset | None = None
         self.val_dataset: ConformerDataset | None = None
         self._train_sampler: MaxAtomsBatchSampler | None = None
+        self._resume_position: dict | None = None
 
     @classmethod
     def from_config(cls, data_config, seed: int = 0) -> ConformerDataModule:
@@ -212,17 +238,41 @@ class ConformerDataModule(L.LightningDataModule):
             return 1, 0
         return trainer.world_size, trainer.global_rank
 
-    def _loader(self, dataset: ConformerDataset, sampler: MaxAtomsBatchSampler) -> DataLoader:
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_molecules,
-                          num_workers=self.num_workers,
-                          persistent_workers=False)
+    def _loader(self, dataset: ConformerDataset, sampler: MaxAtomsBatchSampler,
+                loader_class: type[DataLoader] = DataLoader) -> DataLoader:
+        return loader_class(dataset, batch_sampler=sampler, collate_fn=collate_molecules,
+                            num_workers=self.num_workers,
+                            persistent_workers=False)
 
     def train_dataloader(self) -> DataLoader:
         replicas, rank = self._replicas()
         self._train_sampler = MaxAtomsBatchSampler(
             self.train_dataset.num_atoms, self.max_atoms_per_batch, shuffle=True,
             seed=self.seed, num_replicas=replicas, rank=rank)
-        return self._loader(self.train_dataset, self._train_sampler)
+        if self._resume_position is not None:
+            self._train_sampler.skip_once(self._resume_position["epoch"],
+                                          self._resume_position["batches_done"])
+            self._resume_position = None
+        return self._loader(self.train_dataset, self._train_sampler, _ResumableTrainLoader)
+
+    # -- resuming mid-epoch ------------------------------------------------------------------
+    # Lightning stores these in every checkpoint (under this class's name) and hands them back
+    # on --resume, before the train loader is built. Without them a resumed run would start its
+    # epoch over: the molecules seen before the interruption again, the rest of the epoch never.
+    def state_dict(self) -> dict:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or not trainer.training or self._train_sampler is None:
+            return {}
+        # the sampler's epoch is the data's (Lightning's own counter moves on at the end of a
+        # run stopped by max_steps); batch_idx is the batch being finished when a step-based
+        # checkpoint is written
+        loop = trainer.fit_loop.epoch_loop
+        return {"epoch": int(self._train_sampler.epoch), "batches_done": int(loop.batch_idx) + 1}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "epoch" in state_dict and "batches_done" in state_dict:
+            self._resume_position = {"epoch": int(state_dict["epoch"]),
+                                     "batches_done": int(state_dict["batches_done"])}
 
     def val_dataloader(self) -> DataLoader:
         replicas, rank = self._replicas()

@@ -114,7 +114,7 @@ class ConformerDiffusionModule(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         # which molecules are held out of RECM's branches (b is scored on them alone);
         # batches built without a dataset index fall back to scoring b on every molecule
-        self.recm.hold_out(getattr(batch, "molecule_index", None))
+        self.recm.hold_out(getattr(batch, "molecule_id", None))
         loss = self.diffusion.loss(self.net, batch)
         regularization = self.recm.regularization_loss().to(loss)
         total = loss + regularization
