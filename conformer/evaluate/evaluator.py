@@ -397,19 +397,12 @@ def molecule_result(name: str, refs: list[Chem.Mol], gens: list[Chem.Mol], matri
     return out
 
 
-def compute_results(names: list[str], references: dict[str, list[Chem.Mol]],
-                    matched: dict[str, list[Chem.Mol]], settings: EvaluationSettings,
-                    workers: int = 1, on_done=None):
-    """Yield :func:`molecule_result` for each name, chunk by chunk (see CACHE_CHUNK_PAIRS);
-    ``on_done(n)`` is called as the engine finishes molecules (a progress bar's update)."""
-    for chunk in compute_chunks(names, references, matched, settings, workers, on_done):
-        yield from chunk
-
-
 def compute_chunks(names: list[str], references: dict[str, list[Chem.Mol]],
                    matched: dict[str, list[Chem.Mol]], settings: EvaluationSettings,
                    workers: int = 1, on_done=None):
-    """:func:`compute_results` one chunk (a list of results) at a time."""
+    """:func:`molecule_result` for each name, one chunk (a list of results, see
+    CACHE_CHUNK_PAIRS) at a time; ``on_done(n)`` is called as the engine finishes molecules
+    (a progress bar's update)."""
     RDLogger.DisableLog("rdApp.*")
     pairs = {n: len(references[n]) * max(1, len(matched.get(n, []))) for n in names}
     for chunk in _chunks_by_pairs(names, pairs, CACHE_CHUNK_PAIRS):

@@ -285,14 +285,6 @@ def per_molecule_b(grad: torch.Tensor, residual: torch.Tensor, graph: torch.Tens
     return -inner / (norms + _TINY), present
 
 
-def per_molecule_cosine(grad: torch.Tensor, residual: torch.Tensor,
-                        graph: torch.Tensor | None,
-                        channels: torch.Tensor | None = None) -> torch.Tensor:
-    """b of each molecule with rows (``per_molecule_b``), float64 [G']."""
-    b, present = per_molecule_b(grad, residual, graph, channels=channels)
-    return b[present]
-
-
 class ModulatedLayer(nn.Module):
     """``y = layer(x, *args) + gamma * n(free(z)) [+ gamma_ref * n(reflection(x))]``.
 
