@@ -2,7 +2,8 @@
 
     python scripts/recipe_ablation.py --arms scripts/recipe_ablation_arms.yaml \
         --geom-dir /work/keep/ablation/geom --cache-dir /work/keep/ablation/cache \
-        --out /work/keep/ablation/results --budget-minutes 20 [--only edm,flow]
+        --out /work/keep/ablation/results --budget-minutes 20 [--only edm,flow] \
+        [--validation-dir /work/keep/val_druglike_geom --validation-name druglike]
 
 Arms run one after the other in this process (start one process per arm, each with --only,
 to run them side by side). A finished arm (out/arms/<arm>.json) is not rerun; an interrupted
@@ -36,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-molecules", type=int, default=40,
                         help="first N molecules of the build's val split")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per arm")
+    parser.add_argument("--validation-dir", default=None,
+                        help="another GEOM-layout build whose val split supplies the validation "
+                             "molecules (default: --geom-dir's); needs --validation-name")
+    parser.add_argument("--validation-name", default="",
+                        help="name of that validation set: its samples, scores, rows and table "
+                             "go to OUT/scored/NAME/, trained models are reused")
     parser.add_argument("--table-only", action="store_true",
                         help="only rewrite out/table.md from the finished arms")
     args = parser.parse_args(argv)
@@ -43,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = AblationSettings(out=args.out, geom_dir=args.geom_dir,
                                     cache_dir=args.cache_dir,
                                     budget_cpu_minutes=args.budget_minutes,
-                                    val_molecules=args.val_molecules, threads=args.threads)
+                                    val_molecules=args.val_molecules, threads=args.threads,
+                                    validation_dir=args.validation_dir,
+                                    validation_name=args.validation_name)
         arms = read_arms(args.arms)
         if not args.table_only:
             for arm in select(arms, args.only):

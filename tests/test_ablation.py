@@ -56,6 +56,21 @@ def test_bad_arms_files_are_one_clear_error(tmp_path, text, message):
         read_arms(path)
 
 
+def test_another_validation_set_needs_a_name_and_gets_its_own_folder(tmp_path):
+    with pytest.raises(UserInputError, match="give it a validation_name"):
+        AblationSettings(out=str(tmp_path), geom_dir="g", cache_dir="c", validation_dir="v")
+    with pytest.raises(UserInputError, match="letters, digits"):
+        AblationSettings(out=str(tmp_path), geom_dir="g", cache_dir="c", validation_name="a/b")
+    default = AblationSettings(out=str(tmp_path), geom_dir="g", cache_dir="c")
+    named = AblationSettings(out=str(tmp_path), geom_dir="g", cache_dir="c",
+                             validation_dir="v", validation_name="druglike")
+    assert default.score_dir == tmp_path
+    assert named.score_dir == tmp_path / "scored" / "druglike"
+    # the training (run folder) is the same for both: one training, scored on both sets
+    arm = Arm("a", "x", str(ROOT / "configs/experiment/tiny.yaml"))
+    assert arm_config(arm, default).run_path == arm_config(arm, named).run_path
+
+
 def test_select_names_unknown_arms():
     arms = [Arm("a", "x", "c.yaml"), Arm("b", "y", "c.yaml")]
     assert [a.name for a in select(arms, "b")] == ["b"] and select(arms, None) == arms
@@ -120,3 +135,14 @@ def test_one_tiny_arm_trains_to_its_cpu_budget_is_scored_and_not_rerun(tmp_path,
     assert resampled["training"]["global_step"] == training["global_step"]
     table = write_table(settings, arms).read_text()
     assert "| tinyflow | tiny flow |" in table and "| tinyflow3 | three steps |" in table
+    # scored on another validation set: the trained model is reused, the row is its own
+    monkeypatch.undo()
+    monkeypatch.setattr("conformer.train.run.train", lambda *a, **k: pytest.fail("retrained"))
+    other = dataclasses.replace(settings, validation_dir=str(FIXTURE), validation_name="other")
+    rescored = run_arm(arms[0], other, arms)
+    assert rescored["training"]["global_step"] == training["global_step"]
+    scored = tmp_path / "out" / "scored" / "other"
+    assert (scored / "arms" / "tinyflow.json").exists()
+    assert (scored / "validation" / "molecules.csv").exists()
+    assert (scored / "eval" / "tinyflow" / "results.json").exists()
+    assert "| tinyflow | tiny flow |" in write_table(other, arms).read_text()

@@ -61,6 +61,13 @@ class AblationSettings:
     geom_dir: the GEOM-layout build (holds split.npy); cache_dir: its ``conformer prepare``
     output; budget_cpu_minutes: training CPU time per arm; val_molecules: the first N of the
     val split; ratio: conformers generated per reference conformer (2 = 2K).
+    validation_dir: another GEOM-layout build whose val split supplies the validation
+    molecules (None: geom_dir's), e.g. drug-sized molecules built with
+    ``scripts/select_validation_smiles.py`` and ``conformer build-geom --split-fractions
+    0,1,0``; validation_name: a name for that set. With a name, the validation molecules,
+    generated conformers, evaluations, rows and table of this set go to
+    ``out/scored/<validation_name>/`` and the trained models (``out/runs``, ``out/models``)
+    are reused: one training, scored on several sets.
     """
 
     out: str
@@ -73,6 +80,14 @@ class AblationSettings:
     validity_confs: int = 4
     threads: int = 1
     seed: int = 0
+    validation_dir: str | None = None
+    validation_name: str = ""
+
+    @property
+    def score_dir(self) -> Path:
+        """Where this validation set's molecules, samples, evaluations and rows go."""
+        root = Path(self.out)
+        return root / "scored" / self.validation_name if self.validation_name else root
 
     def __post_init__(self) -> None:
         if self.budget_cpu_minutes <= 0:
@@ -81,6 +96,14 @@ class AblationSettings:
             raise UserInputError(f"val_molecules {self.val_molecules}: must be >= 1")
         if self.threads < 1:
             raise UserInputError(f"threads {self.threads}: must be >= 1")
+        if self.validation_dir and not self.validation_name:
+            raise UserInputError(f"validation_dir {self.validation_dir}: give it a "
+                                 "validation_name, so its scores do not mix with the default "
+                                 "set's")
+        if self.validation_name and not self.validation_name.replace("_", "").replace(
+                "-", "").isalnum():
+            raise UserInputError(f"validation_name {self.validation_name!r}: use letters, "
+                                 "digits, '_' and '-' only")
 
 
 def read_arms(path: str | Path) -> list[Arm]:
@@ -130,19 +153,20 @@ def select(arms: list[Arm], only: str | None) -> list[Arm]:
 
 # -- validation molecules ------------------------------------------------------------------------
 def validation_set(settings: AblationSettings) -> tuple[Path, Path]:
-    """(molecules.csv, references.sdf) of the first ``val_molecules`` of the build's val split;
-    written once under ``out/validation`` and reused."""
+    """(molecules.csv, references.sdf) of the first ``val_molecules`` of the val split of
+    ``validation_dir`` (default: ``geom_dir``); written once under ``score_dir/validation``
+    and reused."""
     from rdkit import Chem
 
     from conformer.data.geom import read_molecule_pickle, sorted_pickle_paths
     from conformer.data.splits import load_split
     from conformer.evaluate.evaluator import canonical
 
-    folder = Path(settings.out) / "validation"
+    folder = settings.score_dir / "validation"
     csv_path, sdf_path = folder / "molecules.csv", folder / "references.sdf"
     if csv_path.exists() and sdf_path.exists():
         return csv_path, sdf_path
-    geom_dir = Path(settings.geom_dir)
+    geom_dir = Path(settings.validation_dir or settings.geom_dir)
     pickles = sorted_pickle_paths(geom_dir, "drugs")
     if not pickles:
         raise UserInputError(f"geom_dir {geom_dir}: no molecule pickles under drugs/")
@@ -278,7 +302,7 @@ def evaluate_arm(arm: Arm, settings: AblationSettings, model_path: str) -> dict:
     from conformer.evaluate.evaluator import EvaluationSettings, evaluate, load_references
     from conformer.generation import GenerateOptions, generate_file
 
-    out = Path(settings.out)
+    out = settings.score_dir
     molecules, references = validation_set(settings)
     sdf = out / "generated" / f"{arm.name}.sdf"
     sdf.parent.mkdir(parents=True, exist_ok=True)
@@ -304,7 +328,7 @@ def run_arm(arm: Arm, settings: AblationSettings, arms: list[Arm] | None = None)
     ``arms``: every arm of the file (needed by a ``sampler_of`` arm)."""
     import torch
 
-    path = Path(settings.out) / "arms" / f"{arm.name}.json"
+    path = settings.score_dir / "arms" / f"{arm.name}.json"
     if path.exists():
         return json.loads(path.read_text())
     torch.set_num_threads(settings.threads)
@@ -362,12 +386,12 @@ def table_markdown(rows: list[dict]) -> str:
 
 def write_table(settings: AblationSettings, arms: list[Arm]) -> Path | None:
     """``out/table.md`` from every finished arm (in ``arms``' order); None if none finished."""
-    folder = Path(settings.out) / "arms"
+    folder = settings.score_dir / "arms"
     rows = [json.loads((folder / f"{a.name}.json").read_text()) for a in arms
             if (folder / f"{a.name}.json").exists()]
     if not rows:
         return None
-    path = Path(settings.out) / "table.md"
+    path = settings.score_dir / "table.md"
     path.write_text(table_markdown(rows))
     return path
 
