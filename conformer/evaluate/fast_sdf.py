@@ -31,6 +31,7 @@ import numpy as np
 from rdkit import Chem
 
 from conformer.errors import UserInputError
+from conformer.evaluate.rmsd.symmetry import ConformerArray
 from conformer.sdf_io import iter_sdf, open_binary
 
 _RECORD_END = b"$$$$\n"  # as conformer.sdf_io: a record ends at a whole "$$$$" line
@@ -137,11 +138,12 @@ class ConformerRecords(Sequence):
         """The records at ``indices``, in that order."""
         return ConformerRecords([self._entries[i] for i in indices])
 
-    def engine_molecules(self) -> list[Chem.Mol]:
+    def engine_molecules(self) -> list[Chem.Mol | ConformerArray]:
         """The records as the RMSD engine reads them: each run of consecutive records from
-        one block as one molecule with one conformer per record (in order), other records as
-        they are. Conformer j of the result is record j's coordinates."""
-        out: list[Chem.Mol] = []
+        one block as one :class:`~conformer.evaluate.rmsd.ConformerArray` (the block's
+        template and the run's coordinates, (n_records, n_atoms, 3), in order), other records
+        as RDKit molecules. Entry j of the result (counting an array's rows) is record j."""
+        out: list[Chem.Mol | ConformerArray] = []
         entries, i = self._entries, 0
         while i < len(entries):
             block = entries[i].block
@@ -149,17 +151,16 @@ class ConformerRecords(Sequence):
                 out.append(self._molecule(entries[i]))
                 i += 1
                 continue
-            j = i
+            j, first_row = i + 1, entries[i].row
             while j < len(entries) and entries[j].block is block:
                 j += 1
             rows = [entry.row for entry in entries[i:j]]
-            mol = Chem.Mol(block.template)
-            mol.RemoveAllConformers()
-            for xyz in block.coords[rows]:
-                conformer = Chem.Conformer(block.n_atoms)
-                conformer.SetPositions(xyz)
-                mol.AddConformer(conformer, assignId=True)
-            out.append(mol)
+            consecutive = rows == list(range(first_row, first_row + j - i))
+            # a view when the run is the block's rows in order (the common case): the engine
+            # copies what it reads, and the block's arrays are never written after reading
+            coords = block.coords[first_row:first_row + j - i] if consecutive \
+                else block.coords[rows]
+            out.append(ConformerArray(block.template, coords))
             i = j
         return out
 
