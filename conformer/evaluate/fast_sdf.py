@@ -51,7 +51,7 @@ _BOND_STEREO = slice(9, 12)  # columns of a V2000 bond line's stereo field
 
 class _Block:
     """A run of records sharing one topology: RDKit's parse of the first (``template``), the
-    atom lines' fixed length, and after :func:`_finish_block` every row's coordinates
+    atom lines' fixed length, and after :func:`_finish_blocks` every row's coordinates
     ``coords`` (n_rows, n_atoms, 3) float64 Angstrom (row 0: the template's)."""
 
     __slots__ = ("template", "counts", "dimension", "line_length", "n_atoms", "atom_bytes",
@@ -196,60 +196,80 @@ def _data_items(data: bytes, start: int, stop: int) -> dict[str, str] | None:
     return dict(_DATA_ITEM.findall(text))
 
 
-_PLACE_VALUES = np.array([10 ** 8, 10 ** 7, 10 ** 6, 10 ** 5, 10 ** 4, 0, 1000, 100, 10, 1],
-                         dtype=np.int64)
+_PLACE_VALUES = np.array([1e8, 1e7, 1e6, 1e5, 1e4, 0.0, 1e3, 1e2, 1e1, 1.0])
+# bytes minus ord("0"), as uint8 (wrapping): digits 0-9, and these
+_BLANK, _MINUS, _POINT = (np.uint8((ord(c) - 48) % 256) for c in " -.")
 
 
 def _parse_fixed_coordinates(chars: np.ndarray) -> np.ndarray | None:
     """Values of 10-character fields ``chars`` (N, 10) uint8 written as ``%10.4f`` (leading
     blanks, an optional minus, digits, the point at column 5, four decimals); None when any
-    field has another form. Exact: an integer mantissa (exact in float64) divided by 10^4
-    rounds once, to the double nearest the decimal text, as strtod does."""
-    values = chars - np.uint8(48)  # digits 0-9; blank 240, minus 253, point 254 (wrapped)
-    is_digit = values < 10
-    if not (np.all(chars[:, 5] == 46) and np.all(is_digit[:, 6:]) and np.all(is_digit[:, 4])):
+    field has another form. Exact: an integer mantissa (below 2^53, so every partial sum of
+    the float64 product is exact) divided by 10^4 rounds once, to the double nearest the
+    decimal text, as strtod does. Works column by column on a transposed copy: numpy's
+    operations on the (N, 10) layout's short strided rows cost several times more."""
+    # (10, N), a new C-ordered array: digits 0-9; blank, minus and point wrap to constants
+    columns = np.subtract(chars.T, np.uint8(48), order="C")
+    is_digit = columns < 10
+    if not (np.all(columns[5] == _POINT) and np.all(is_digit[6:]) and np.all(is_digit[4])):
         return None
-    head, head_digit = values[:, :4], is_digit[:, :4]
-    minus = head == 253
-    if not np.all(head_digit | minus | (head == 240)):
+    head, head_digit = columns[:4], is_digit[:4]
+    minus = head == _MINUS
+    if not np.all(head_digit | minus | (head == _BLANK)):
         return None
     # blanks, then at most one minus, then digits: ranks 0, 1, 2 never decrease, no "--"
     rank = head_digit * np.uint8(2) + minus
-    if np.any(rank[:, 1:] < rank[:, :-1]) or np.any(minus[:, 1:] & minus[:, :-1]):
+    if np.any(rank[1:] < rank[:-1]) or np.any(minus[1:] & minus[:-1]):
         return None
-    mantissa = np.einsum("ij,j->i", values * is_digit, _PLACE_VALUES)  # int64: exact
-    magnitude = mantissa / 1e4  # one rounding
-    return np.where(minus.any(axis=1), -magnitude, magnitude)  # "-0.0000" is -0.0, as strtod
+    columns *= is_digit  # blanks, minus and point count 0
+    magnitude = _PLACE_VALUES @ columns.astype(np.float64)  # integer-valued sums: exact
+    magnitude /= 1e4  # one rounding
+    negative = minus[0] | minus[1] | minus[2] | minus[3]
+    magnitude[negative] *= -1.0  # "-0.0000" is -0.0, as strtod
+    return magnitude
 
 
-def _finish_block(block: _Block, data: bytes) -> np.ndarray:
-    """Fill ``block.coords``; returns a bool per row: True where the row's atom lines equal
-    the template's outside the coordinate columns and its coordinates are plain ``%10.4f``
-    text."""
-    n_atoms, width = block.n_atoms, block.line_length + 1
-    span = n_atoms * width  # the bond lines were checked by _fast_entry
-    rows = np.frombuffer(b"".join([data[o:o + span] for o in block.offsets]),
-                         dtype=np.uint8).reshape(len(block.offsets), n_atoms, width)
-    same = np.all(rows[:, :, _COORD_COLUMNS:] == block.atom_bytes[None, :, _COORD_COLUMNS:],
-                  axis=(1, 2))
-    fields = rows[:, :, :_COORD_COLUMNS]
-    fields = fields.reshape(len(rows), n_atoms * 3, 10)
-    coords = np.zeros((len(rows), n_atoms, 3))
-    plain = np.zeros(len(rows), dtype=bool)
-    ok_rows = np.flatnonzero(same)
-    values = (_parse_fixed_coordinates(fields[ok_rows].reshape(-1, 10)) if len(ok_rows)
-              else None)
-    if values is not None:
-        coords[ok_rows], plain[ok_rows] = values.reshape(-1, n_atoms, 3), True
-    else:  # some field is not plain: row by row, keep the plain rows
-        for row in ok_rows:
-            row_values = _parse_fixed_coordinates(fields[row])
-            if row_values is not None:
-                coords[row], plain[row] = row_values.reshape(n_atoms, 3), True
-    # the template's own coordinates are RDKit's, whatever their text
-    coords[0], plain[0] = block.template.GetConformer().GetPositions(), True
-    block.coords = coords
-    return plain
+def _finish_blocks(blocks: list[_Block], data: bytes) -> list[np.ndarray]:
+    """Fill every block's ``coords``; returns per block a bool per row: True where the row's
+    atom lines equal the template's outside the coordinate columns and its coordinates are
+    plain ``%10.4f`` text. The coordinate text of all blocks is parsed in one pass."""
+    same_rows, fields = [], []
+    for block in blocks:
+        n_atoms, width = block.n_atoms, block.line_length + 1
+        span = n_atoms * width  # the bond lines were checked by _fast_entry
+        if len(block.offsets) == 1:
+            rows = block.atom_bytes[None]
+        else:
+            rows = np.frombuffer(b"".join([data[o:o + span] for o in block.offsets]),
+                                 dtype=np.uint8).reshape(len(block.offsets), n_atoms, width)
+        same = np.all(rows[:, :, _COORD_COLUMNS:] == block.atom_bytes[None, :, _COORD_COLUMNS:],
+                      axis=(1, 2))
+        same_rows.append(same)
+        fields.append(rows[same, :, :_COORD_COLUMNS].reshape(-1, 10))
+    values = _parse_fixed_coordinates(np.concatenate(fields)) if fields else None
+    plain_rows, start = [], 0
+    for block, same, block_fields in zip(blocks, same_rows, fields, strict=True):
+        n_rows, n_atoms = len(block.offsets), block.n_atoms
+        coords = np.zeros((n_rows, n_atoms, 3))
+        plain = np.zeros(n_rows, dtype=bool)
+        ok_rows = np.flatnonzero(same)
+        stop = start + len(block_fields)
+        block_values = values[start:stop] if values is not None else \
+            _parse_fixed_coordinates(block_fields)
+        start = stop
+        if block_values is not None:
+            coords[ok_rows], plain[ok_rows] = block_values.reshape(-1, n_atoms, 3), True
+        else:  # some field is not plain: row by row, keep the plain rows
+            row_fields = block_fields.reshape(len(ok_rows), n_atoms * 3, 10)
+            for k, row in enumerate(ok_rows):
+                row_values = _parse_fixed_coordinates(row_fields[k])
+                if row_values is not None:
+                    coords[row], plain[row] = row_values.reshape(n_atoms, 3), True
+        # the template's own coordinates are RDKit's, whatever their text
+        coords[0], plain[0] = block.template.GetConformer().GetPositions(), True
+        block.coords = coords
+        plain_rows.append(plain)
+    return plain_rows
 
 
 def _template_block(mol: Chem.Mol, data: bytes, data_array: np.ndarray, start: int,
@@ -358,8 +378,7 @@ def _read_entries(path: Path) -> list[_Entry | None]:
     if tail.strip():  # a last record without its terminator (a cut file): RDKit decides
         mol = _rdkit_record(tail)
         entries.append(None if mol is None else _Entry(mol=mol, text=tail))
-    for block in blocks:
-        plain = _finish_block(block, data)
+    for block, plain in zip(blocks, _finish_blocks(blocks, data), strict=True):
         if not plain.all():
             _demote_rows(entries, block, plain)
     return entries
