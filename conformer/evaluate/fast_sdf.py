@@ -54,17 +54,23 @@ class _Block:
     atom lines' fixed length, and after :func:`_finish_blocks` every row's coordinates
     ``coords`` (n_rows, n_atoms, 3) float64 Angstrom (row 0: the template's)."""
 
-    __slots__ = ("template", "counts", "dimension", "line_length", "n_atoms", "atom_bytes",
-                 "bond_bytes", "bond_texts", "tail", "offsets", "coords")
+    __slots__ = ("template", "counts_line", "dimension", "line_length", "n_atoms", "atom_bytes",
+                 "atoms_span", "bond_bytes", "bond_texts", "tail", "after_atoms", "after_length",
+                 "offsets", "coords")
 
     def __init__(self, template: Chem.Mol, counts: bytes, dimension: bytes,
                  atom_bytes: np.ndarray, bond_bytes: np.ndarray, tail: bytes, offset: int):
         self.template = template
-        self.counts, self.dimension, self.tail = counts, dimension, tail
+        self.counts_line, self.dimension, self.tail = counts + b"\n", dimension, tail
         self.n_atoms, self.line_length = atom_bytes.shape[0], atom_bytes.shape[1] - 1
         self.atom_bytes = atom_bytes  # (n_atoms, line_length + 1) uint8, newline included
         self.bond_bytes = bond_bytes  # (n_bonds, bond line length + 1) uint8
         self.bond_texts = {bond_bytes.tobytes()}  # bond blocks known to match
+        self.atoms_span = atom_bytes.size  # bytes of the atom lines
+        # bond lines, the lines up to "M  END" and that line, as one text (and the other
+        # texts known to match: wedges may differ, see _fast_entry)
+        self.after_atoms = {bond_bytes.tobytes() + tail + _END_LINE}
+        self.after_length = bond_bytes.size + len(tail) + len(_END_LINE)
         self.offsets = [offset]  # start of each row's atom block in the file
         self.coords: np.ndarray | None = None
 
@@ -340,40 +346,42 @@ def _read_entries(path: Path) -> list[_Entry | None]:
     if b"\r" in data:
         return _rdkit_groups(path)
     data_array = np.frombuffer(data, dtype=np.uint8)
-    spans, end = [], 0  # (start, stop) of each record ending in a whole "$$$$" line
+    stops, end = [], 0  # end of each record ending in a whole "$$$$" line
     if data.startswith(_RECORD_END):
-        spans.append((0, len(_RECORD_END)))
+        stops.append(len(_RECORD_END))
         end = len(_RECORD_END)
-    while (found := data.find(b"\n" + _RECORD_END, max(end - 1, 0))) >= 0:
-        spans.append((end, found + 1 + len(_RECORD_END)))
+    needle, find = b"\n" + _RECORD_END, data.find
+    while (found := find(needle, max(end - 1, 0))) >= 0:
         end = found + 1 + len(_RECORD_END)
+        stops.append(end)
     entries: list[_Entry | None] = []
     blocks: list[_Block] = []
     recent: list[_Block] = []  # the last few templates, newest first
-    for start, stop in spans:
-        if data.count(b"\n", start, stop) < 5:  # not even a header and counts line: a
-            return _rdkit_groups(path)  # "$$$$" header line, RDKit draws other boundaries
+    for start, stop in zip([0, *stops], stops, strict=False):  # starts: 0, then each stop
         entry = None
-        for block in recent or [None]:
+        for block in recent:
             # a file may interleave a few atom or bond orders of one molecule (Hutchison's
             # references do): each keeps its template
             entry = _fast_entry(data, data_array, block, start, stop)
             if entry is not None:
                 break
-        if entry is None:  # parsed by RDKit: a new template, or a record of its own
-            mol = _rdkit_record(data[start:stop])
-            if mol is None:
-                entries.append(None)
-                continue
-            candidate = _template_block(mol, data, data_array, start, stop)
-            if candidate is not None:
-                recent = [candidate, *recent[:_RECENT_TEMPLATES - 1]]
-                blocks.append(candidate)
-                entries.append(_Entry(block=candidate, row=0, mol=mol, text=data[start:stop]))
-            else:
-                entries.append(_Entry(mol=mol, text=data[start:stop]))
+        if entry is not None:
+            entries.append(entry)
             continue
-        entries.append(entry)
+        # (a fast-read record has a header, a counts line and "$$$$": only others can fail)
+        if data.count(b"\n", start, stop) < 5:  # not even a header and counts line: a
+            return _rdkit_groups(path)  # "$$$$" header line, RDKit draws other boundaries
+        mol = _rdkit_record(data[start:stop])  # a new template, or a record of its own
+        if mol is None:
+            entries.append(None)
+            continue
+        candidate = _template_block(mol, data, data_array, start, stop)
+        if candidate is not None:
+            recent = [candidate, *recent[:_RECENT_TEMPLATES - 1]]
+            blocks.append(candidate)
+            entries.append(_Entry(block=candidate, row=0, mol=mol, text=data[start:stop]))
+        else:
+            entries.append(_Entry(mol=mol, text=data[start:stop]))
     tail = data[end:]
     if tail.strip():  # a last record without its terminator (a cut file): RDKit decides
         mol = _rdkit_record(tail)
@@ -398,22 +406,32 @@ _RECENT_TEMPLATES = 4
 def _fast_entry(data: bytes, data_array: np.ndarray, block: _Block | None, start: int,
                 stop: int):
     """The entry of record ``data[start:stop]`` read against ``block``'s template, None when
-    RDKit must read it."""
+    RDKit must read it. Checks here: the counts line and the dimension code equal the
+    template's, then the bond lines, the lines up to ``M  END`` and that line (the atom lines
+    outside the coordinate columns are compared for a whole block at once, in
+    :func:`_finish_blocks`), then the data items' form. Paid per record: kept to a few byte
+    comparisons."""
     if block is None:
         return None
-    header = _header(data, start, stop)
-    if header is None:
+    title_end = data.find(b"\n", start, stop)
+    program_end = data.find(b"\n", title_end + 1, stop) if title_end >= 0 else -1
+    comment_end = data.find(b"\n", program_end + 1, stop) if program_end >= 0 else -1
+    if comment_end < 0:
         return None
-    counts, dimension, atoms_start, n_atoms = header
-    if counts != block.counts or dimension != block.dimension:
+    atoms_start = comment_end + 1 + len(block.counts_line)
+    # the counts line (with its newline, so the atom count and V2000 tag are the template's)
+    if data[comment_end + 1:atoms_start] != block.counts_line or \
+            data[title_end + 21:min(title_end + 23, program_end)] != block.dimension:
         return None
-    bonds_start = atoms_start + n_atoms * (block.line_length + 1)
-    bonds_stop = bonds_start + block.bond_bytes.size
-    if bonds_stop > stop or data[bonds_stop - 1] != 10:
+    bonds_start = atoms_start + block.atoms_span
+    items_start = bonds_start + block.after_length
+    if items_start > stop - len(_RECORD_END):
         return None
-    bond_text = data[bonds_start:bonds_stop]
-    if bond_text not in block.bond_texts:
-        if block.dimension != b"3D":
+    after_atoms = data[bonds_start:items_start]
+    if after_atoms not in block.after_atoms:
+        bonds_stop = bonds_start + block.bond_bytes.size
+        if block.dimension != b"3D" or after_atoms[block.bond_bytes.size:] != \
+                block.tail + _END_LINE:
             return None
         # the bond stereo field (wedges) may differ: RDKit takes the stereo of a 3D record
         # from its coordinates, and writes wedges per conformer; the RMSD engine reads none
@@ -422,15 +440,12 @@ def _fast_entry(data: bytes, data_array: np.ndarray, block: _Block | None, start
         differs[:, _BOND_STEREO] = False
         if differs.any():
             return None
-        block.bond_texts.add(bond_text)  # a molecule has few wedge patterns: seen once
-    tail_stop = bonds_stop + len(block.tail)
-    if data[bonds_stop:tail_stop] != block.tail or data[tail_stop:tail_stop + 7] != _END_LINE:
-        return None
-    items = _data_items(data, tail_stop + 7, stop - 5)
+        block.after_atoms.add(after_atoms)  # a molecule has few wedge patterns: seen once
+    items = _data_items(data, items_start, stop - len(_RECORD_END))
     if items is None:
         return None
     try:  # the title, unless a data item is called _Name: RDKit sets that one last
-        props = {"_Name": data[start:data.find(b"\n", start)].decode(), **items}
+        props = {"_Name": data[start:title_end].decode(), **items}
     except UnicodeDecodeError:
         return None
     row = len(block.offsets)
