@@ -174,8 +174,10 @@ class ConformerRecords(Sequence):
         """Feed what identifies these records to ``update`` (a hash's update method): a record
         read from a file by its text (which fixes everything read from it), a molecule given
         in memory by its binary form (topology, float64 coordinates, the file's properties)."""
-        for entry in self._entries:
-            update(entry.text if entry.text is not None else entry.mol.ToBinary(_BINARY_OPTIONS))
+        # one update of the joined texts: the same digest as one update per record (a hash
+        # of the concatenation), at a fraction of the calls
+        update(b"".join([entry.text if entry.text is not None
+                         else entry.mol.ToBinary(_BINARY_OPTIONS) for entry in self._entries]))
 
 
 _P = Chem.PropertyPickleOptions
