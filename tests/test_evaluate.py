@@ -424,3 +424,44 @@ def test_generated_file_without_any_record_scores_every_molecule_zero(tiny_pair,
     assert document["metrics"]["n_empty_generation"] == n_molecules
     assert sum("no generated conformer" in f["reason"]
                for f in document["failures"]) == n_molecules
+
+
+def _records_with_smiles(smiles: str | None, n: int = 1) -> list[Chem.Mol]:
+    mol = Chem.MolFromSmiles("CCO")
+    records = []
+    for _ in range(n):
+        record = Chem.Mol(mol)
+        if smiles is not None:
+            record.SetProp("smiles", smiles)
+        records.append(record)
+    return records
+
+
+def test_match_by_name_skips_canonical_smiles_when_the_texts_agree(monkeypatch):
+    """The name rule needs no canonical SMILES when the generated 'smiles' is the
+    reference's own SMILES text or absent; other texts still go through the rules."""
+    from conformer.evaluate import evaluator as E
+
+    references = {"ethanol": [Chem.AddHs(Chem.MolFromSmiles("CCO"))],
+                  "methanol": [Chem.MolFromSmiles("CO")]}
+    reference_text = Chem.MolToSmiles(Chem.MolFromSmiles("CCO"))
+    calls = []
+    original = E._Canonical.text
+
+    def counting(self, isomeric):
+        calls.append(self._smiles)
+        return original(self, isomeric)
+
+    monkeypatch.setattr(E._Canonical, "text", counting)
+    matched, unmatched = E.match_generated(references, {
+        "ethanol": _records_with_smiles(reference_text, 2),
+        "methanol": _records_with_smiles(None)})
+    assert sorted(matched) == ["ethanol", "methanol"] and not unmatched
+    assert len(matched["ethanol"]) == 2
+    assert calls == []  # no canonical SMILES computed
+    # another text of the same molecule still matches by name (through canonical SMILES)
+    matched, _ = E.match_generated(references, {"ethanol": _records_with_smiles("OCC")})
+    assert list(matched) == ["ethanol"] and "OCC" in calls
+    # a different molecule under a reference's name goes by SMILES to its own reference
+    matched, unmatched = E.match_generated(references, {"ethanol": _records_with_smiles("CO")})
+    assert list(matched) == ["methanol"] and not unmatched

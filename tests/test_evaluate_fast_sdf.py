@@ -13,6 +13,7 @@ from rdkit.Chem import AllChem
 from conformer.errors import UserInputError
 from conformer.evaluate import fast_sdf
 from conformer.evaluate.fast_sdf import ConformerRecords, read_record_groups
+from conformer.evaluate.rmsd import ConformerArray
 from conformer.sdf_io import ConformerSDFWriter, read_conformer_groups
 
 # hydrogens, a charge (quaternary N, carboxylate), aromatic rings written in Kekule form,
@@ -42,9 +43,19 @@ def generated(tmp_path_factory) -> Path:
     return path
 
 
+def _engine_entries(records: ConformerRecords) -> list[tuple[Chem.Mol, np.ndarray]]:
+    """(topology, (n_atoms, 3) positions) of every entry the engine reads, in order."""
+    out = []
+    for item in records.engine_molecules():
+        if isinstance(item, ConformerArray):
+            out.extend((item.template, xyz) for xyz in item.coords)
+        else:
+            out.extend((item, conf.GetPositions()) for conf in item.GetConformers())
+    return out
+
+
 def _positions(records: ConformerRecords) -> np.ndarray:
-    return np.array([conf.GetPositions() for mol in records.engine_molecules()
-                     for conf in mol.GetConformers()])
+    return np.array([xyz for _, xyz in _engine_entries(records)])
 
 
 def _assert_same_as_rdkit(path: Path, key: str = "name") -> dict[str, ConformerRecords]:
@@ -70,9 +81,8 @@ def _assert_same_as_rdkit(path: Path, key: str = "name") -> dict[str, ConformerR
                 [a.GetFormalCharge() for a in mol.GetAtoms()]
             assert Chem.MolToSmiles(built) == Chem.MolToSmiles(mol)
         # the engine's molecules: conformer j has record j's atoms, in the file's order
-        engine_atoms = [[a.GetSymbol() for a in engine_mol.GetAtoms()]
-                        for engine_mol in records.engine_molecules()
-                        for _ in range(engine_mol.GetNumConformers())]
+        engine_atoms = [[a.GetSymbol() for a in topology.GetAtoms()]
+                        for topology, _ in _engine_entries(records)]
         assert engine_atoms == [[a.GetSymbol() for a in mol.GetAtoms()] for mol in mols]
     return fast
 

@@ -264,3 +264,41 @@ def test_batched_matrices_equal_per_molecule_ones(golden):
     for a, b, c in zip(alone, together, reversed_order, strict=True):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)
         np.testing.assert_allclose(c, a, rtol=0, atol=1e-12)
+
+
+def test_conformer_arrays_equal_getbestrms_on_symmetric_groups():
+    """The engine's array input (a template with hydrogens and an (n_conf, n_atoms, 3)
+    array, as the fast reader hands it over) gives GetBestRMS on heavy-atom copies: a
+    carboxylic acid, a para-substituted ring and a tert-butyl group (many maps)."""
+    from conformer.evaluate.rmsd import ConformerArray
+
+    refs = _embed("OC(=O)c1ccc(cc1)C(C)(C)C", 3, seed=21)
+    gens = _embed("OC(=O)c1ccc(cc1)C(C)(C)C", 4, seed=22)
+    ref_xyz = np.array([c.GetPositions() for c in refs.GetConformers()])
+    before = ref_xyz.copy()
+    array = ConformerArray(Chem.Mol(refs, confId=0), ref_xyz)
+    assert array.GetNumConformers() == 3
+    got = rmsd_matrix([array], [gens])
+    expected = np.array([[get_best_rms_reference(refs, gens, ref_conf_id=r, gen_conf_id=g)
+                          for g in range(4)] for r in range(3)])
+    assert len(symmetry_matches(Chem.RemoveHs(refs), Chem.RemoveHs(gens))) >= 8
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got, rmsd_matrix([refs], [gens]), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(ref_xyz, before)  # the array is read, not moved
+    # mixed inputs keep their order: array rows, then a molecule's conformers
+    mixed = rmsd_matrix([ConformerArray(refs, ref_xyz[:1]), Chem.Mol(refs, confId=2)], [gens])
+    np.testing.assert_allclose(mixed, got[[0, 2]], rtol=0, atol=1e-12)
+
+
+def test_overlap_workspace_and_out_give_the_same_values():
+    from conformer.evaluate.rmsd.kernel import _Workspace, overlap_from_entries
+
+    rng = np.random.default_rng(3)
+    entries = rng.normal(size=(9, 300))
+    alone = overlap_from_entries(entries)
+    workspace, out = _Workspace(1000), np.empty(300)
+    assert overlap_from_entries(entries[:, :200], out[:200], workspace) is not None
+    overlap_from_entries(entries[:, 200:], out[200:], workspace)  # reused temporaries
+    np.testing.assert_array_equal(out, alone)
+    np.testing.assert_allclose(alone, max_rotation_overlap(entries.T.reshape(-1, 3, 3)),
+                               rtol=0, atol=0)

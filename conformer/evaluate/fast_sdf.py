@@ -31,6 +31,7 @@ import numpy as np
 from rdkit import Chem
 
 from conformer.errors import UserInputError
+from conformer.evaluate.rmsd.symmetry import ConformerArray
 from conformer.sdf_io import iter_sdf, open_binary
 
 _RECORD_END = b"$$$$\n"  # as conformer.sdf_io: a record ends at a whole "$$$$" line
@@ -50,20 +51,26 @@ _BOND_STEREO = slice(9, 12)  # columns of a V2000 bond line's stereo field
 
 class _Block:
     """A run of records sharing one topology: RDKit's parse of the first (``template``), the
-    atom lines' fixed length, and after :func:`_finish_block` every row's coordinates
+    atom lines' fixed length, and after :func:`_finish_blocks` every row's coordinates
     ``coords`` (n_rows, n_atoms, 3) float64 Angstrom (row 0: the template's)."""
 
-    __slots__ = ("template", "counts", "dimension", "line_length", "n_atoms", "atom_bytes",
-                 "bond_bytes", "bond_texts", "tail", "offsets", "coords")
+    __slots__ = ("template", "counts_line", "dimension", "line_length", "n_atoms", "atom_bytes",
+                 "atoms_span", "bond_bytes", "bond_texts", "tail", "after_atoms", "after_length",
+                 "offsets", "coords")
 
     def __init__(self, template: Chem.Mol, counts: bytes, dimension: bytes,
                  atom_bytes: np.ndarray, bond_bytes: np.ndarray, tail: bytes, offset: int):
         self.template = template
-        self.counts, self.dimension, self.tail = counts, dimension, tail
+        self.counts_line, self.dimension, self.tail = counts + b"\n", dimension, tail
         self.n_atoms, self.line_length = atom_bytes.shape[0], atom_bytes.shape[1] - 1
         self.atom_bytes = atom_bytes  # (n_atoms, line_length + 1) uint8, newline included
         self.bond_bytes = bond_bytes  # (n_bonds, bond line length + 1) uint8
         self.bond_texts = {bond_bytes.tobytes()}  # bond blocks known to match
+        self.atoms_span = atom_bytes.size  # bytes of the atom lines
+        # bond lines, the lines up to "M  END" and that line, as one text (and the other
+        # texts known to match: wedges may differ, see _fast_entry)
+        self.after_atoms = {bond_bytes.tobytes() + tail + _END_LINE}
+        self.after_length = bond_bytes.size + len(tail) + len(_END_LINE)
         self.offsets = [offset]  # start of each row's atom block in the file
         self.coords: np.ndarray | None = None
 
@@ -137,11 +144,12 @@ class ConformerRecords(Sequence):
         """The records at ``indices``, in that order."""
         return ConformerRecords([self._entries[i] for i in indices])
 
-    def engine_molecules(self) -> list[Chem.Mol]:
+    def engine_molecules(self) -> list[Chem.Mol | ConformerArray]:
         """The records as the RMSD engine reads them: each run of consecutive records from
-        one block as one molecule with one conformer per record (in order), other records as
-        they are. Conformer j of the result is record j's coordinates."""
-        out: list[Chem.Mol] = []
+        one block as one :class:`~conformer.evaluate.rmsd.ConformerArray` (the block's
+        template and the run's coordinates, (n_records, n_atoms, 3), in order), other records
+        as RDKit molecules. Entry j of the result (counting an array's rows) is record j."""
+        out: list[Chem.Mol | ConformerArray] = []
         entries, i = self._entries, 0
         while i < len(entries):
             block = entries[i].block
@@ -149,17 +157,16 @@ class ConformerRecords(Sequence):
                 out.append(self._molecule(entries[i]))
                 i += 1
                 continue
-            j = i
+            j, first_row = i + 1, entries[i].row
             while j < len(entries) and entries[j].block is block:
                 j += 1
             rows = [entry.row for entry in entries[i:j]]
-            mol = Chem.Mol(block.template)
-            mol.RemoveAllConformers()
-            for xyz in block.coords[rows]:
-                conformer = Chem.Conformer(block.n_atoms)
-                conformer.SetPositions(xyz)
-                mol.AddConformer(conformer, assignId=True)
-            out.append(mol)
+            consecutive = rows == list(range(first_row, first_row + j - i))
+            # a view when the run is the block's rows in order (the common case): the engine
+            # copies what it reads, and the block's arrays are never written after reading
+            coords = block.coords[first_row:first_row + j - i] if consecutive \
+                else block.coords[rows]
+            out.append(ConformerArray(block.template, coords))
             i = j
         return out
 
@@ -167,8 +174,10 @@ class ConformerRecords(Sequence):
         """Feed what identifies these records to ``update`` (a hash's update method): a record
         read from a file by its text (which fixes everything read from it), a molecule given
         in memory by its binary form (topology, float64 coordinates, the file's properties)."""
-        for entry in self._entries:
-            update(entry.text if entry.text is not None else entry.mol.ToBinary(_BINARY_OPTIONS))
+        # one update of the joined texts: the same digest as one update per record (a hash
+        # of the concatenation), at a fraction of the calls
+        update(b"".join([entry.text if entry.text is not None
+                         else entry.mol.ToBinary(_BINARY_OPTIONS) for entry in self._entries]))
 
 
 _P = Chem.PropertyPickleOptions
@@ -195,60 +204,80 @@ def _data_items(data: bytes, start: int, stop: int) -> dict[str, str] | None:
     return dict(_DATA_ITEM.findall(text))
 
 
-_PLACE_VALUES = np.array([10 ** 8, 10 ** 7, 10 ** 6, 10 ** 5, 10 ** 4, 0, 1000, 100, 10, 1],
-                         dtype=np.int64)
+_PLACE_VALUES = np.array([1e8, 1e7, 1e6, 1e5, 1e4, 0.0, 1e3, 1e2, 1e1, 1.0])
+# bytes minus ord("0"), as uint8 (wrapping): digits 0-9, and these
+_BLANK, _MINUS, _POINT = (np.uint8((ord(c) - 48) % 256) for c in " -.")
 
 
 def _parse_fixed_coordinates(chars: np.ndarray) -> np.ndarray | None:
     """Values of 10-character fields ``chars`` (N, 10) uint8 written as ``%10.4f`` (leading
     blanks, an optional minus, digits, the point at column 5, four decimals); None when any
-    field has another form. Exact: an integer mantissa (exact in float64) divided by 10^4
-    rounds once, to the double nearest the decimal text, as strtod does."""
-    values = chars - np.uint8(48)  # digits 0-9; blank 240, minus 253, point 254 (wrapped)
-    is_digit = values < 10
-    if not (np.all(chars[:, 5] == 46) and np.all(is_digit[:, 6:]) and np.all(is_digit[:, 4])):
+    field has another form. Exact: an integer mantissa (below 2^53, so every partial sum of
+    the float64 product is exact) divided by 10^4 rounds once, to the double nearest the
+    decimal text, as strtod does. Works column by column on a transposed copy: numpy's
+    operations on the (N, 10) layout's short strided rows cost several times more."""
+    # (10, N), a new C-ordered array: digits 0-9; blank, minus and point wrap to constants
+    columns = np.subtract(chars.T, np.uint8(48), order="C")
+    is_digit = columns < 10
+    if not (np.all(columns[5] == _POINT) and np.all(is_digit[6:]) and np.all(is_digit[4])):
         return None
-    head, head_digit = values[:, :4], is_digit[:, :4]
-    minus = head == 253
-    if not np.all(head_digit | minus | (head == 240)):
+    head, head_digit = columns[:4], is_digit[:4]
+    minus = head == _MINUS
+    if not np.all(head_digit | minus | (head == _BLANK)):
         return None
     # blanks, then at most one minus, then digits: ranks 0, 1, 2 never decrease, no "--"
     rank = head_digit * np.uint8(2) + minus
-    if np.any(rank[:, 1:] < rank[:, :-1]) or np.any(minus[:, 1:] & minus[:, :-1]):
+    if np.any(rank[1:] < rank[:-1]) or np.any(minus[1:] & minus[:-1]):
         return None
-    mantissa = np.einsum("ij,j->i", values * is_digit, _PLACE_VALUES)  # int64: exact
-    magnitude = mantissa / 1e4  # one rounding
-    return np.where(minus.any(axis=1), -magnitude, magnitude)  # "-0.0000" is -0.0, as strtod
+    columns *= is_digit  # blanks, minus and point count 0
+    magnitude = _PLACE_VALUES @ columns.astype(np.float64)  # integer-valued sums: exact
+    magnitude /= 1e4  # one rounding
+    negative = minus[0] | minus[1] | minus[2] | minus[3]
+    magnitude[negative] *= -1.0  # "-0.0000" is -0.0, as strtod
+    return magnitude
 
 
-def _finish_block(block: _Block, data: bytes) -> np.ndarray:
-    """Fill ``block.coords``; returns a bool per row: True where the row's atom lines equal
-    the template's outside the coordinate columns and its coordinates are plain ``%10.4f``
-    text."""
-    n_atoms, width = block.n_atoms, block.line_length + 1
-    span = n_atoms * width  # the bond lines were checked by _fast_entry
-    rows = np.frombuffer(b"".join([data[o:o + span] for o in block.offsets]),
-                         dtype=np.uint8).reshape(len(block.offsets), n_atoms, width)
-    same = np.all(rows[:, :, _COORD_COLUMNS:] == block.atom_bytes[None, :, _COORD_COLUMNS:],
-                  axis=(1, 2))
-    fields = rows[:, :, :_COORD_COLUMNS]
-    fields = fields.reshape(len(rows), n_atoms * 3, 10)
-    coords = np.zeros((len(rows), n_atoms, 3))
-    plain = np.zeros(len(rows), dtype=bool)
-    ok_rows = np.flatnonzero(same)
-    values = (_parse_fixed_coordinates(fields[ok_rows].reshape(-1, 10)) if len(ok_rows)
-              else None)
-    if values is not None:
-        coords[ok_rows], plain[ok_rows] = values.reshape(-1, n_atoms, 3), True
-    else:  # some field is not plain: row by row, keep the plain rows
-        for row in ok_rows:
-            row_values = _parse_fixed_coordinates(fields[row])
-            if row_values is not None:
-                coords[row], plain[row] = row_values.reshape(n_atoms, 3), True
-    # the template's own coordinates are RDKit's, whatever their text
-    coords[0], plain[0] = block.template.GetConformer().GetPositions(), True
-    block.coords = coords
-    return plain
+def _finish_blocks(blocks: list[_Block], data: bytes) -> list[np.ndarray]:
+    """Fill every block's ``coords``; returns per block a bool per row: True where the row's
+    atom lines equal the template's outside the coordinate columns and its coordinates are
+    plain ``%10.4f`` text. The coordinate text of all blocks is parsed in one pass."""
+    same_rows, fields = [], []
+    for block in blocks:
+        n_atoms, width = block.n_atoms, block.line_length + 1
+        span = n_atoms * width  # the bond lines were checked by _fast_entry
+        if len(block.offsets) == 1:
+            rows = block.atom_bytes[None]
+        else:
+            rows = np.frombuffer(b"".join([data[o:o + span] for o in block.offsets]),
+                                 dtype=np.uint8).reshape(len(block.offsets), n_atoms, width)
+        same = np.all(rows[:, :, _COORD_COLUMNS:] == block.atom_bytes[None, :, _COORD_COLUMNS:],
+                      axis=(1, 2))
+        same_rows.append(same)
+        fields.append(rows[same, :, :_COORD_COLUMNS].reshape(-1, 10))
+    values = _parse_fixed_coordinates(np.concatenate(fields)) if fields else None
+    plain_rows, start = [], 0
+    for block, same, block_fields in zip(blocks, same_rows, fields, strict=True):
+        n_rows, n_atoms = len(block.offsets), block.n_atoms
+        coords = np.zeros((n_rows, n_atoms, 3))
+        plain = np.zeros(n_rows, dtype=bool)
+        ok_rows = np.flatnonzero(same)
+        stop = start + len(block_fields)
+        block_values = values[start:stop] if values is not None else \
+            _parse_fixed_coordinates(block_fields)
+        start = stop
+        if block_values is not None:
+            coords[ok_rows], plain[ok_rows] = block_values.reshape(-1, n_atoms, 3), True
+        else:  # some field is not plain: row by row, keep the plain rows
+            row_fields = block_fields.reshape(len(ok_rows), n_atoms * 3, 10)
+            for k, row in enumerate(ok_rows):
+                row_values = _parse_fixed_coordinates(row_fields[k])
+                if row_values is not None:
+                    coords[row], plain[row] = row_values.reshape(n_atoms, 3), True
+        # the template's own coordinates are RDKit's, whatever their text
+        coords[0], plain[0] = block.template.GetConformer().GetPositions(), True
+        block.coords = coords
+        plain_rows.append(plain)
+    return plain_rows
 
 
 def _template_block(mol: Chem.Mol, data: bytes, data_array: np.ndarray, start: int,
@@ -319,46 +348,47 @@ def _read_entries(path: Path) -> list[_Entry | None]:
     if b"\r" in data:
         return _rdkit_groups(path)
     data_array = np.frombuffer(data, dtype=np.uint8)
-    spans, end = [], 0  # (start, stop) of each record ending in a whole "$$$$" line
+    stops, end = [], 0  # end of each record ending in a whole "$$$$" line
     if data.startswith(_RECORD_END):
-        spans.append((0, len(_RECORD_END)))
+        stops.append(len(_RECORD_END))
         end = len(_RECORD_END)
-    while (found := data.find(b"\n" + _RECORD_END, max(end - 1, 0))) >= 0:
-        spans.append((end, found + 1 + len(_RECORD_END)))
+    needle, find = b"\n" + _RECORD_END, data.find
+    while (found := find(needle, max(end - 1, 0))) >= 0:
         end = found + 1 + len(_RECORD_END)
+        stops.append(end)
     entries: list[_Entry | None] = []
     blocks: list[_Block] = []
     recent: list[_Block] = []  # the last few templates, newest first
-    for start, stop in spans:
-        if data.count(b"\n", start, stop) < 5:  # not even a header and counts line: a
-            return _rdkit_groups(path)  # "$$$$" header line, RDKit draws other boundaries
+    for start, stop in zip([0, *stops], stops, strict=False):  # starts: 0, then each stop
         entry = None
-        for block in recent or [None]:
+        for block in recent:
             # a file may interleave a few atom or bond orders of one molecule (Hutchison's
             # references do): each keeps its template
             entry = _fast_entry(data, data_array, block, start, stop)
             if entry is not None:
                 break
-        if entry is None:  # parsed by RDKit: a new template, or a record of its own
-            mol = _rdkit_record(data[start:stop])
-            if mol is None:
-                entries.append(None)
-                continue
-            candidate = _template_block(mol, data, data_array, start, stop)
-            if candidate is not None:
-                recent = [candidate, *recent[:_RECENT_TEMPLATES - 1]]
-                blocks.append(candidate)
-                entries.append(_Entry(block=candidate, row=0, mol=mol, text=data[start:stop]))
-            else:
-                entries.append(_Entry(mol=mol, text=data[start:stop]))
+        if entry is not None:
+            entries.append(entry)
             continue
-        entries.append(entry)
+        # (a fast-read record has a header, a counts line and "$$$$": only others can fail)
+        if data.count(b"\n", start, stop) < 5:  # not even a header and counts line: a
+            return _rdkit_groups(path)  # "$$$$" header line, RDKit draws other boundaries
+        mol = _rdkit_record(data[start:stop])  # a new template, or a record of its own
+        if mol is None:
+            entries.append(None)
+            continue
+        candidate = _template_block(mol, data, data_array, start, stop)
+        if candidate is not None:
+            recent = [candidate, *recent[:_RECENT_TEMPLATES - 1]]
+            blocks.append(candidate)
+            entries.append(_Entry(block=candidate, row=0, mol=mol, text=data[start:stop]))
+        else:
+            entries.append(_Entry(mol=mol, text=data[start:stop]))
     tail = data[end:]
     if tail.strip():  # a last record without its terminator (a cut file): RDKit decides
         mol = _rdkit_record(tail)
         entries.append(None if mol is None else _Entry(mol=mol, text=tail))
-    for block in blocks:
-        plain = _finish_block(block, data)
+    for block, plain in zip(blocks, _finish_blocks(blocks, data), strict=True):
         if not plain.all():
             _demote_rows(entries, block, plain)
     return entries
@@ -378,22 +408,32 @@ _RECENT_TEMPLATES = 4
 def _fast_entry(data: bytes, data_array: np.ndarray, block: _Block | None, start: int,
                 stop: int):
     """The entry of record ``data[start:stop]`` read against ``block``'s template, None when
-    RDKit must read it."""
+    RDKit must read it. Checks here: the counts line and the dimension code equal the
+    template's, then the bond lines, the lines up to ``M  END`` and that line (the atom lines
+    outside the coordinate columns are compared for a whole block at once, in
+    :func:`_finish_blocks`), then the data items' form. Paid per record: kept to a few byte
+    comparisons."""
     if block is None:
         return None
-    header = _header(data, start, stop)
-    if header is None:
+    title_end = data.find(b"\n", start, stop)
+    program_end = data.find(b"\n", title_end + 1, stop) if title_end >= 0 else -1
+    comment_end = data.find(b"\n", program_end + 1, stop) if program_end >= 0 else -1
+    if comment_end < 0:
         return None
-    counts, dimension, atoms_start, n_atoms = header
-    if counts != block.counts or dimension != block.dimension:
+    atoms_start = comment_end + 1 + len(block.counts_line)
+    # the counts line (with its newline, so the atom count and V2000 tag are the template's)
+    if data[comment_end + 1:atoms_start] != block.counts_line or \
+            data[title_end + 21:min(title_end + 23, program_end)] != block.dimension:
         return None
-    bonds_start = atoms_start + n_atoms * (block.line_length + 1)
-    bonds_stop = bonds_start + block.bond_bytes.size
-    if bonds_stop > stop or data[bonds_stop - 1] != 10:
+    bonds_start = atoms_start + block.atoms_span
+    items_start = bonds_start + block.after_length
+    if items_start > stop - len(_RECORD_END):
         return None
-    bond_text = data[bonds_start:bonds_stop]
-    if bond_text not in block.bond_texts:
-        if block.dimension != b"3D":
+    after_atoms = data[bonds_start:items_start]
+    if after_atoms not in block.after_atoms:
+        bonds_stop = bonds_start + block.bond_bytes.size
+        if block.dimension != b"3D" or after_atoms[block.bond_bytes.size:] != \
+                block.tail + _END_LINE:
             return None
         # the bond stereo field (wedges) may differ: RDKit takes the stereo of a 3D record
         # from its coordinates, and writes wedges per conformer; the RMSD engine reads none
@@ -402,15 +442,12 @@ def _fast_entry(data: bytes, data_array: np.ndarray, block: _Block | None, start
         differs[:, _BOND_STEREO] = False
         if differs.any():
             return None
-        block.bond_texts.add(bond_text)  # a molecule has few wedge patterns: seen once
-    tail_stop = bonds_stop + len(block.tail)
-    if data[bonds_stop:tail_stop] != block.tail or data[tail_stop:tail_stop + 7] != _END_LINE:
-        return None
-    items = _data_items(data, tail_stop + 7, stop - 5)
+        block.after_atoms.add(after_atoms)  # a molecule has few wedge patterns: seen once
+    items = _data_items(data, items_start, stop - len(_RECORD_END))
     if items is None:
         return None
     try:  # the title, unless a data item is called _Name: RDKit sets that one last
-        props = {"_Name": data[start:data.find(b"\n", start)].decode(), **items}
+        props = {"_Name": data[start:title_end].decode(), **items}
     except UnicodeDecodeError:
         return None
     row = len(block.offsets)

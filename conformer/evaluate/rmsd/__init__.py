@@ -16,6 +16,7 @@ from conformer.evaluate.rmsd.kernel import (
 from conformer.evaluate.rmsd.pool import ForkedRMSDPool, rmsd_matrices
 from conformer.evaluate.rmsd.symmetry import (
     DEFAULT_MAX_MATCHES,
+    ConformerArray,
     RMSDMatchError,
     get_best_rms_reference,
     heavy_atom_copy,
@@ -23,6 +24,6 @@ from conformer.evaluate.rmsd.symmetry import (
     symmetry_matches,
 )
 
-__all__ = ["DEFAULT_MAX_MATCHES", "ForkedRMSDPool", "RMSDMatchError", "get_best_rms_reference",
+__all__ = ["DEFAULT_MAX_MATCHES", "ConformerArray", "ForkedRMSDPool", "RMSDMatchError", "get_best_rms_reference",
            "heavy_atom_copy", "kabsch_rmsd_min", "max_rotation_overlap", "overlap_from_entries",
            "rmsd_matrices", "rmsd_matrix", "symmetrize_terminal_groups", "symmetry_matches"]

@@ -28,20 +28,36 @@ from conformer.evaluate.rmsd.symmetry import (
 
 # Memory bounds while aligning (float64): covariances per GEMM (9 * 8 bytes each, ~4.7 MB),
 # the permuted generated coordinates (G, M', n, 3) (~32 MB), and covariances per closed-form
-# call, small enough that its ~30 temporaries stay in a core's cache (1,024 ran twice as fast
-# as 4,096 on this project's 2-core Xeon: 94 vs 180 ns per covariance).
+# call: with preallocated temporaries (_Workspace, ~0.9 MB at 2,048) 2,048 and 4,096 ran
+# alike and 1.2x faster than 1,024 on this project's 2-core Xeon (fewer NumPy calls per
+# covariance); 8,192 was slower again (cache).
 _GEMM_PAIRS = 65_536
 _PERMUTED_ELEMENTS = 4_000_000
-_KERNEL_ELEMENTS = 1_024
+_KERNEL_ELEMENTS = 2_048
 # Blocks of at most _SMALL_BLOCK covariances are pooled across molecules until _BATCH_ELEMENTS
 # covariances wait (~19 MB of entries), then evaluated together.
 _SMALL_BLOCK = 4_096
 _BATCH_ELEMENTS = 262_144
 
 
-# Cyclic index shifts: row/column k of a 3x3 matrix's cofactor uses k+1 and k+2 (mod 3).
-_NEXT, _AFTER_NEXT = [1, 2, 0], [2, 0, 1]
+# Cofactor (i, j) of a 3x3 matrix, C[i+1, j+1] C[i+2, j+2] - C[i+1, j+2] C[i+2, j+1] (indices
+# mod 3), as four rows of the entry-major layout (row 3 r + c holds C[r, c]).
+_COFACTOR_ROWS = np.array([[3 * ((i + 1) % 3) + (j + 1) % 3, 3 * ((i + 2) % 3) + (j + 2) % 3,
+                            3 * ((i + 1) % 3) + (j + 2) % 3, 3 * ((i + 2) % 3) + (j + 1) % 3]
+                           for i in range(3) for j in range(3)]).T
 _TWO_PI_OVER_3 = 2.0943951023931953
+
+
+class _Workspace:
+    """Preallocated float64 temporaries for :func:`overlap_from_entries` on up to ``size``
+    covariances: the closed form's ~40 operations then allocate nothing, so that larger
+    chunks (fewer NumPy calls per covariance) stay fast; with fresh temporaries per operation
+    they were slower above ~1,000 covariances on this project's machine (allocator traffic)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.cofactors, self.left, self.right = (np.empty((9, size)) for _ in range(3))
+        self.scalars = np.empty((12, size))
 
 
 def max_rotation_overlap(cov: np.ndarray) -> np.ndarray:
@@ -55,7 +71,8 @@ def max_rotation_overlap(cov: np.ndarray) -> np.ndarray:
     return overlap_from_entries(entries).reshape(cov.shape[:-2])
 
 
-def overlap_from_entries(entries: np.ndarray) -> np.ndarray:
+def overlap_from_entries(entries: np.ndarray, out: np.ndarray | None = None,
+                         workspace: _Workspace | None = None) -> np.ndarray:
     """:func:`max_rotation_overlap` for covariances given entry-major: (9, L) rows xx, xy, xz,
     yx, ..., zz (row-major 3x3), each row contiguous (a row slice of a larger array is fine).
 
@@ -66,62 +83,87 @@ def overlap_from_entries(entries: np.ndarray) -> np.ndarray:
     lambda^4 - 2a lambda^2 - 8d lambda + a^2 - 4b, whose largest root is the answer. One
     Newton step on that quartic polishes the closed form to float64 round-off; entries whose
     step is not tiny (degenerate spectra: collinear or all-zero covariances) get an SVD.
-    Returns (L,) in the units of C.
+    Returns (L,) in the units of C, written into ``out`` when given; ``workspace`` (at least L
+    wide) holds the temporaries.
     """
     n = entries.shape[-1]
-    cov = entries.reshape(3, 3, n)
-    rolled, rolled2 = cov[_NEXT], cov[_AFTER_NEXT]  # rows k+1 and k+2
-    cofactor = rolled[:, _NEXT] * rolled2[:, _AFTER_NEXT]
-    cofactor -= rolled[:, _AFTER_NEXT] * rolled2[:, _NEXT]
-    det = np.einsum("jk,jk->k", cov[0], cofactor[0])
-    flat_cof = cofactor.reshape(9, n)
-    a = np.einsum("ik,ik->k", entries, entries)
-    b = np.einsum("ik,ik->k", flat_cof, flat_cof)
+    if workspace is None or workspace.size < n:
+        workspace = _Workspace(n)
+    if out is None:
+        out = np.empty(n)
+    cofactors, left, right = (w[:, :n] for w in (workspace.cofactors, workspace.left,
+                                                 workspace.right))
+    np.multiply(entries[_COFACTOR_ROWS[0]], entries[_COFACTOR_ROWS[1]], out=left)
+    np.multiply(entries[_COFACTOR_ROWS[2]], entries[_COFACTOR_ROWS[3]], out=right)
+    np.subtract(left, right, out=cofactors)
+    det, a, b, third, minus_p_third, q, radius, angle, s1, s2, lam, tmp = \
+        workspace.scalars[:, :n]
+    np.einsum("jk,jk->k", entries[:3], cofactors[:3], out=det)  # first-row expansion
+    np.einsum("ik,ik->k", entries, entries, out=a)
+    np.einsum("ik,ik->k", cofactors, cofactors, out=b)
     # depressed cubic in mu - a/3:  t^3 + p t + q = 0 with p = b - a^2/3 <= 0
-    third = a / 3.0
-    minus_p_third = third * third - b / 3.0
-    q = third * (b - 2.0 * a * third / 3.0)
-    q -= det * det
+    np.multiply(a, 1.0 / 3.0, out=third)
+    np.multiply(third, third, out=minus_p_third)
+    np.multiply(b, 1.0 / 3.0, out=tmp)
+    minus_p_third -= tmp
+    np.multiply(a, third, out=q)  # q = third (b - 2 a third / 3) - d^2
+    q *= -2.0 / 3.0
+    q += b
+    q *= third
+    np.multiply(det, det, out=tmp)
+    q -= tmp
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        radius = np.sqrt(minus_p_third)  # round-off can make it slightly negative -> NaN -> SVD
-        cos3 = q / (minus_p_third * radius)
-        cos3 *= -0.5
-        np.clip(cos3, -1.0, 1.0, out=cos3)  # NaN (all mu equal) stays NaN -> SVD below
-        angle = np.arccos(cos3)
+        np.sqrt(minus_p_third, out=radius)  # round-off can make it < 0 -> NaN -> SVD
+        np.multiply(minus_p_third, radius, out=tmp)
+        np.divide(q, tmp, out=angle)
+        angle *= -0.5
+        np.clip(angle, -1.0, 1.0, out=angle)  # NaN (all mu equal) stays NaN -> SVD below
+        np.arccos(angle, out=angle)
         angle /= 3.0
         radius *= 2.0
-        mu1 = np.cos(angle)
-        mu1 *= radius
-        mu1 += third
+        np.cos(angle, out=s1)
+        s1 *= radius
+        s1 += third  # mu1
         angle -= _TWO_PI_OVER_3
-        mu2 = np.cos(angle)
-        mu2 *= radius
-        mu2 += third
-        s1, s2 = np.sqrt(mu1), np.sqrt(mu2)
-        lam = det / (s1 * s2)
+        np.cos(angle, out=s2)
+        s2 *= radius
+        s2 += third  # mu2
+        np.sqrt(s1, out=s1)
+        np.sqrt(s2, out=s2)
+        np.multiply(s1, s2, out=tmp)
+        np.divide(det, tmp, out=lam)
         lam += s1
         lam += s2
         # one Newton step on P(lam) = lam^4 - 2a lam^2 - 8d lam + a^2 - 4b
-        lam_sq = lam * lam
+        lam_sq, value, slope = s1, s2, radius  # reused buffers
+        np.multiply(lam, lam, out=lam_sq)
         det *= 8.0
-        value = lam_sq - 2.0 * a
+        np.multiply(a, -2.0, out=value)
+        value += lam_sq
         value *= lam_sq
-        value -= det * lam
-        value += a * a
-        value -= 4.0 * b
-        slope = lam_sq - a
-        slope *= 4.0 * lam
+        np.multiply(det, lam, out=tmp)
+        value -= tmp
+        np.multiply(a, a, out=tmp)
+        value += tmp
+        np.multiply(b, 4.0, out=tmp)
+        value -= tmp
+        np.subtract(lam_sq, a, out=slope)
+        slope *= lam
+        slope *= 4.0
         slope -= det
         value /= slope
-        lam -= value
-        good = np.abs(value) <= _POLISH_TOLERANCE * np.maximum(lam, 1.0)
+        np.subtract(lam, value, out=out)
+        np.abs(value, out=value)
+        np.maximum(out, 1.0, out=tmp)
+        tmp *= _POLISH_TOLERANCE
+        good = value <= tmp
     if not good.all():
         bad = ~good
         rest = entries[:, bad].T.reshape(-1, 3, 3)
         sing = np.linalg.svd(rest, compute_uv=False)
         sign = np.where(np.linalg.det(rest) < 0, -1.0, 1.0)
-        lam[bad] = sing[:, 0] + sing[:, 1] + sign * sing[:, 2]
-    return lam
+        out[bad] = sing[:, 0] + sing[:, 1] + sign * sing[:, 2]
+    return out
 
 
 # A closed-form value this close to a simple root is exact to round-off after the Newton step.
@@ -148,6 +190,7 @@ def kabsch_rmsd_min(ref_xyz: np.ndarray, gen_xyz: np.ndarray, maps: np.ndarray) 
                            _GEMM_PAIRS // max(1, n_gen)))
     per_ref = max(1, min(n_ref, _GEMM_PAIRS // max(1, n_gen * map_chunk)))
     gen_by_atom = np.ascontiguousarray(gen_xyz.transpose(1, 0, 2))  # (n, G, 3)
+    workspace = _Workspace(_KERNEL_ELEMENTS)
     ref_rows = np.ascontiguousarray(ref_xyz.transpose(0, 2, 1)).reshape(n_ref * 3, n_atoms)
     for m0 in range(0, n_maps, map_chunk):
         chunk = maps[m0:m0 + map_chunk]
@@ -159,13 +202,23 @@ def kabsch_rmsd_min(ref_xyz: np.ndarray, gen_xyz: np.ndarray, maps: np.ndarray) 
             # one copy to entry-major (i, j, r, m, g): contiguous rows for the closed form
             entries = np.ascontiguousarray(
                 product.reshape(n_r, 3, n_m * n_gen, 3).transpose(1, 3, 0, 2)).reshape(9, -1)
-            overlap = np.empty(entries.shape[1])
-            for e0 in range(0, entries.shape[1], _KERNEL_ELEMENTS):
-                overlap[e0:e0 + _KERNEL_ELEMENTS] = overlap_from_entries(
-                    entries[:, e0:e0 + _KERNEL_ELEMENTS])
+            overlap = _chunked_overlap(entries, workspace)
             block = best[r0:r0 + n_r]
             np.maximum(block, overlap.reshape(n_r, n_m, n_gen).max(axis=1), out=block)
     return _rmsd_from_overlap(best, ref_sq, gen_sq, n_atoms)
+
+
+def _chunked_overlap(entries: np.ndarray, workspace: _Workspace | None = None) -> np.ndarray:
+    """:func:`overlap_from_entries` of (9, L) entries, _KERNEL_ELEMENTS covariances at a time
+    (their temporaries stay in a core's cache), sharing one workspace. Returns (L,)."""
+    size = entries.shape[1]
+    if workspace is None or workspace.size < min(size, _KERNEL_ELEMENTS):
+        workspace = _Workspace(min(size, _KERNEL_ELEMENTS))
+    overlap = np.empty(size)
+    for e0 in range(0, size, _KERNEL_ELEMENTS):
+        e1 = min(size, e0 + _KERNEL_ELEMENTS)
+        overlap_from_entries(entries[:, e0:e1], overlap[e0:e1], workspace)
+    return overlap
 
 
 def _rmsd_from_overlap(best: np.ndarray, ref_sq: np.ndarray, gen_sq: np.ndarray,
@@ -216,10 +269,7 @@ class _OverlapBatch:
             return
         entries = np.concatenate(self.entries, axis=1) if len(self.entries) > 1 \
             else np.ascontiguousarray(self.entries[0])
-        overlap = np.empty(entries.shape[1])
-        for e0 in range(0, entries.shape[1], _KERNEL_ELEMENTS):
-            overlap[e0:e0 + _KERNEL_ELEMENTS] = overlap_from_entries(
-                entries[:, e0:e0 + _KERNEL_ELEMENTS])
+        overlap = _chunked_overlap(entries)
         start = 0
         for n_ref, n_maps, n_gen, ref_sq, gen_sq, n_atoms, out, rows, cols in self.blocks:
             stop = start + n_ref * n_maps * n_gen

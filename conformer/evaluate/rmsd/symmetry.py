@@ -130,13 +130,35 @@ class ConformerSet:
     n_conformers: int
 
 
-def group_conformers(mols: list[Chem.Mol]) -> ConformerSet:
-    """Group ``mols`` by graph (see :func:`_graph_signature`)."""
+@dataclass
+class ConformerArray:
+    """Conformers of one topology given as an array, not as RDKit conformers: what the RMSD
+    engine reads from a run of SDF records that share a template (building an RDKit conformer
+    per record only for the engine to read its positions back cost more than the alignment on
+    small molecules).
+
+    ``template``: a molecule with the topology, every atom (its own conformers are ignored);
+    ``coords``: (n_conformers, n_atoms, 3) float64, Angstrom, in the template's atom order.
+    Counts as ``len(coords)`` entries of the engine's input, in order.
+    """
+
+    template: Chem.Mol
+    coords: np.ndarray
+
+    def GetNumConformers(self) -> int:  # noqa: N802 - the Chem.Mol method the engine calls
+        return len(self.coords)
+
+
+def group_conformers(mols: list[Chem.Mol | ConformerArray]) -> ConformerSet:
+    """Group ``mols`` (molecules, each conformer one entry, or :class:`ConformerArray`) by
+    graph (see :func:`_graph_signature`)."""
     groups: dict[tuple, list[tuple[list, bytes, int]]] = {}  # key -> (inv., adjacency, group)
     templates, kept_atoms, positions, group_of = [], [], [], []
     last = None  # (invariants, adjacency, group) of the previous conformer
     for mol in mols:
-        key, invariants, adjacency = _graph_signature(mol)
+        array = mol.coords if isinstance(mol, ConformerArray) else None
+        topology = mol.template if array is not None else mol
+        key, invariants, adjacency = _graph_signature(topology)
         if last is not None and last[1] == adjacency and last[0] == invariants:
             group = last[2]  # the common case: the same graph as the conformer before
         else:
@@ -146,18 +168,21 @@ def group_conformers(mols: list[Chem.Mol]) -> ConformerSet:
         if group is None:
             group = len(templates)
             candidates.append((invariants, adjacency, group))
-            heavy, kept = _heavy_template(mol)
+            heavy, kept = _heavy_template(topology)
             templates.append(heavy)
             kept_atoms.append(kept)
             positions.append([])
         last = (invariants, adjacency, group)
-        n_confs = mol.GetNumConformers()
-        if n_confs == 1:  # the common case (one SDF record), without iterating conformers
-            positions[group].append(mol.GetConformer().GetPositions())
-        elif n_confs == 0:
-            raise ValueError("a molecule without conformers was given for RMSD")
+        if array is not None:
+            n_confs = len(array)
+            positions[group].append(array)
         else:
-            positions[group].extend(conf.GetPositions() for conf in mol.GetConformers())
+            n_confs = mol.GetNumConformers()
+            # (1, n, 3) or (k, n, 3) arrays, new ones: the inputs stay put
+            positions[group].append(mol.GetConformer().GetPositions()[None] if n_confs == 1
+                                    else np.array([c.GetPositions() for c in mol.GetConformers()]))
+        if n_confs == 0:
+            raise ValueError("a molecule without conformers was given for RMSD")
         group_of.extend([group] * n_confs)
     if len(templates) == 1:  # the common case: one graph
         index = [np.arange(len(group_of))]
@@ -166,7 +191,9 @@ def group_conformers(mols: list[Chem.Mol]) -> ConformerSet:
         index = [np.flatnonzero(group_of == g) for g in range(len(templates))]
     centred = []
     for group_positions, kept in zip(positions, kept_atoms, strict=True):
-        xyz = np.asarray(group_positions, dtype=np.float64)  # a new array: inputs stay put
+        # a new array (concatenate or index copies): the inputs stay put
+        xyz = (np.concatenate(group_positions) if len(group_positions) > 1
+               else np.array(group_positions[0], dtype=np.float64))
         if len(kept) != xyz.shape[1]:
             xyz = xyz[:, kept]
         xyz -= xyz.mean(axis=1, keepdims=True)
