@@ -302,3 +302,85 @@ def test_overlap_workspace_and_out_give_the_same_values():
     np.testing.assert_array_equal(out, alone)
     np.testing.assert_allclose(alone, max_rotation_overlap(entries.T.reshape(-1, 3, 3)),
                                rtol=0, atol=0)
+
+
+def _all_maps_float64(ref_xyz, gen_xyz, maps):
+    """Best-map RMSD (R, G) with every map through the float64 closed form (no pre-pass)."""
+    from conformer.evaluate.rmsd.kernel import overlap_from_entries
+
+    cov = np.einsum("rni,gmnj->rmgij", ref_xyz, gen_xyz[:, maps])  # (R, M, G, 3, 3)
+    best = overlap_from_entries(np.ascontiguousarray(cov.reshape(-1, 9).T)).reshape(
+        cov.shape[:3]).max(axis=1)
+    msd = (np.einsum("rni,rni->r", ref_xyz, ref_xyz)[:, None]
+           + np.einsum("gni,gni->g", gen_xyz, gen_xyz)[None] - 2 * best) / ref_xyz.shape[1]
+    return np.sqrt(np.maximum(msd, 0.0))
+
+
+def _centred(xyz):
+    return xyz - xyz.mean(axis=-2, keepdims=True)
+
+
+def test_float32_prescreen_keeps_near_ties_and_drops_clear_losers():
+    from conformer.evaluate.rmsd.kernel import _PRESCREEN_MARGIN, _prescreen_keep
+
+    rng = np.random.default_rng(11)
+    n = 12
+    ref = _centred(rng.normal(size=(1, n, 3)) * 2.0)
+    swap = np.arange(n)
+    swap[[0, 1]] = [1, 0]
+    # generated conformer: the reference with atoms 0 and 1 placed almost symmetrically, so
+    # the identity map and the 0<->1 swap give overlaps 1e-9 apart (below float32's resolution)
+    gen = ref.copy()
+    middle = (gen[0, 0] + gen[0, 1]) / 2
+    gen[0, 0], gen[0, 1] = middle + 1e-9, middle - 1e-9
+    far = _centred(rng.normal(size=(1, n, 3)) * 2.0)  # a conformer with one clearly best map
+    gens = _centred(np.concatenate([gen, far]))
+    maps = np.stack([np.arange(n), swap, rng.permutation(n), rng.permutation(n)])
+    product = np.einsum("rni,gmnj->rimgj", ref, gens[:, maps])  # the kernel's layout
+    by_entry = product.reshape(1, 3, -1, 3).transpose(1, 3, 0, 2)  # (3, 3, R, M * G)
+    norms = np.sqrt(np.einsum("gni,gni->g", gens, gens))[None] * np.linalg.norm(ref)
+    keep = _prescreen_keep(by_entry, 1, len(maps), 2, _PRESCREEN_MARGIN * norms)
+    keep = keep.reshape(len(maps), 2)
+    assert keep[:2, 0].all()  # the near tie: both maps go to float64
+    assert keep[:, 1].sum() == 1  # one clear winner: the other maps are dropped
+    # the kernel (pre-pass, then float64 on the kept maps) equals float64 on every map, to
+    # round-off (einsum here, GEMM there): the two tied maps' RMSDs differ by ~4e-11 A
+    np.testing.assert_allclose(kabsch_rmsd_min(ref, gens, maps),
+                               _all_maps_float64(ref, gens, maps), rtol=0, atol=1e-12)
+
+
+def test_float32_prescreen_error_is_well_inside_its_margin():
+    """The pre-pass's safety rests on |float32 - float64| < margin / 2 for trusted values:
+    checked on random conformers (each map a random permutation) and near-planar ones."""
+    from conformer.evaluate.rmsd.kernel import _PRESCREEN_MARGIN, overlap_from_entries
+
+    rng = np.random.default_rng(5)
+    n = 30
+    ref = _centred(rng.normal(size=(20, n, 3)) * 3.0)
+    gens = rng.normal(size=(40, n, 3)) * 3.0
+    gens[20:, :, 2] *= 1e-3  # near-planar: degenerate spectra
+    gens = _centred(gens)
+    maps = np.stack([rng.permutation(n) for _ in range(6)])
+    cov = np.einsum("rni,gmnj->rmgij", ref, gens[:, maps])
+    entries = np.ascontiguousarray(cov.reshape(-1, 9).T)
+    exact = overlap_from_entries(entries)
+    single = overlap_from_entries(entries.astype(np.float32), degenerate="nan")
+    assert single.dtype == np.float32
+    scale = (np.linalg.norm(ref, axis=(1, 2))[:, None, None]
+             * np.linalg.norm(gens, axis=(1, 2))[None, None, :]).repeat(len(maps), 1).ravel()
+    trusted = ~np.isnan(single)
+    assert trusted.mean() > 0.9
+    error = np.abs(single[trusted] - exact[trusted]) / scale[trusted]
+    assert error.max() < _PRESCREEN_MARGIN / 20
+
+
+def test_kernel_with_many_maps_equals_float64_on_every_map():
+    rng = np.random.default_rng(8)
+    n = 16
+    ref = _centred(rng.normal(size=(7, n, 3)) * 2.5)
+    # generated: noisy copies of the references, atoms permuted, so several maps compete
+    gens = _centred(np.concatenate([ref[:, rng.permutation(n)] + rng.normal(size=(7, n, 3)) * s
+                                    for s in (0.05, 0.5, 2.0)]))
+    maps = np.stack([np.arange(n)] + [rng.permutation(n) for _ in range(9)])
+    np.testing.assert_allclose(kabsch_rmsd_min(ref, gens, maps),
+                               _all_maps_float64(ref, gens, maps), rtol=0, atol=1e-12)

@@ -54,10 +54,10 @@ class _Workspace:
     chunks (fewer NumPy calls per covariance) stay fast; with fresh temporaries per operation
     they were slower above ~1,000 covariances on this project's machine (allocator traffic)."""
 
-    def __init__(self, size: int):
-        self.size = size
-        self.cofactors, self.left, self.right = (np.empty((9, size)) for _ in range(3))
-        self.scalars = np.empty((12, size))
+    def __init__(self, size: int, dtype=np.float64):
+        self.size, self.dtype = size, np.dtype(dtype)
+        self.cofactors, self.left, self.right = (np.empty((9, size), dtype) for _ in range(3))
+        self.scalars = np.empty((12, size), dtype)
 
 
 def max_rotation_overlap(cov: np.ndarray) -> np.ndarray:
@@ -72,7 +72,8 @@ def max_rotation_overlap(cov: np.ndarray) -> np.ndarray:
 
 
 def overlap_from_entries(entries: np.ndarray, out: np.ndarray | None = None,
-                         workspace: _Workspace | None = None) -> np.ndarray:
+                         workspace: _Workspace | None = None,
+                         degenerate: str = "svd") -> np.ndarray:
     """:func:`max_rotation_overlap` for covariances given entry-major: (9, L) rows xx, xy, xz,
     yx, ..., zz (row-major 3x3), each row contiguous (a row slice of a larger array is fine).
 
@@ -84,13 +85,19 @@ def overlap_from_entries(entries: np.ndarray, out: np.ndarray | None = None,
     Newton step on that quartic polishes the closed form to float64 round-off; entries whose
     step is not tiny (degenerate spectra: collinear or all-zero covariances) get an SVD.
     Returns (L,) in the units of C, written into ``out`` when given; ``workspace`` (at least L
-    wide) holds the temporaries.
+    wide, of the entries' dtype) holds the temporaries.
+
+    float32 entries (the pre-pass of :func:`_prescreen_keep`) are polished to a looser
+    tolerance and, with ``degenerate="nan"``, their degenerate entries come back NaN
+    ("unknown") instead of going to an SVD.
     """
     n = entries.shape[-1]
-    if workspace is None or workspace.size < n:
-        workspace = _Workspace(n)
+    dtype = entries.dtype if entries.dtype == np.float32 else np.dtype(np.float64)
+    if workspace is None or workspace.size < n or workspace.dtype != dtype:
+        workspace = _Workspace(n, dtype)
     if out is None:
-        out = np.empty(n)
+        out = np.empty(n, dtype)
+    tolerance = _POLISH_TOLERANCE if dtype == np.float64 else _POLISH_TOLERANCE_FLOAT32
     cofactors, left, right = (w[:, :n] for w in (workspace.cofactors, workspace.left,
                                                  workspace.right))
     np.multiply(entries[_COFACTOR_ROWS[0]], entries[_COFACTOR_ROWS[1]], out=left)
@@ -155,9 +162,11 @@ def overlap_from_entries(entries: np.ndarray, out: np.ndarray | None = None,
         np.subtract(lam, value, out=out)
         np.abs(value, out=value)
         np.maximum(out, 1.0, out=tmp)
-        tmp *= _POLISH_TOLERANCE
+        tmp *= tolerance
         good = value <= tmp
-    if not good.all():
+    if degenerate == "nan":
+        out[~good] = np.nan
+    elif not good.all():
         bad = ~good
         rest = entries[:, bad].T.reshape(-1, 3, 3)
         sing = np.linalg.svd(rest, compute_uv=False)
@@ -168,6 +177,22 @@ def overlap_from_entries(entries: np.ndarray, out: np.ndarray | None = None,
 
 # A closed-form value this close to a simple root is exact to round-off after the Newton step.
 _POLISH_TOLERANCE = 1e-9
+# The float32 pre-pass's version: a Newton step above 1e-4 relative marks an entry whose float32
+# value is not trusted (kept for float64 whatever its value). On the GEOM-sized benchmark set
+# (265,000 pre-pass covariances) 3% are untrusted and the trusted ones are within 1.1e-5 of
+# |X| |Y| of float64; at 1e-5, 16% were untrusted (float32 noise in the quartic alone), at
+# 1e-3 the trusted error reached 3.8e-4, too close to the margin below.
+_POLISH_TOLERANCE_FLOAT32 = 1e-4
+# The float32 pre-pass keeps, per pair, every map whose float32 overlap lies within
+# _PRESCREEN_MARGIN * |X| |Y| of the pair's best float32 overlap (|X| |Y| bounds every overlap
+# by Cauchy-Schwarz), plus every map whose float32 value is untrusted, and recomputes those in
+# float64. Keeping the float64 winner needs the margin to exceed twice the float32 error; the
+# largest error seen (benchmark sets, random covariances; tests check it) is about 1.1e-5 of
+# |X| |Y|, so 1e-3 leaves a factor of 45. In MSD the margin is a band of about 0.002 Rg^2
+# (Rg: radius of gyration): maps that close are rare, and ~1.3 maps per pair are recomputed.
+_PRESCREEN_MARGIN = 1e-3
+# float32 covariances per pre-pass closed-form call: same bytes as 4,096 float64 ones
+_KERNEL_ELEMENTS_FLOAT32 = 8_192
 
 
 def kabsch_rmsd_min(ref_xyz: np.ndarray, gen_xyz: np.ndarray, maps: np.ndarray) -> np.ndarray:
@@ -192,6 +217,8 @@ def kabsch_rmsd_min(ref_xyz: np.ndarray, gen_xyz: np.ndarray, maps: np.ndarray) 
     gen_by_atom = np.ascontiguousarray(gen_xyz.transpose(1, 0, 2))  # (n, G, 3)
     workspace = _Workspace(_KERNEL_ELEMENTS)
     ref_rows = np.ascontiguousarray(ref_xyz.transpose(0, 2, 1)).reshape(n_ref * 3, n_atoms)
+    workspace32 = _Workspace(_KERNEL_ELEMENTS_FLOAT32, np.float32) if n_maps > 1 else None
+    ref_norm, gen_norm = np.sqrt(ref_sq), np.sqrt(gen_sq)
     for m0 in range(0, n_maps, map_chunk):
         chunk = maps[m0:m0 + map_chunk]
         n_m = len(chunk)
@@ -199,13 +226,55 @@ def kabsch_rmsd_min(ref_xyz: np.ndarray, gen_xyz: np.ndarray, maps: np.ndarray) 
         for r0 in range(0, n_ref, per_ref):
             n_r = min(per_ref, n_ref - r0)
             product = ref_rows[3 * r0:3 * (r0 + n_r)] @ permuted  # (r, i) x (m, g, j)
-            # one copy to entry-major (i, j, r, m, g): contiguous rows for the closed form
-            entries = np.ascontiguousarray(
-                product.reshape(n_r, 3, n_m * n_gen, 3).transpose(1, 3, 0, 2)).reshape(9, -1)
-            overlap = _chunked_overlap(entries, workspace)
+            # (i, j, r, m, g): entry-major order, contiguous rows for the closed form
+            by_entry = product.reshape(n_r, 3, n_m * n_gen, 3).transpose(1, 3, 0, 2)
             block = best[r0:r0 + n_r]
+            if n_m == 1:
+                overlap = _chunked_overlap(np.ascontiguousarray(by_entry).reshape(9, -1),
+                                           workspace)
+                np.maximum(block, overlap.reshape(n_r, n_gen), out=block)
+                continue
+            # several maps: a float32 pass picks the maps that can win, float64 decides
+            margin = _PRESCREEN_MARGIN * ref_norm[r0:r0 + n_r, None] * gen_norm[None, :]
+            kept = np.flatnonzero(_prescreen_keep(by_entry, n_r, n_m, n_gen, margin,
+                                                  workspace32))
+            rows, columns = np.divmod(kept, n_m * n_gen)
+            # the kept covariances, entry-major: the same float64 values as the whole pass
+            entries = np.ascontiguousarray(
+                product.reshape(n_r, 3, n_m * n_gen, 3)[rows, :, columns, :].reshape(-1, 9).T)
+            overlap = np.full(n_r * n_m * n_gen, -np.inf)
+            overlap[kept] = _chunked_overlap(entries, workspace)
             np.maximum(block, overlap.reshape(n_r, n_m, n_gen).max(axis=1), out=block)
     return _rmsd_from_overlap(best, ref_sq, gen_sq, n_atoms)
+
+
+def _prescreen_keep(by_entry: np.ndarray, n_ref: int, n_maps: int, n_gen: int,
+                    margin: np.ndarray, workspace: _Workspace | None = None) -> np.ndarray:
+    """Which (reference, map, generated) covariances can hold their pair's best overlap.
+
+    by_entry: (3, 3, R, M * G) float64 covariances (any strides); margin: (R, G), in the
+    units of the overlap. Returns a flat bool mask over (R, M, G): per pair, every map whose
+    float32 overlap is within ``margin`` of the pair's best float32 overlap, and every map
+    whose float32 value is untrusted (degenerate spectrum). With |float32 - float64| below
+    margin / 2 for every map, the pair's float64 maximum is among the kept maps.
+    """
+    size = n_ref * n_maps * n_gen
+    entries32 = np.empty((3, 3, n_ref, n_maps * n_gen), np.float32)
+    np.copyto(entries32, by_entry, casting="same_kind")  # the transposing copy, cast
+    entries32 = entries32.reshape(9, size)
+    if workspace is None or workspace.size < min(size, _KERNEL_ELEMENTS_FLOAT32):
+        workspace = _Workspace(min(size, _KERNEL_ELEMENTS_FLOAT32), np.float32)
+    overlap = np.empty(size, np.float32)
+    for e0 in range(0, size, _KERNEL_ELEMENTS_FLOAT32):
+        e1 = min(size, e0 + _KERNEL_ELEMENTS_FLOAT32)
+        overlap_from_entries(entries32[:, e0:e1], overlap[e0:e1], workspace, degenerate="nan")
+    overlap = overlap.reshape(n_ref, n_maps, n_gen)
+    unknown = np.isnan(overlap)
+    # the best trusted float32 value per pair (-inf when none is trusted: all maps kept)
+    best = np.where(unknown, -np.inf, overlap).max(axis=1)
+    keep = overlap >= (best - margin)[:, None, :]
+    keep |= unknown
+    return keep.reshape(-1)
 
 
 def _chunked_overlap(entries: np.ndarray, workspace: _Workspace | None = None) -> np.ndarray:
