@@ -25,6 +25,7 @@ Prints the times, the ratio and the largest |RMSD difference| to the loop. Targe
 (rounds interleave the two sides); absolute times do not.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_evaluate.py [--workers 2] [--repeats 3]
+        [--set-dir DIR]  # keep the written sets in DIR and reuse them in later runs
 """
 
 from __future__ import annotations
@@ -157,13 +158,24 @@ def main() -> None:
     parser.add_argument("--sets", default="hutchison,geom-sized")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time evaluate's stages one by one")
+    parser.add_argument("--set-dir", type=Path, default=None,
+                        help="write each set's two files under this folder, or read them "
+                             "from there when a run with the same options wrote them "
+                             "(ETKDG takes minutes for the GEOM-sized set); default: a "
+                             "temporary folder")
     args = parser.parse_args()
     RDLogger.DisableLog("rdApp.*")
     with tempfile.TemporaryDirectory() as tmp:
         for label in args.sets.split(","):
             folder = Path(tmp) / label
-            ref_path, gen_path = write_set(folder, args.references, args.molecules,
-                                           49 if label == "geom-sized" else 0)
+            ref_path, gen_path = folder / "refs.sdf", folder / "gen.sdf"
+            if args.set_dir is not None:  # outputs still go to the temporary folder
+                ref_path, gen_path = args.set_dir / label / "refs.sdf", \
+                    args.set_dir / label / "gen.sdf"
+            folder.mkdir(parents=True, exist_ok=True)
+            if not (ref_path.exists() and gen_path.exists()):
+                write_set(ref_path.parent, args.references, args.molecules,
+                          49 if label == "geom-sized" else 0)
             loop_s, fast_s = [], []
             for round_index in range(args.repeats):  # interleaved: load hits both alike
                 start = time.perf_counter()
