@@ -11,8 +11,10 @@ molecules are split into training and held-out molecules.
 Runs, each with the same network size, data, step budget and seeds:
     equivariant/0e, equivariant/0o, unconstrained/0e, recm/0e, recm/0o
 (``0e``/``0o``: the R/S label as an even category or as a pseudoscalar, ``DenoiserConfig.
-stereo_parity``; every run has the CIP neighbour ranks and the parity read-out, so only the
-mode and the label's parity differ).
+stereo_parity``; every run has the CIP neighbour ranks, the parity read-out and, when the
+preset's ``odd_gates`` is on (every preset here), odd gates in the interaction blocks
+(``DenoiserConfig.odd_gates``: a node can multiply the 0o label into a pseudovector it holds),
+so only the mode and the label's parity differ).
 
 Per run (``DIR/results.json``, schema of issue 11): ``val_loss`` (EDM loss of the exported
 model on the held-out molecules, fixed noise), ``stereo_unguided`` (fraction of labelled
@@ -86,6 +88,9 @@ class ChiralityPreset:
     samples_per_molecule: int = 4
     sample_steps: int = 12
     recm_overrides: tuple[tuple[str, object], ...] = ()
+    # DenoiserConfig.odd_gates in every run (part of the settings hash, so a results folder
+    # written without them is not resumed with them)
+    odd_gates: bool = True
 
 
 PRESETS = {
@@ -230,7 +235,8 @@ def _item(molecule: dict, conformer: int) -> MoleculeGraph:
 # -- one run -------------------------------------------------------------------------------
 def build_net(preset: ChiralityPreset, mode: str, parity: str, seed: int):
     overrides = dict(preset.denoiser_overrides)
-    overrides.update(stereo_parity=parity, cip_rank_edges=True, parity_readout=True)
+    overrides.update(stereo_parity=parity, cip_rank_edges=True, parity_readout=True,
+                     odd_gates=preset.odd_gates)
     overrides.update(dict(preset.recm_overrides))
     torch.manual_seed(seed)
     return build_denoiser(preset.denoiser, mode, seed=seed, **overrides)
