@@ -95,6 +95,7 @@ class ChiralityPreset:
     # DenoiserConfig.odd_gates in every run (part of the settings hash, so a results folder
     # written without them is not resumed with them)
     odd_gates: bool = True
+    node_cross_products: bool = False  # DenoiserConfig.node_cross_products in every run
     # auxiliary hinge on the signed volume of each labelled centre in the denoised estimate
     # (``loss_with_volume_hinge``), the same in every run; 0 = the plain EDM loss
     volume_loss_weight: float = 0.0
@@ -248,7 +249,8 @@ def _item(molecule: dict, conformer: int) -> MoleculeGraph:
 def build_net(preset: ChiralityPreset, mode: str, parity: str, seed: int):
     overrides = dict(preset.denoiser_overrides)
     overrides.update(stereo_parity=parity, cip_rank_edges=True, parity_readout=True,
-                     odd_gates=preset.odd_gates)
+                     odd_gates=preset.odd_gates,
+                     node_cross_products=preset.node_cross_products)
     overrides.update(dict(preset.recm_overrides))
     torch.manual_seed(seed)
     return build_denoiser(preset.denoiser, mode, seed=seed, **overrides)
