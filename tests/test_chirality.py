@@ -60,3 +60,74 @@ def test_reproduce_chirality_rejects_bad_options(tmp_path, capsys, option, value
     argv = ["reproduce", "chirality", "--out", str(tmp_path), option, value]
     assert cli.main(argv) == 2
     assert option in capsys.readouterr().err
+
+
+def _micro_training_batch():
+    import torch
+
+    from conformer.data.batching import collate_molecules
+
+    preset = chirality.PRESETS["micro"]
+    smiles = chirality.select_chiral_smiles(preset)[:3]
+    molecules = [m for m in (chirality._build_task(s, 2, 1) for s in smiles) if m is not None]
+    batch = collate_molecules([chirality._item(m, 0) for m in molecules])
+    parts = [chirality.labelled_centres(m) for m in molecules]
+    offsets = batch.ptr[:-1].tolist()
+    centres = torch.cat([c + o for (c, _), o in zip(parts, offsets, strict=True)])
+    signs = torch.cat([s for _, s in parts])
+    return molecules, batch, centres, signs
+
+
+def test_volume_hinge_is_the_edm_loss_plus_a_hinge_on_the_wanted_handedness():
+    """Weight 0 reproduces ``EDMDiffusion.loss`` (same draws); the hinge reads the wanted
+    signs: 0 under a margin no volume can miss, and for a sure miss, wanted and opposite signs
+    add up to exactly twice the margin."""
+    import torch
+
+    from conformer.diffusion import EDMDiffusion, EDMSettings
+    from conformer.diffusion.guidance import signed_volumes
+    from conformer.nn import build_denoiser
+
+    molecules, batch, centres, signs = _micro_training_batch()
+    assert len(centres) >= len(molecules)  # every molecule has a labelled centre
+    # the clean conformers have the labelled handedness: the signs are the checker's
+    assert torch.equal(torch.sign(signed_volumes(batch.pos.double(), centres)).float(), signs)
+    torch.manual_seed(0)
+    net = build_denoiser("tiny", "equivariant", stereo_parity="0o", odd_gates=True,
+                         cip_rank_edges=True, parity_readout=True)
+    diffusion = EDMDiffusion(EDMSettings())
+
+    def hinged(weight, margin, wanted=signs):
+        return float(chirality.loss_with_volume_hinge(
+            diffusion, net, batch, centres, wanted, weight, margin,
+            torch.Generator().manual_seed(7)))
+
+    plain = float(diffusion.loss(net, batch, generator=torch.Generator().manual_seed(7)))
+    assert hinged(0.0, 0.3) == pytest.approx(plain, rel=1e-6)
+    # margin -1: relu(-1 - s v) = 0 for any v in [-1, 1]; margin 2: 2 - s v > 0 always, and
+    # its mean over a sign and its opposite is exactly 2
+    assert hinged(5.0, -1.0) == pytest.approx(plain, rel=1e-6)
+    both = (hinged(1.0, 2.0) - plain) + (hinged(1.0, 2.0, -signs) - plain)
+    assert both == pytest.approx(4.0, rel=1e-5)
+
+
+def test_reproduce_chirality_rejects_a_negative_volume_loss(tmp_path, capsys):
+    argv = ["reproduce", "chirality", "--out", str(tmp_path), "--volume-loss", "-1"]
+    assert cli.main(argv) == 2
+    assert "--volume-loss" in capsys.readouterr().err
+
+
+def test_training_with_the_volume_hinge_changes_what_is_learnt(tmp_path):
+    """``volume_loss_weight`` reaches the training loop: the same micro run (data, seed,
+    steps) ends with a different model with the hinge than without it."""
+    import dataclasses
+
+    preset = chirality.PRESETS["micro"]
+    data = chirality.build_data(preset, tmp_path, 1)
+    losses = []
+    for weight in (0.0, 10.0):
+        run = chirality.train_one("equivariant", "0o", 0,
+                                  dataclasses.replace(preset, volume_loss_weight=weight), 3,
+                                  data)
+        losses.append(run["result"]["val_loss"])
+    assert losses[0] != pytest.approx(losses[1], rel=1e-9, abs=0)

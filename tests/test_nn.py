@@ -68,7 +68,9 @@ def test_radius_graph_respects_cutoff_and_graphs():
     assert set(zip(source.tolist(), target.tolist(), strict=True)) == expected
 
 
-def test_interaction_block_is_equivariant():
+@pytest.mark.parametrize("odd_gates,node_cross_products",
+                         [(False, False), (True, False), (True, True)])
+def test_interaction_block_is_equivariant(odd_gates, node_cross_products):
     torch.manual_seed(0)
     irreps_in, irreps_sh = o3.Irreps("4x0e+2x0o+2x1o+2x1e"), o3.Irreps.spherical_harmonics(2)
     # build in float64: e3nn stores Clebsch-Gordan constants in the default dtype, and the
@@ -76,9 +78,12 @@ def test_interaction_block_is_equivariant():
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        block = InteractionBlock(irreps_in, irreps_in, irreps_sh, 5, 8, 3.0)
+        block = InteractionBlock(irreps_in, irreps_in, irreps_sh, 5, 8, 3.0, odd_gates=odd_gates,
+                                 node_cross_products=node_cross_products)
     finally:
         torch.set_default_dtype(previous)
+    assert (block.odd_gate is not None) == odd_gates
+    assert (block.node_cross is not None) == node_cross_products
     source, target = intra_graph_pairs(torch.zeros(6, dtype=torch.long), 1)
     scalars = torch.randn(source.numel(), 5, dtype=torch.float64)
 
@@ -336,3 +341,132 @@ def test_stereo_options_are_validated():
         build_denoiser("tiny", "equivariant", stereo_parity="1o")
     with pytest.raises(ValueError, match="pseudoscalar_channels"):
         build_denoiser("tiny", "equivariant", stereo_parity="0o", pseudoscalar_channels=0)
+
+
+def test_odd_gates_multiply_a_node_pseudoscalar_into_its_pseudovector():
+    """A lone node (no edges, so no messages) holding a pseudoscalar s (0o) and a pseudovector
+    n (1e): with odd gates its 1o output carries s * n (odd in s, along n); without them the
+    1o output is linear in the node's 1o input alone, here zero, whatever s and n are."""
+    irreps = o3.Irreps("2x0e+1x0o+1x1o+1x1e")
+    no_edges = torch.zeros(0, dtype=torch.long)
+    sh, edge_scalars = torch.zeros(0, 4, dtype=torch.float64), torch.zeros(0, 3, dtype=torch.float64)
+    pseudovector = torch.tensor([0.3, -1.2, 0.7], dtype=torch.float64)
+
+    def vector_output(block, s):
+        h = torch.cat([torch.tensor([0.5, -0.2, s], dtype=torch.float64),
+                       torch.zeros(3, dtype=torch.float64), pseudovector]).unsqueeze(0)
+        out = block(h, no_edges, no_edges, sh, edge_scalars)
+        return out[0, irreps.slices()[2]]  # the 1o channel
+
+    for odd_gates in (False, True):
+        torch.manual_seed(0)
+        block = InteractionBlock(irreps, irreps, "1x0e+1x1o", 3, 8, 3.0,
+                                 odd_gates=odd_gates).double()
+        assert block.irreps_out == irreps  # the option does not change the irreps
+        with torch.no_grad():
+            plus, minus = vector_output(block, 1.0), vector_output(block, -1.0)
+        if not odd_gates:
+            assert plus.abs().max() == 0 and minus.abs().max() == 0
+            continue
+        assert plus.norm() > 1e-3
+        assert torch.allclose(minus, -plus, atol=1e-12)  # odd in the pseudoscalar
+        # parallel to the node's pseudovector: the product s * n, no other direction exists
+        assert float(torch.linalg.cross(plus, pseudovector).norm()) < 1e-12 * float(plus.norm())
+
+
+def test_node_cross_products_give_a_node_the_normal_of_its_own_vectors():
+    """A lone node (no messages) holding two polar vectors u, v (1o): with node cross
+    products its 1e output gains a pseudovector along u x v; without, its 1e output is
+    linear in its 1e input, here zero."""
+    irreps = o3.Irreps("2x0e+2x1o+1x1e")
+    no_edges = torch.zeros(0, dtype=torch.long)
+    sh, edge_scalars = torch.zeros(0, 4, dtype=torch.float64), torch.zeros(0, 3, dtype=torch.float64)
+    u = torch.tensor([1.0, 0.2, -0.3], dtype=torch.float64)
+    v = torch.tensor([-0.4, 0.9, 0.5], dtype=torch.float64)
+    h = torch.cat([torch.tensor([0.5, -0.2], dtype=torch.float64), u, v,
+                   torch.zeros(3, dtype=torch.float64)]).unsqueeze(0)
+    for node_cross_products in (False, True):
+        torch.manual_seed(0)
+        block = InteractionBlock(irreps, irreps, "1x0e+1x1o", 3, 8, 3.0,
+                                 node_cross_products=node_cross_products).double()
+        assert block.irreps_out == irreps
+        with torch.no_grad():
+            axial = block(h, no_edges, no_edges, sh, edge_scalars)[0, irreps.slices()[2]]
+        if not node_cross_products:
+            assert axial.abs().max() == 0
+            continue
+        # the only pseudovector two polar vectors make is their cross product
+        normal = torch.linalg.cross(u, v)
+        assert axial.norm() > 1e-3
+        assert float(torch.linalg.cross(axial, normal).norm()) < 1e-12 * float(axial.norm())
+
+
+@pytest.mark.parametrize("mode,node_cross_products",
+                         [("equivariant", False), ("recm", False), ("equivariant", True)])
+def test_odd_gate_denoiser_with_pseudoscalar_label_is_o3_equivariant(batch, mode,
+                                                                     node_cross_products):
+    """With odd gates and the label as 0o: exactly O(3)-equivariant (float64, random rotations
+    and translations; reflections with R/S flipped as the mirror flips them), the label reaches
+    the output, and a reflection that keeps the label is not a symmetry. In recm mode the
+    exported model (every gamma 0) is the one checked."""
+    assert (batch[keys.ATOM_FEATURES][:, CIP_LABEL_COLUMN] == CIP_S).any()
+    torch.manual_seed(0)
+    net = build_denoiser("tiny", mode, stereo_parity="0o", odd_gates=True,
+                         node_cross_products=node_cross_products, **STEREO_OVERRIDES).double()
+    if mode == "recm":
+        for state in net.recm.states:
+            state.gamma.zero_()
+        net = export(net)
+        assert all(layer.free is None for layer in net.recm.layers)
+    assert all(layer.layer.odd_gate is not None for layer in net.interactions)
+    net.eval()
+    noise = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64)
+    labelled = torch.nonzero(batch[keys.ATOM_FEATURES][:, CIP_LABEL_COLUMN] == CIP_S).flatten()
+    source, target = batch.edge_index
+    neighbours = source[torch.isin(target, labelled)]
+    with torch.no_grad():
+        plain = net(batch, noise)
+        scale = float(plain.abs().max())
+        # flipping R/S moves the centre's bonded neighbours, not just something far away
+        change = (net(flipped_labels(batch), noise) - plain)[neighbours].norm(dim=-1)
+        assert float(change.min()) > 1e-3 * scale
+        assert mirror_error(net, batch, flip_labels=True) < 1e-9 * max(1.0, scale)
+        assert mirror_error(net, batch, flip_labels=False) > 1e-4 * scale
+        fn = denoiser_fn(net, batch, noise)
+        inputs = {"pos": (batch[keys.POS], POSITION)}
+        assert max_equivariance_error(fn, inputs, "1x1o", reflections=False) < 1e-9 * max(
+            1.0, scale)
+
+
+def test_odd_gate_denoiser_with_even_label_is_o3_equivariant(batch):
+    """Odd gates add no handedness of their own: with the label as 0e the network gives the
+    mirror image (label kept) and rotates with the molecule, to float64 precision."""
+    torch.manual_seed(0)
+    net = build_denoiser("small", "equivariant", odd_gates=True, node_cross_products=True,
+                         **STEREO_OVERRIDES).double()
+    fn = denoiser_fn(net, batch, torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64))
+    inputs = {"pos": (batch[keys.POS], POSITION)}
+    scale = output_scale(fn, inputs)
+    assert scale > 1e-3
+    assert max_equivariance_error(fn, inputs, "1x1o") < 1e-9 * max(1.0, scale)
+
+
+def test_default_networks_are_unchanged_by_the_odd_gate_option(batch):
+    """Networks without odd gates have the parameter names and, for the same seed, the
+    outputs they had before the option existed (tests/golden/denoiser_default_outputs.json,
+    written by revision 8030bc4), so every model file loads and behaves as before."""
+    import json
+    from pathlib import Path
+
+    golden = json.loads((Path(__file__).parent / "golden" / "denoiser_default_outputs.json")
+                        .read_text())
+    noise = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64)
+    for case in golden["cases"]:
+        torch.manual_seed(0)
+        net = build_denoiser(case["preset"], case["mode"], **case["overrides"]).double().eval()
+        assert not net.config.odd_gates
+        assert sorted(name for name, _ in net.named_parameters()) == case["parameters"]
+        with torch.no_grad():
+            out = net(batch, noise)
+        expected = torch.tensor(case["output"], dtype=torch.float64)
+        assert float((out - expected).abs().max()) < 1e-9 * max(1.0, float(expected.abs().max()))

@@ -11,8 +11,10 @@ molecules are split into training and held-out molecules.
 Runs, each with the same network size, data, step budget and seeds:
     equivariant/0e, equivariant/0o, unconstrained/0e, recm/0e, recm/0o
 (``0e``/``0o``: the R/S label as an even category or as a pseudoscalar, ``DenoiserConfig.
-stereo_parity``; every run has the CIP neighbour ranks and the parity read-out, so only the
-mode and the label's parity differ).
+stereo_parity``; every run has the CIP neighbour ranks, the parity read-out and, when the
+preset's ``odd_gates`` is on (every preset here), odd gates in the interaction blocks
+(``DenoiserConfig.odd_gates``: a node can multiply the 0o label into a pseudovector it holds),
+so only the mode and the label's parity differ).
 
 Per run (``DIR/results.json``, schema of issue 11): ``val_loss`` (EDM loss of the exported
 model on the held-out molecules, fixed noise), ``stereo_unguided`` (fraction of labelled
@@ -34,6 +36,7 @@ Outputs: ``DIR/results.json`` (``{"runs": [...], "settings": {...}}``, nothing e
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import math
@@ -46,11 +49,14 @@ import numpy as np
 import torch
 from rdkit import Chem
 from torch_geometric.data import Batch
+from torch_geometric.utils import scatter
 
 from conformer.data.batching import collate_molecules, with_positions
 from conformer.data.features import FeaturizationError, featurize_mol
 from conformer.data.records import MoleculeGraph, molecule_graph
 from conformer.diffusion import EDMDiffusion, EDMSettings
+from conformer.diffusion.edm import center, random_rotations
+from conformer.diffusion.guidance import signed_volumes
 from conformer.errors import UserInputError
 from conformer.experiments.common import ExperimentSettings, atomic_json, option
 from conformer.nn import build_denoiser
@@ -86,6 +92,14 @@ class ChiralityPreset:
     samples_per_molecule: int = 4
     sample_steps: int = 12
     recm_overrides: tuple[tuple[str, object], ...] = ()
+    # DenoiserConfig.odd_gates in every run (part of the settings hash, so a results folder
+    # written without them is not resumed with them)
+    odd_gates: bool = True
+    node_cross_products: bool = False  # DenoiserConfig.node_cross_products in every run
+    # auxiliary hinge on the signed volume of each labelled centre in the denoised estimate
+    # (``loss_with_volume_hinge``), the same in every run; 0 = the plain EDM loss
+    volume_loss_weight: float = 0.0
+    volume_loss_margin: float = 0.3
 
 
 PRESETS = {
@@ -111,6 +125,10 @@ class ChiralitySettings(ExperimentSettings):
                         help="comma-separated runs MODE/PARITY (PARITY: 0e or 0o)")
     steps: int | None = option(None, help="optimiser steps per run", default_text=(
         "the preset's: " + ", ".join(f"{n} {p.steps}" for n, p in PRESETS.items())))
+    volume_loss: float | None = option(None, help=(
+        "weight of an auxiliary loss in every run: mean over labelled tetrahedral centres of "
+        "relu(margin - s v), v the normalised signed volume of the centre in the denoised "
+        "estimate and s its wanted sign"), default_text="the preset's: 0 (none)")
 
 
 # -- data ----------------------------------------------------------------------------------
@@ -230,10 +248,48 @@ def _item(molecule: dict, conformer: int) -> MoleculeGraph:
 # -- one run -------------------------------------------------------------------------------
 def build_net(preset: ChiralityPreset, mode: str, parity: str, seed: int):
     overrides = dict(preset.denoiser_overrides)
-    overrides.update(stereo_parity=parity, cip_rank_edges=True, parity_readout=True)
+    overrides.update(stereo_parity=parity, cip_rank_edges=True, parity_readout=True,
+                     odd_gates=preset.odd_gates,
+                     node_cross_products=preset.node_cross_products)
     overrides.update(dict(preset.recm_overrides))
     torch.manual_seed(seed)
     return build_denoiser(preset.denoiser, mode, seed=seed, **overrides)
+
+
+def labelled_centres(molecule: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The labelled tetrahedral centres of ``molecule``: (centre atom and its first three
+    neighbours in RDKit bond order [K, 4] int64, wanted sign of their normalised signed
+    volume [K], +1 CCW / -1 CW), as ``StereoChecker`` scores them."""
+    targets = StereoChecker(Chem.MolFromMolBlock(molecule["molblock"], removeHs=False)).targets()
+    return (torch.as_tensor(targets.centres, dtype=torch.long),
+            torch.as_tensor(targets.centre_signs, dtype=torch.float32))
+
+
+def loss_with_volume_hinge(diffusion: EDMDiffusion, net, batch: Batch, centres: torch.Tensor,
+                           signs: torch.Tensor, weight: float, margin: float,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """``diffusion.loss`` (same random draws in the same order, so ``weight`` 0 gives the same
+    value) plus ``weight * mean(relu(margin - signs * v))``, v [K] the normalised signed
+    volumes (``guidance.signed_volumes``, in [-1, 1]) of ``centres`` [K, 4] (atom indices into
+    the batch) in the denoised estimate D(x; sigma). Proper rotations (the augmentation) keep
+    the sign of a volume, so ``signs`` [K] need no rotating."""
+    s = diffusion.settings
+    graph, num_graphs = batch.batch, batch.num_graphs
+    x = center(batch.pos, graph, num_graphs)
+    rotations = random_rotations(num_graphs, generator, dtype=x.dtype).to(x.device)
+    x = torch.einsum("nij,nj->ni", rotations[graph], x)
+    sigma = diffusion.sample_sigma(num_graphs, generator).to(x.device)
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    noise = center(noise, graph, num_graphs) * sigma.to(x.dtype)[graph].unsqueeze(1)
+    denoised = diffusion.denoise(net, batch, x + noise, sigma)
+    loss_weight = (sigma ** 2 + s.sigma_data ** 2) / (sigma * s.sigma_data) ** 2
+    per_molecule = scatter(((denoised - x) ** 2).mean(dim=1), graph, 0, num_graphs,
+                           reduce="mean")
+    loss = (loss_weight.to(x.dtype) * per_molecule).mean()
+    if weight and len(centres):
+        volumes = signed_volumes(denoised, centres)
+        loss = loss + weight * torch.relu(margin - signs.to(x.dtype) * volumes).mean()
+    return loss
 
 
 def flip_labels(batch: Batch) -> Batch:
@@ -318,6 +374,8 @@ def train_one(mode: str, parity: str, seed: int, preset: ChiralityPreset, steps:
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     generator = torch.Generator().manual_seed(30_000 + seed)
     train = data["train"]
+    hinge = preset.volume_loss_weight > 0
+    centres = [labelled_centres(m) for m in train] if hinge else None
     curve, curve_every = [], max(1, steps // 200)
     net.train()
     for step in range(steps):
@@ -331,7 +389,17 @@ def train_one(mode: str, parity: str, seed: int, preset: ChiralityPreset, steps:
         # every conformer of a molecule has the molecule's index as its key: every k-th
         # training molecule is held out of the branches and scores b (RECMConfig.heldout_every)
         controller.hold_out(torch.tensor(picks))
-        loss = diffusion.loss(net, collate_molecules(items), generator=generator)
+        batch = collate_molecules(items)
+        if hinge:
+            offsets = batch.ptr[:-1].tolist()  # first atom of each molecule in the batch
+            loss = loss_with_volume_hinge(
+                diffusion, net, batch,
+                torch.cat([centres[i][0] + offset for i, offset in zip(picks, offsets,
+                                                                        strict=True)]),
+                torch.cat([centres[i][1] for i in picks]),
+                preset.volume_loss_weight, preset.volume_loss_margin, generator)
+        else:
+            loss = diffusion.loss(net, batch, generator=generator)
         loss = loss + controller.regularization_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -472,6 +540,11 @@ def run(options: ChiralitySettings) -> int:
         if getattr(options, name) < 1:
             raise UserInputError(f"--{name} {getattr(options, name)}: need at least 1")
     preset = PRESETS[options.preset]
+    if options.volume_loss is not None:
+        if not (math.isfinite(options.volume_loss) and options.volume_loss >= 0):
+            raise UserInputError(f"--volume-loss {options.volume_loss}: need a finite weight "
+                                 ">= 0")
+        preset = dataclasses.replace(preset, volume_loss_weight=options.volume_loss)
     steps = options.steps or preset.steps
     if steps < 1:
         raise UserInputError(f"--steps {steps}: need at least 1")

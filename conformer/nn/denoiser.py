@@ -57,7 +57,16 @@ class DenoiserConfig:
     target's neighbours (``keys.CIP_NEIGHBOUR_RANK``): R/S is defined relative to this order.
     parity_readout: the read-out also sums, over edges, a tensor product of the source's
     features with the edge's spherical harmonics onto 1o, so 1e (and, through the trunk, 0o)
-    channels reach the output; without it the node read-out sees 1o channels only."""
+    channels reach the output; without it the node read-out sees 1o channels only.
+    odd_gates: each interaction block also gates its vector channels by odd scalars (0o,
+    through tanh) times vectors of the opposite parity (1e -> 1o, 1o -> 1e; ``conformer.nn.
+    layers.odd_gate_for``), so a node can multiply a pseudoscalar such as the 0o stereo label
+    into a pseudovector it holds (e.g. the normal of its CIP-ranked neighbours) and get a
+    displacement-like 1o vector. Strictly O(3)-equivariant; the hidden irreps do not change.
+    node_cross_products: each interaction block adds cross products of a node's own 1o
+    channels to its 1e channels before the gate (``InteractionBlock``), so the rank-oriented
+    normal of a centre's neighbours, the pseudovector odd gates multiply by the label, is
+    formed at the centre in one block. Strictly O(3)-equivariant; irreps unchanged."""
 
     num_layers: int = 3
     scalar_channels: int = 32
@@ -75,6 +84,8 @@ class DenoiserConfig:
     stereo_parity: str = "0e"
     cip_rank_edges: bool = False
     parity_readout: bool = False
+    odd_gates: bool = False
+    node_cross_products: bool = False
 
     def __post_init__(self) -> None:
         if self.stereo_parity not in STEREO_PARITIES:
@@ -235,7 +246,9 @@ class Denoiser(nn.Module):
         layers = []
         for index in range(config.num_layers):
             block = InteractionBlock(irreps, hidden, self.irreps_sh, edge_dim,
-                                     config.radial_hidden, config.avg_num_neighbors)
+                                     config.radial_hidden, config.avg_num_neighbors,
+                                     odd_gates=config.odd_gates,
+                                     node_cross_products=config.node_cross_products)
             layers.append(ModulatedLayer(block, irreps, block.irreps_out, recm,
                                          irreps_free_in=irreps + o3.Irreps("1x1o"),
                                          layer_index=index))

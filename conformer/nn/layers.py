@@ -55,6 +55,27 @@ def gate_for(irreps_out: o3.Irreps) -> e3nn_nn.Gate:
     return e3nn_nn.Gate(scalars, activations, gates, [torch.sigmoid] * len(gates), gated)
 
 
+def odd_gate_for(gate: e3nn_nn.Gate) -> e3nn_nn.Gate | None:
+    """The parity-flipping companion of ``gate`` (``gate_for``), or None when it gates nothing.
+
+    One odd gate (0o, through tanh, an odd function, so the product stays O(3)-equivariant)
+    per gated irrep, multiplying an irrep of the same l and opposite parity: 0o x 1e -> 1o and
+    0o x 1o -> 1e. Its output irreps are ``gate``'s gated output irreps, in the same order, so
+    the two gates' outputs add channel by channel: vector channel k is
+    ``sigmoid(g_k) u_k + tanh(q_k) w_k``. This is how a node multiplies a pseudoscalar (the
+    0o stereo label) into one of its own vectors; a message-passing tensor product cannot, as
+    it is bilinear in a source feature and the edge's harmonics, never in two features of the
+    same node."""
+    gated = o3.Irreps(gate.irreps_gated)
+    if not gated.num_irreps:
+        return None
+    flipped = o3.Irreps([(mul, o3.Irrep(ir.l, -ir.p)) for mul, ir in gated])
+    odd = e3nn_nn.Gate("", [], f"{gated.num_irreps}x0o", [torch.tanh], flipped)
+    gated_out = o3.Irreps(gate.irreps_out)[len(o3.Irreps(gate.irreps_scalars)):]
+    assert odd.irreps_out == gated_out, (odd.irreps_out, gated_out)
+    return odd
+
+
 class InteractionBlock(nn.Module):
     """One message-passing layer, strictly O(3)-equivariant.
 
@@ -63,12 +84,25 @@ class InteractionBlock(nn.Module):
     mixed by an ``o3.Linear``, plus a linear self-connection, then a gate; residual when the
     irreps match.
 
+    odd_gates: also gate each vector channel by an odd scalar times a vector of the opposite
+    parity (``odd_gate_for``), both linear in the aggregated messages and the node's own
+    features, added to the ordinary gate's output (the output irreps do not change). Off, the
+    block has exactly the parameters, random draws and outputs it had before the option.
+    node_cross_products: add to the gate's 1e inputs cross products of the node's own 1o gate
+    inputs (an ``o3.FullyConnectedTensorProduct`` 1o x 1o -> 1e of the pre-gate features with
+    themselves). After a message pass whose weights depend on the CIP rank of each neighbour,
+    those 1o channels are rank-weighted sums of bond directions, and their cross product is
+    the rank-oriented normal of the neighbours (a pseudovector), which the next block's odd
+    gate can multiply by the 0o label; the message tensor product cannot form it, as it never
+    multiplies two features of the same node. Off: as before.
+
     forward(h [N, irreps_in.dim], edge_source [E], edge_target [E], edge_sh [E, irreps_sh.dim],
     edge_scalars [E, edge_dim]) -> [N, irreps_out.dim].
     """
 
     def __init__(self, irreps_in, irreps_out, irreps_sh, edge_dim: int, radial_hidden: int,
-                 avg_num_neighbors: float):
+                 avg_num_neighbors: float, odd_gates: bool = False,
+                 node_cross_products: bool = False):
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
         self.irreps_out = o3.Irreps(irreps_out)
@@ -89,6 +123,23 @@ class InteractionBlock(nn.Module):
             [edge_dim, radial_hidden, self.tp.weight_numel], torch.nn.functional.silu)
         self.mix = o3.Linear(irreps_mid, self.gate.irreps_in)
         self.self_connection = o3.Linear(self.irreps_in, self.gate.irreps_in)
+        self.odd_gate = odd_gate_for(self.gate) if odd_gates else None
+        if self.odd_gate is not None:
+            self.odd_mix = o3.Linear(irreps_mid, self.odd_gate.irreps_in)
+            self.odd_self_connection = o3.Linear(self.irreps_in, self.odd_gate.irreps_in)
+            # the gated (l > 0) channels follow the scalars in the gate's output
+            self.odd_gate_offset = o3.Irreps(self.gate.irreps_scalars).dim
+        self.node_cross = None
+        if node_cross_products:
+            gate_in = o3.Irreps(self.gate.irreps_in)
+            polar = [i for i, (_, ir) in enumerate(gate_in) if ir == o3.Irrep("1o")]
+            axial = [i for i, (_, ir) in enumerate(gate_in) if ir == o3.Irrep("1e")]
+            if polar and axial:  # simplified irreps: at most one of each
+                self.cross_polar = gate_in.slices()[polar[0]]
+                self.cross_axial = gate_in.slices()[axial[0]]
+                self.node_cross = o3.FullyConnectedTensorProduct(
+                    gate_in[polar[0]:polar[0] + 1], gate_in[polar[0]:polar[0] + 1],
+                    gate_in[axial[0]:axial[0] + 1])
         self.norm = 1.0 / math.sqrt(avg_num_neighbors)
         self.irreps_out = self.gate.irreps_out  # the gate fixes the order of the irreps
         self.residual = self.irreps_in == self.irreps_out
@@ -96,5 +147,15 @@ class InteractionBlock(nn.Module):
     def forward(self, h, edge_source, edge_target, edge_sh, edge_scalars):
         messages = self.tp(h[edge_source], edge_sh, self.radial(edge_scalars))
         aggregated = scatter(messages, edge_target, 0, h.shape[0], reduce="sum") * self.norm
-        out = self.gate(self.mix(aggregated) + self.self_connection(h))
+        pre_gate = self.mix(aggregated) + self.self_connection(h)
+        if self.node_cross is not None:
+            polar = pre_gate[:, self.cross_polar]
+            pre_gate = torch.cat([pre_gate[:, :self.cross_axial.start],
+                                  pre_gate[:, self.cross_axial] + self.node_cross(polar, polar),
+                                  pre_gate[:, self.cross_axial.stop:]], dim=-1)
+        out = self.gate(pre_gate)
+        if self.odd_gate is not None:
+            odd = self.odd_gate(self.odd_mix(aggregated) + self.odd_self_connection(h))
+            out = torch.cat([out[:, :self.odd_gate_offset],
+                             out[:, self.odd_gate_offset:] + odd], dim=-1)
         return h + out if self.residual else out
