@@ -131,3 +131,25 @@ def test_training_with_the_volume_hinge_changes_what_is_learnt(tmp_path):
                                   data)
         losses.append(run["result"]["val_loss"])
     assert losses[0] != pytest.approx(losses[1], rel=1e-9, abs=0)
+
+
+def test_odd_gate_flags_reach_every_run_and_the_settings(tmp_path, monkeypatch):
+    """``--odd-gates`` / ``--node-cross-products`` build every run's network with them, and
+    the settings (hash) record them, so a folder written without them is not resumed."""
+    built = []
+    original = chirality.build_net
+
+    def recording(preset, mode, parity, seed):
+        net = original(preset, mode, parity, seed)
+        built.append((net.config.odd_gates, net.config.node_cross_products))
+        return net
+
+    monkeypatch.setattr(chirality, "build_net", recording)
+    out = tmp_path / "odd"
+    argv = ["reproduce", "chirality", "--preset", "micro", "--out", str(out), "--seeds", "1",
+            "--modes", "equivariant/0o", "--odd-gates", "--node-cross-products"]
+    assert cli.main(argv) == 0
+    assert built == [(True, True)]
+    preset = json.loads((out / "results.json").read_text())["settings"]["preset"]
+    assert preset["odd_gates"] is True and preset["node_cross_products"] is True
+    assert chirality.PRESETS["tiny"].odd_gates is False  # the documented table's setting

@@ -161,12 +161,15 @@ class EDMDiffusion:
         return (s.p_mean + s.p_std * normal).exp() * s.sigma_data
 
     def loss(self, net, batch: Batch, generator: torch.Generator | None = None,
-             sigma: torch.Tensor | None = None, rotate: bool = True) -> torch.Tensor:
+             sigma: torch.Tensor | None = None, rotate: bool = True,
+             auxiliary=None) -> torch.Tensor:
         """The weighted denoising loss (scalar), averaged per molecule then over molecules.
 
         batch.pos [N, 3] holds one clean conformer per molecule (Angstrom). With ``rotate``
         each molecule is first turned by its own random rotation (augmentation). ``generator``
         (CPU) makes noise, sigma and rotations reproducible, e.g. for validation.
+        ``auxiliary(denoised [N, 3], clean [N, 3]) -> scalar``, optional: a term added to the
+        loss, computed on the same draw (e.g. a stereo hinge in ``reproduce chirality``).
         """
         s = self.settings
         graph, num_graphs = batch.batch, batch.num_graphs
@@ -182,7 +185,8 @@ class EDMDiffusion:
         weight = (sigma ** 2 + s.sigma_data ** 2) / (sigma * s.sigma_data) ** 2
         per_atom = ((denoised - x) ** 2).mean(dim=1)
         per_molecule = scatter(per_atom, graph, 0, num_graphs, reduce="mean")
-        return (weight.to(x.dtype) * per_molecule).mean()
+        loss = (weight.to(x.dtype) * per_molecule).mean()
+        return loss if auxiliary is None else loss + auxiliary(denoised, x)
 
     # -- sampling --------------------------------------------------------------------------
     def num_evaluations(self, steps: int | None = None, solver: str | None = None) -> int:

@@ -11,8 +11,8 @@ molecules are split into training and held-out molecules.
 Runs, each with the same network size, data, step budget and seeds:
     equivariant/0e, equivariant/0o, unconstrained/0e, recm/0e, recm/0o
 (``0e``/``0o``: the R/S label as an even category or as a pseudoscalar, ``DenoiserConfig.
-stereo_parity``; every run has the CIP neighbour ranks, the parity read-out and, when the
-preset's ``odd_gates`` is on (every preset here), odd gates in the interaction blocks
+stereo_parity``; every run has the CIP neighbour ranks, the parity read-out and, with
+``--odd-gates`` (preset field ``odd_gates``), odd gates in the interaction blocks
 (``DenoiserConfig.odd_gates``: a node can multiply the 0o label into a pseudovector it holds),
 so only the mode and the label's parity differ).
 
@@ -49,13 +49,11 @@ import numpy as np
 import torch
 from rdkit import Chem
 from torch_geometric.data import Batch
-from torch_geometric.utils import scatter
 
 from conformer.data.batching import collate_molecules, with_positions
 from conformer.data.features import FeaturizationError, featurize_mol
 from conformer.data.records import MoleculeGraph, molecule_graph
 from conformer.diffusion import EDMDiffusion, EDMSettings
-from conformer.diffusion.edm import center, random_rotations
 from conformer.diffusion.guidance import signed_volumes
 from conformer.errors import UserInputError
 from conformer.experiments.common import ExperimentSettings, atomic_json, option
@@ -93,8 +91,9 @@ class ChiralityPreset:
     sample_steps: int = 12
     recm_overrides: tuple[tuple[str, object], ...] = ()
     # DenoiserConfig.odd_gates in every run (part of the settings hash, so a results folder
-    # written without them is not resumed with them)
-    odd_gates: bool = True
+    # written without them is not resumed with them). Off by default: at the tiny budget they
+    # did not lift any run above chance and doubled a run's time (docs/results/chirality_tiny.md)
+    odd_gates: bool = False
     node_cross_products: bool = False  # DenoiserConfig.node_cross_products in every run
     # auxiliary hinge on the signed volume of each labelled centre in the denoised estimate
     # (``loss_with_volume_hinge``), the same in every run; 0 = the plain EDM loss
@@ -125,6 +124,11 @@ class ChiralitySettings(ExperimentSettings):
                         help="comma-separated runs MODE/PARITY (PARITY: 0e or 0o)")
     steps: int | None = option(None, help="optimiser steps per run", default_text=(
         "the preset's: " + ", ".join(f"{n} {p.steps}" for n, p in PRESETS.items())))
+    odd_gates: bool = option(False, help=(
+        "odd gates in every run (DenoiserConfig.odd_gates): a node can multiply the 0o label "
+        "into a pseudovector it holds"))
+    node_cross_products: bool = option(False, help=(
+        "node-wise 1o x 1o -> 1e products in every run (DenoiserConfig.node_cross_products)"))
     volume_loss: float | None = option(None, help=(
         "weight of an auxiliary loss in every run: mean over labelled tetrahedral centres of "
         "relu(margin - s v), v the normalised signed volume of the centre in the denoised "
@@ -268,28 +272,18 @@ def labelled_centres(molecule: dict) -> tuple[torch.Tensor, torch.Tensor]:
 def loss_with_volume_hinge(diffusion: EDMDiffusion, net, batch: Batch, centres: torch.Tensor,
                            signs: torch.Tensor, weight: float, margin: float,
                            generator: torch.Generator | None = None) -> torch.Tensor:
-    """``diffusion.loss`` (same random draws in the same order, so ``weight`` 0 gives the same
-    value) plus ``weight * mean(relu(margin - signs * v))``, v [K] the normalised signed
-    volumes (``guidance.signed_volumes``, in [-1, 1]) of ``centres`` [K, 4] (atom indices into
-    the batch) in the denoised estimate D(x; sigma). Proper rotations (the augmentation) keep
-    the sign of a volume, so ``signs`` [K] need no rotating."""
-    s = diffusion.settings
-    graph, num_graphs = batch.batch, batch.num_graphs
-    x = center(batch.pos, graph, num_graphs)
-    rotations = random_rotations(num_graphs, generator, dtype=x.dtype).to(x.device)
-    x = torch.einsum("nij,nj->ni", rotations[graph], x)
-    sigma = diffusion.sample_sigma(num_graphs, generator).to(x.device)
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    noise = center(noise, graph, num_graphs) * sigma.to(x.dtype)[graph].unsqueeze(1)
-    denoised = diffusion.denoise(net, batch, x + noise, sigma)
-    loss_weight = (sigma ** 2 + s.sigma_data ** 2) / (sigma * s.sigma_data) ** 2
-    per_molecule = scatter(((denoised - x) ** 2).mean(dim=1), graph, 0, num_graphs,
-                           reduce="mean")
-    loss = (loss_weight.to(x.dtype) * per_molecule).mean()
-    if weight and len(centres):
+    """``diffusion.loss`` (same random draws, so ``weight`` 0 gives the same value) plus
+    ``weight * mean(relu(margin - signs * v))``, v [K] the normalised signed volumes
+    (``guidance.signed_volumes``, in [-1, 1]) of ``centres`` [K, 4] (atom indices into the
+    batch) in the denoised estimate D(x; sigma). Proper rotations (the augmentation) keep the
+    sign of a volume, so ``signs`` [K] need no rotating."""
+    def hinge(denoised: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
         volumes = signed_volumes(denoised, centres)
-        loss = loss + weight * torch.relu(margin - signs.to(x.dtype) * volumes).mean()
-    return loss
+        return weight * torch.relu(margin - signs.to(denoised.dtype) * volumes).mean()
+
+    use_hinge = bool(weight) and len(centres) > 0
+    return diffusion.loss(net, batch, generator=generator,
+                          auxiliary=hinge if use_hinge else None)
 
 
 def flip_labels(batch: Batch) -> Batch:
@@ -545,6 +539,10 @@ def run(options: ChiralitySettings) -> int:
             raise UserInputError(f"--volume-loss {options.volume_loss}: need a finite weight "
                                  ">= 0")
         preset = dataclasses.replace(preset, volume_loss_weight=options.volume_loss)
+    if options.odd_gates or options.node_cross_products:
+        preset = dataclasses.replace(preset, odd_gates=preset.odd_gates or options.odd_gates,
+                                     node_cross_products=preset.node_cross_products
+                                     or options.node_cross_products)
     steps = options.steps or preset.steps
     if steps < 1:
         raise UserInputError(f"--steps {steps}: need at least 1")
