@@ -7,10 +7,18 @@ parses; one fragment; 8-40 heavy atoms; elements in {H,C,N,O,F,S,Cl,Br,P,I}; at 
 rotatable bonds; InChIKey skeleton (first block) not among the GEOM-Drugs test molecules (both
 columns of both test CSVs) nor the Hutchison benchmark molecules; not a duplicate.
 
+Second list (``--moses-csv``): drug-sized molecules from the MOSES training set
+(``moses/dataset/data/train.csv.gz`` of the ``molsets`` wheel, MIT; ZINC clean leads, MW
+250-350, at most 7 rotatable bonds), the same filters plus: at least ``--moses-min-heavy``
+heavy atoms, not in the first list, not among the drug-sized validation molecules
+(``data/validation/val_druglike.smi``); ``--moses-count`` of them drawn at random (seed 0)
+into ``train_moses.smi``. Why: the first list is small and rigid (median 16 heavy atoms) and
+the bundled model's coverage falls with molecule size.
+
 Usage:
     python scripts/select_training_smiles.py \
         --hutchison /work/shared/data/hutchison/hutchison_conformers.sdf.gz \
-        --out data/train_smiles
+        --out data/train_smiles [--moses-csv train.csv.gz --moses-count 20000]
 """
 
 from __future__ import annotations
@@ -121,6 +129,61 @@ def select(sources: list[Path], excluded: set[str]) -> tuple[list[str], collecti
     return chosen, counts
 
 
+def select_moses(path: Path, excluded: set[str], count: int, min_heavy: int,
+                 seed: int = 0) -> tuple[list[str], collections.Counter]:
+    """``count`` SMILES drawn at random from a MOSES CSV after the filters of ``select`` and
+    at least ``min_heavy`` heavy atoms; ``excluded``: InChIKey skeletons to leave out."""
+    import numpy as np
+
+    counts: collections.Counter = collections.Counter()
+    candidates, seen = [], set()
+    with gzip.open(path, "rt") as handle:
+        for line in handle:
+            smiles = line.strip().split(",")[0]
+            if not smiles or smiles.upper() == "SMILES":
+                continue
+            counts["read"] += 1
+            mol = Chem.MolFromSmiles(smiles)
+            if mol is None or len(Chem.GetMolFrags(mol)) != 1:
+                counts["unparsable or several fragments"] += 1
+                continue
+            if not min_heavy <= mol.GetNumHeavyAtoms() <= 40:
+                counts[f"heavy atoms outside {min_heavy}-40"] += 1
+                continue
+            if any(a.GetSymbol() not in ALLOWED_ELEMENTS for a in mol.GetAtoms()):
+                counts["element outside H,C,N,O,F,S,Cl,Br,P,I"] += 1
+                continue
+            if rdMolDescriptors.CalcNumRotatableBonds(mol) > 8:
+                counts["more than 8 rotatable bonds"] += 1
+                continue
+            key = Chem.MolToInchiKey(mol).split("-")[0]
+            if not key or key in excluded:
+                counts["excluded (test, Hutchison, validation or first list)"] += 1
+                continue
+            if key in seen:
+                counts["duplicate"] += 1
+                continue
+            seen.add(key)
+            candidates.append(Chem.MolToSmiles(mol))
+    rng = np.random.default_rng(seed)
+    picks = sorted(rng.choice(len(candidates), size=min(count, len(candidates)),
+                              replace=False).tolist())
+    counts["candidates"] = len(candidates)
+    counts["kept"] = len(picks)
+    return [candidates[i] for i in picks], counts
+
+
+def first_blocks(smiles_file: Path) -> set[str]:
+    """InChIKey skeletons of every parsable SMILES (first field per line) of ``smiles_file``."""
+    keys = set()
+    if smiles_file.is_file():
+        for smiles in read_smiles(smiles_file):
+            mol = Chem.MolFromSmiles(smiles)
+            if mol is not None:
+                keys.add(Chem.MolToInchiKey(mol).split("-")[0])
+    return keys
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hutchison", type=Path, default=REPO / "data/hutchison/"
@@ -132,8 +195,26 @@ def main() -> None:
                         help="GEOM-Drugs test SMILES CSVs whose molecules are excluded")
     parser.add_argument("--out", type=Path, default=REPO / "data/train_smiles",
                         help="output folder for train_druglike.smi and excluded_inchikeys.txt")
+    parser.add_argument("--moses-csv", type=Path, default=None,
+                        help="MOSES train.csv.gz: also write train_moses.smi (see above)")
+    parser.add_argument("--moses-count", type=int, default=20000,
+                        help="molecules drawn from --moses-csv")
+    parser.add_argument("--moses-min-heavy", type=int, default=18,
+                        help="fewest heavy atoms of a --moses-csv molecule")
     args = parser.parse_args()
     RDLogger.DisableLog("rdApp.*")
+    if args.moses_csv is not None:
+        excluded = {k.split("-")[0] for k in
+                    (args.out / "excluded_inchikeys.txt").read_text().split()}
+        excluded |= first_blocks(args.out / "train_druglike.smi")
+        excluded |= first_blocks(REPO / "data/validation/val_druglike.smi")
+        chosen, counts = select_moses(args.moses_csv, excluded, args.moses_count,
+                                      args.moses_min_heavy)
+        (args.out / "train_moses.smi").write_text("".join(s + "\n" for s in chosen))
+        print(f"kept {len(chosen)} MOSES molecules in {args.out / 'train_moses.smi'}")
+        for reason, count in counts.items():
+            print(f"  {reason}: {count}")
+        return
     excluded = excluded_inchikeys(args.test_csv, args.hutchison)
     chosen, counts = select(default_sources(), excluded)
     args.out.mkdir(parents=True, exist_ok=True)
