@@ -59,6 +59,24 @@ def read_smiles(path: Path) -> list[str]:
     return out
 
 
+def rejection(mol: Chem.Mol, min_heavy: int = 8, max_heavy: int = 40, min_rotatable: int = 0,
+              max_rotatable: int = 8) -> str | None:
+    """Why a parsed molecule fails the filters (one fragment, heavy atoms, elements, rotatable
+    bonds), as a count label; None when it passes."""
+    if len(Chem.GetMolFrags(mol)) != 1:
+        return "several fragments"
+    if not min_heavy <= mol.GetNumHeavyAtoms() <= max_heavy:
+        return f"heavy atoms outside {min_heavy}-{max_heavy}"
+    if any(a.GetSymbol() not in ALLOWED_ELEMENTS for a in mol.GetAtoms()):
+        return "element outside H,C,N,O,F,S,Cl,Br,P,I"
+    rotatable = rdMolDescriptors.CalcNumRotatableBonds(mol)
+    if rotatable > max_rotatable:
+        return f"more than {max_rotatable} rotatable bonds"
+    if rotatable < min_rotatable:
+        return f"fewer than {min_rotatable} rotatable bonds"
+    return None
+
+
 def skeleton_key(mol: Chem.Mol) -> str | None:
     key = Chem.MolToInchiKey(mol)
     return key or None
@@ -100,17 +118,9 @@ def select(sources: list[Path], excluded: set[str]) -> tuple[list[str], collecti
             if mol is None:
                 counts["unparsable"] += 1
                 continue
-            if len(Chem.GetMolFrags(mol)) != 1:
-                counts["several fragments"] += 1
-                continue
-            if not 8 <= mol.GetNumHeavyAtoms() <= 40:
-                counts["heavy atoms outside 8-40"] += 1
-                continue
-            if any(a.GetSymbol() not in ALLOWED_ELEMENTS for a in mol.GetAtoms()):
-                counts["element outside H,C,N,O,F,S,Cl,Br,P,I"] += 1
-                continue
-            if rdMolDescriptors.CalcNumRotatableBonds(mol) > 8:
-                counts["more than 8 rotatable bonds"] += 1
+            reason = rejection(mol)
+            if reason:
+                counts[reason] += 1
                 continue
             key = Chem.MolToInchiKey(mol)
             if not key:
@@ -129,12 +139,11 @@ def select(sources: list[Path], excluded: set[str]) -> tuple[list[str], collecti
     return chosen, counts
 
 
-def select_moses(path: Path, excluded: set[str], count: int, min_heavy: int,
-                 seed: int = 0) -> tuple[list[str], collections.Counter]:
-    """``count`` SMILES drawn at random from a MOSES CSV after the filters of ``select`` and
-    at least ``min_heavy`` heavy atoms; ``excluded``: InChIKey skeletons to leave out."""
-    import numpy as np
-
+def moses_candidates(path: Path, excluded: set[str], **limits) -> tuple[list[str],
+                                                                       collections.Counter]:
+    """Canonical SMILES of a MOSES CSV (gzip, one SMILES column with a header) that pass
+    ``rejection(mol, **limits)``, whose InChIKey skeleton is not in ``excluded``, without
+    duplicates, in file order; and the counts of each reason."""
     counts: collections.Counter = collections.Counter()
     candidates, seen = [], set()
     with gzip.open(path, "rt") as handle:
@@ -144,33 +153,29 @@ def select_moses(path: Path, excluded: set[str], count: int, min_heavy: int,
                 continue
             counts["read"] += 1
             mol = Chem.MolFromSmiles(smiles)
-            if mol is None or len(Chem.GetMolFrags(mol)) != 1:
-                counts["unparsable or several fragments"] += 1
-                continue
-            if not min_heavy <= mol.GetNumHeavyAtoms() <= 40:
-                counts[f"heavy atoms outside {min_heavy}-40"] += 1
-                continue
-            if any(a.GetSymbol() not in ALLOWED_ELEMENTS for a in mol.GetAtoms()):
-                counts["element outside H,C,N,O,F,S,Cl,Br,P,I"] += 1
-                continue
-            if rdMolDescriptors.CalcNumRotatableBonds(mol) > 8:
-                counts["more than 8 rotatable bonds"] += 1
+            reason = "unparsable" if mol is None else rejection(mol, **limits)
+            if reason:
+                counts[reason] += 1
                 continue
             key = Chem.MolToInchiKey(mol).split("-")[0]
             if not key or key in excluded:
-                counts["excluded (test, Hutchison, validation or first list)"] += 1
+                counts["excluded"] += 1
                 continue
             if key in seen:
                 counts["duplicate"] += 1
                 continue
             seen.add(key)
             candidates.append(Chem.MolToSmiles(mol))
-    rng = np.random.default_rng(seed)
-    picks = sorted(rng.choice(len(candidates), size=min(count, len(candidates)),
-                              replace=False).tolist())
     counts["candidates"] = len(candidates)
-    counts["kept"] = len(picks)
-    return [candidates[i] for i in picks], counts
+    return candidates, counts
+
+
+def draw(count: int, population: int, seed: int = 0) -> list[int]:
+    """``count`` (at most ``population``) distinct indices drawn at random, sorted."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(population, size=min(count, population), replace=False).tolist())
 
 
 def first_blocks(smiles_file: Path) -> set[str]:
@@ -208,8 +213,10 @@ def main() -> None:
                     (args.out / "excluded_inchikeys.txt").read_text().split()}
         excluded |= first_blocks(args.out / "train_druglike.smi")
         excluded |= first_blocks(REPO / "data/validation/val_druglike.smi")
-        chosen, counts = select_moses(args.moses_csv, excluded, args.moses_count,
-                                      args.moses_min_heavy)
+        candidates, counts = moses_candidates(args.moses_csv, excluded,
+                                              min_heavy=args.moses_min_heavy)
+        chosen = [candidates[i] for i in draw(args.moses_count, len(candidates))]
+        counts["kept"] = len(chosen)
         (args.out / "train_moses.smi").write_text("".join(s + "\n" for s in chosen))
         print(f"kept {len(chosen)} MOSES molecules in {args.out / 'train_moses.smi'}")
         for reason, count in counts.items():

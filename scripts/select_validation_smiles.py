@@ -23,28 +23,10 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import collections
-import gzip
 from pathlib import Path
 
-import numpy as np
-from rdkit import Chem, RDLogger
-from rdkit.Chem import rdMolDescriptors
-
-REPO = Path(__file__).resolve().parent.parent
-ALLOWED_ELEMENTS = {"H", "C", "N", "O", "F", "S", "Cl", "Br", "P", "I"}
-
-
-def skeletons(smiles_file: Path) -> set[str]:
-    """InChIKey first blocks of every SMILES in ``smiles_file`` (first field of each line)."""
-    keys = set()
-    for line in smiles_file.read_text().splitlines():
-        fields = line.split()
-        if fields and not fields[0].startswith("#"):
-            mol = Chem.MolFromSmiles(fields[0])
-            if mol is not None:
-                keys.add(Chem.MolToInchiKey(mol).split("-")[0])
-    return keys
+from rdkit import RDLogger
+from select_training_smiles import REPO, draw, first_blocks, moses_candidates
 
 
 def main() -> None:
@@ -63,40 +45,13 @@ def main() -> None:
     RDLogger.DisableLog("rdApp.*")
     excluded = {k.split("-")[0] for k in
                 (REPO / "data/train_smiles/excluded_inchikeys.txt").read_text().split()}
-    excluded |= skeletons(REPO / "data/train_smiles/train_druglike.smi")
-    counts: collections.Counter = collections.Counter()
-    candidates, seen = [], set()
-    with gzip.open(args.moses_csv, "rt") as handle:
-        for line in handle:
-            smiles = line.strip().split(",")[0]
-            if not smiles or smiles.upper() == "SMILES":
-                continue
-            counts["read"] += 1
-            mol = Chem.MolFromSmiles(smiles)
-            if mol is None or len(Chem.GetMolFrags(mol)) != 1:
-                counts["unparsable or several fragments"] += 1
-                continue
-            if not args.min_heavy <= mol.GetNumHeavyAtoms() <= args.max_heavy:
-                counts["heavy atoms outside the window"] += 1
-                continue
-            if rdMolDescriptors.CalcNumRotatableBonds(mol) < args.min_rotatable:
-                counts["too few rotatable bonds"] += 1
-                continue
-            if any(a.GetSymbol() not in ALLOWED_ELEMENTS for a in mol.GetAtoms()):
-                counts["other elements"] += 1
-                continue
-            key = Chem.MolToInchiKey(mol).split("-")[0]
-            if key in excluded:
-                counts["in GEOM test, Hutchison or training list"] += 1
-                continue
-            if key in seen:
-                counts["duplicate"] += 1
-                continue
-            seen.add(key)
-            candidates.append(Chem.MolToSmiles(mol))
-    rng = np.random.default_rng(args.seed)
-    picks = sorted(rng.choice(len(candidates), size=min(args.count, len(candidates)),
-                              replace=False).tolist())
+    excluded |= first_blocks(REPO / "data/train_smiles/train_druglike.smi")
+    candidates, counts = moses_candidates(
+        args.moses_csv, excluded, min_heavy=args.min_heavy, max_heavy=args.max_heavy,
+        # no upper limit: MOSES keeps <= 7 rotatable bonds by its own count, RDKit's finds 4
+        # molecules with more, which the committed draw (seed 0) was made with
+        min_rotatable=args.min_rotatable, max_rotatable=10**6)
+    picks = draw(args.count, len(candidates), args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as handle:
         for index in picks:
