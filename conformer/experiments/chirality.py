@@ -50,10 +50,12 @@ import torch
 from rdkit import Chem
 from torch_geometric.data import Batch
 
+from conformer.data import keys
 from conformer.data.batching import collate_molecules, with_positions
 from conformer.data.features import FeaturizationError, featurize_mol
 from conformer.data.records import MoleculeGraph, molecule_graph
 from conformer.diffusion import EDMDiffusion, EDMSettings
+from conformer.diffusion.edm import center
 from conformer.diffusion.guidance import signed_volumes
 from conformer.errors import UserInputError
 from conformer.experiments.common import ExperimentSettings, atomic_json, option
@@ -249,6 +251,68 @@ def _item(molecule: dict, conformer: int) -> MoleculeGraph:
                           pos=torch.as_tensor(molecule["positions"][conformer]).float())
 
 
+def with_swapped_labels(molecule: dict) -> dict:
+    """``molecule`` with every R and S atom label swapped in its features and nothing else
+    (positions and ``molblock``, hence what ``StereoChecker`` scores as right, unchanged): a
+    model that reads the label should place each centre the wrong way round on it."""
+    features = dict(molecule["features"])
+    atoms = np.array(features[keys.ATOM_FEATURES], copy=True)
+    label = atoms[:, CIP_LABEL_COLUMN].copy()
+    atoms[label == CIP_R, CIP_LABEL_COLUMN] = CIP_S
+    atoms[label == CIP_S, CIP_LABEL_COLUMN] = CIP_R
+    features[keys.ATOM_FEATURES] = atoms
+    return {**molecule, "features": features}
+
+
+def mirror_molecule(molecule: dict) -> dict:
+    """The enantiomer of ``molecule``: every conformer reflected (x -> -x), its stereo
+    re-perceived from the mirrored 3D structure and its features computed again from that
+    (so R and S swap; the CIP neighbour ranks, a property of the graph, stay). Raises
+    UserInputError when a centre's R/S label does not swap (e.g. pseudo-asymmetric r/s)."""
+    mol = Chem.MolFromMolBlock(molecule["molblock"], removeHs=False)
+    conformer = mol.GetConformer()
+    for atom in range(mol.GetNumAtoms()):
+        point = conformer.GetAtomPosition(atom)
+        conformer.SetAtomPosition(atom, (-point.x, -point.y, -point.z))
+    Chem.AssignStereochemistryFrom3D(mol, replaceExistingTags=True)
+    mirrored = {"smiles": Chem.MolToSmiles(Chem.RemoveHs(mol)),
+                "features": featurize_mol(mol),
+                "positions": -np.asarray(molecule["positions"]),
+                "molblock": Chem.MolToMolBlock(mol)}
+    expected = with_swapped_labels(molecule)["features"][keys.ATOM_FEATURES]
+    if not np.array_equal(mirrored["features"][keys.ATOM_FEATURES], expected):
+        raise UserInputError(f"molecule {molecule['smiles']}: its mirror image does not just "
+                             "swap R and S (pseudo-asymmetric centre?); choose another molecule")
+    return mirrored
+
+
+def denoised_sign_accuracy(net, diffusion: EDMDiffusion, molecules: list[dict], sigma: float,
+                           repeats: int = 4, seed: int = 11) -> float:
+    """Fraction of (labelled tetrahedral centre, conformer, noise draw) whose normalised signed
+    volume in the denoised estimate D(x + sigma n; sigma) has the sign ``StereoChecker``
+    wants; x each stored conformer of each molecule (centred, Angstrom), ``repeats`` noise
+    draws each, sigma in Angstrom. At small sigma the noisy input still shows the handedness;
+    at sigma >= 2 A what is right must come from the model."""
+    right = total = 0
+    generator = torch.Generator().manual_seed(seed)
+    net.eval()
+    for molecule in molecules:
+        centres, signs = labelled_centres(molecule)
+        for conformer in range(len(molecule["positions"])):
+            batch = collate_molecules([_item(molecule, conformer)] * repeats)
+            all_centres = torch.cat([centres + offset for offset in batch.ptr[:-1].tolist()])
+            clean = center(batch.pos, batch.batch, batch.num_graphs)
+            noise = center(torch.randn(clean.shape, generator=generator), batch.batch,
+                           batch.num_graphs) * sigma
+            with torch.no_grad():
+                denoised = diffusion.denoise(net, batch, clean + noise,
+                                             torch.full((repeats,), float(sigma)))
+            volumes = signed_volumes(denoised, all_centres)
+            right += int((torch.sign(volumes) == signs.repeat(repeats)).sum())
+            total += len(all_centres)
+    return right / total if total else float("nan")
+
+
 # -- one run -------------------------------------------------------------------------------
 def build_net(preset: ChiralityPreset, mode: str, parity: str, seed: int):
     overrides = dict(preset.denoiser_overrides)
@@ -356,21 +420,20 @@ def unguided_stereo(net, diffusion: EDMDiffusion, molecules: list[dict], samples
     return stereo, (bonds_right / bonds if bonds else None)
 
 
-def train_one(mode: str, parity: str, seed: int, preset: ChiralityPreset, steps: int,
-              data: dict) -> dict:
-    """Train one model; returns ``{"result": its results.json entry (the issue's schema),
-    "detail": absorbed flags, timings and the gamma curves (runs_detail.json)}``."""
-    started = time.perf_counter()
-    net = build_net(preset, mode, parity, seed)
-    diffusion = EDMDiffusion(EDMSettings())
+def fit(net, diffusion: EDMDiffusion, train: list[dict], preset: ChiralityPreset, steps: int,
+        generator: torch.Generator, on_step=None) -> None:
+    """Train ``net`` in place as every chirality run trains: ``steps`` Adam steps (learning
+    rate ``preset.learning_rate``, cosine decay, gradients clipped at norm 1) on batches of
+    ``preset.batch_size`` conformers, each a random conformer of a random molecule of
+    ``train``; the EDM loss of ``diffusion`` (plus the volume hinge when
+    ``preset.volume_loss_weight`` > 0) and the RECM controller's regulariser and updates.
+    ``on_step(step)`` (optional) is called after each optimiser step (1-based step count).
+    Every random draw comes from ``generator`` (CPU), in a fixed order."""
     controller = controller_of(net)
     optimizer = torch.optim.Adam(net.parameters(), lr=preset.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    generator = torch.Generator().manual_seed(30_000 + seed)
-    train = data["train"]
     hinge = preset.volume_loss_weight > 0
     centres = [labelled_centres(m) for m in train] if hinge else None
-    curve, curve_every = [], max(1, steps // 200)
     net.train()
     for step in range(steps):
         picks = torch.randint(0, len(train), (preset.batch_size,), generator=generator).tolist()
@@ -401,9 +464,27 @@ def train_one(mode: str, parity: str, seed: int, preset: ChiralityPreset, steps:
         optimizer.step()
         schedule.step()
         controller.after_optimizer_step((step + 1) / steps)
-        if step % curve_every == 0 or step == steps - 1:
+        if on_step is not None:
+            on_step(step + 1)
+
+
+def train_one(mode: str, parity: str, seed: int, preset: ChiralityPreset, steps: int,
+              data: dict) -> dict:
+    """Train one model; returns ``{"result": its results.json entry (the issue's schema),
+    "detail": absorbed flags, timings and the gamma curves (runs_detail.json)}``."""
+    started = time.perf_counter()
+    net = build_net(preset, mode, parity, seed)
+    diffusion = EDMDiffusion(EDMSettings())
+    controller = controller_of(net)
+    curve, curve_every = [], max(1, steps // 200)
+
+    def record_gammas(step: int) -> None:
+        if (step - 1) % curve_every == 0 or step == steps:
             gammas = controller.branch_gammas()
-            curve.append([step + 1, gammas["rotation"], gammas["reflection"]])
+            curve.append([step, gammas["rotation"], gammas["reflection"]])
+
+    fit(net, diffusion, data["train"], preset, steps,
+        torch.Generator().manual_seed(30_000 + seed), on_step=record_gammas)
     train_seconds = time.perf_counter() - started
     gammas, dropped = controller.branch_gammas(), controller.branch_dropped()
     final = export(net).eval()
