@@ -55,6 +55,12 @@ class DenoiserConfig:
     represent handedness.
     cip_rank_edges: add, per bond edge, an embedding of the source's CIP priority among the
     target's neighbours (``keys.CIP_NEIGHBOUR_RANK``): R/S is defined relative to this order.
+    cip_rank_out_edges: also add, per bond edge leaving a labelled centre, an embedding (a
+    table of its own) of the target's CIP priority among the centre's neighbours, i.e. the
+    rank of the reverse edge. Without it the ranks reach the centre only: what the centre
+    sends to its neighbours is the same function for each of them (up to bond type and
+    length), so a label-dependent push it sends is the same rotation for every neighbour,
+    which cannot change the centre's handedness (docs/results/chirality_tiny.md, session 7).
     parity_readout: the read-out also sums, over edges, a tensor product of the source's
     features with the edge's spherical harmonics onto 1o, so 1e (and, through the trunk, 0o)
     channels reach the output; without it the node read-out sees 1o channels only.
@@ -83,6 +89,7 @@ class DenoiserConfig:
     pairwise_head: int = 0
     stereo_parity: str = "0e"
     cip_rank_edges: bool = False
+    cip_rank_out_edges: bool = False
     parity_readout: bool = False
     odd_gates: bool = False
     node_cross_products: bool = False
@@ -93,6 +100,8 @@ class DenoiserConfig:
                              f"{', '.join(STEREO_PARITIES)}")
         if self.stereo_parity == "0o" and self.pseudoscalar_channels < 1:
             raise ValueError("stereo_parity '0o' needs pseudoscalar_channels >= 1")
+        if self.cip_rank_out_edges and not self.cip_rank_edges:
+            raise ValueError("cip_rank_out_edges needs cip_rank_edges")
 
     def input_irreps(self) -> o3.Irreps:
         """Irreps of layer 0's input: the even atom embedding, plus the pseudoscalar stereo
@@ -233,6 +242,9 @@ class Denoiser(nn.Module):
         self.cip_rank_embedding = (nn.Embedding(CIP_NEIGHBOUR_RANK_CARDINALITY,
                                                 config.edge_embedding_dim)
                                    if config.cip_rank_edges else None)
+        self.cip_rank_out_embedding = (nn.Embedding(CIP_NEIGHBOUR_RANK_CARDINALITY,
+                                                    config.edge_embedding_dim)
+                                       if config.cip_rank_out_edges else None)
         # 0o input: sign of the label (+1 R, -1 S) times an even function of the atom
         self.stereo_pseudoscalar = (nn.Linear(scalars, config.pseudoscalar_channels)
                                     if config.stereo_parity == "0o" else None)
@@ -278,7 +290,11 @@ class Denoiser(nn.Module):
                 raise UserInputError(
                     "this model reads CIP neighbour ranks (cip_rank_edges), which records "
                     "prepared before FEATURE_VERSION 2 lack: rerun `conformer prepare`")
-            bond_type = bond_type + self.cip_rank_embedding(batch[keys.CIP_NEIGHBOUR_RANK])
+            ranks = batch[keys.CIP_NEIGHBOUR_RANK]
+            bond_type = bond_type + self.cip_rank_embedding(ranks)
+            if self.cip_rank_out_embedding is not None:
+                bond_type = bond_type + self.cip_rank_out_embedding(
+                    reverse_edge_values(bond_source, bond_target, ranks, num_atoms))
         radius_type = self.radius_embedding.to(pos.dtype).expand(radius_source.numel(), -1)
         source = torch.cat([bond_source, radius_source])
         target = torch.cat([bond_target, radius_target])
@@ -322,6 +338,21 @@ class Denoiser(nn.Module):
                       free_input=torch.cat([h, centred], dim=-1), graph=graph)
         return self.head(h, source, target, vectors, edge_scalars, envelope,
                          free_input=torch.cat([h, centred], dim=-1), graph=graph)
+
+
+def reverse_edge_values(source: torch.Tensor, target: torch.Tensor, values: torch.Tensor,
+                        num_atoms: int) -> torch.Tensor:
+    """Per directed edge source -> target [E], the value [E] of its reverse edge
+    target -> source, or 0 where the reverse edge is not among the edges."""
+    key = source * num_atoms + target
+    order = torch.argsort(key)
+    sorted_key = key[order]
+    reverse = target * num_atoms + source
+    where = torch.searchsorted(sorted_key, reverse).clamp(max=max(len(key) - 1, 0))
+    if len(key) == 0:
+        return values.clone()
+    found = sorted_key[where] == reverse
+    return torch.where(found, values[order[where]], torch.zeros_like(values))
 
 
 def build_denoiser(preset: str = "small", mode: str = "recm", **overrides) -> Denoiser:
