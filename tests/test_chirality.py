@@ -153,3 +153,59 @@ def test_odd_gate_flags_reach_every_run_and_the_settings(tmp_path, monkeypatch):
     preset = json.loads((out / "results.json").read_text())["settings"]["preset"]
     assert preset["odd_gates"] is True and preset["node_cross_products"] is True
     assert chirality.PRESETS["tiny"].odd_gates is False  # the documented table's setting
+
+
+@pytest.fixture(scope="module")
+def fluorophenylethanol():
+    """(S)-1-(4-fluorophenyl)ethanol built as the experiment builds its molecules: one
+    labelled tetrahedral centre (atom 1), two conformers."""
+    molecule = chirality._build_task("C[C@H](O)c1ccc(F)cc1", 2, 1)
+    assert molecule is not None
+    return molecule
+
+
+def test_mirror_molecule_reflects_the_conformers_and_swaps_r_and_s(fluorophenylethanol):
+    """The mirror image: positions negated, the checker wants the opposite volume signs, the
+    features are the original's with R and S swapped (as ``with_swapped_labels`` gives them)
+    and the CIP neighbour ranks are kept."""
+    import numpy as np
+
+    from conformer.data import keys
+    from conformer.nn.denoiser import CIP_LABEL_COLUMN, CIP_R, CIP_S
+
+    molecule = fluorophenylethanol
+    mirrored = chirality.mirror_molecule(molecule)
+    np.testing.assert_array_equal(mirrored["positions"], -molecule["positions"])
+    centres, signs = chirality.labelled_centres(molecule)
+    mirrored_centres, mirrored_signs = chirality.labelled_centres(mirrored)
+    assert centres.tolist() == mirrored_centres.tolist() == [[1, 0, 2, 3]]
+    assert mirrored_signs.tolist() == (-signs).tolist()
+    labels = molecule["features"][keys.ATOM_FEATURES][:, CIP_LABEL_COLUMN]
+    mirrored_labels = mirrored["features"][keys.ATOM_FEATURES][:, CIP_LABEL_COLUMN]
+    assert (labels[1], mirrored_labels[1]) == (CIP_S, CIP_R)
+    swapped = chirality.with_swapped_labels(molecule)
+    for key in molecule["features"]:
+        np.testing.assert_array_equal(mirrored["features"][key], swapped["features"][key])
+    np.testing.assert_array_equal(swapped["positions"], molecule["positions"])
+    assert swapped["molblock"] == molecule["molblock"]
+    assert molecule["features"][keys.ATOM_FEATURES][1, CIP_LABEL_COLUMN] == CIP_S  # unchanged
+    np.testing.assert_array_equal(mirrored["features"][keys.CIP_NEIGHBOUR_RANK],
+                                  molecule["features"][keys.CIP_NEIGHBOUR_RANK])
+
+
+def test_denoised_sign_accuracy_scores_the_wanted_handedness(fluorophenylethanol):
+    """A "denoiser" that returns its input (F = x, so D = x at sigma -> 0) scores 1 on the
+    clean conformers and 0 on the mirror image with the molecule's own checker targets."""
+    import torch
+
+    from conformer.diffusion import EDMDiffusion
+
+    class Identity(torch.nn.Module):
+        def forward(self, batch, noise):
+            return batch.pos
+
+    molecule = fluorophenylethanol
+    diffusion = EDMDiffusion()
+    assert chirality.denoised_sign_accuracy(Identity(), diffusion, [molecule], 1e-4) == 1.0
+    wrong_way = {**molecule, "positions": -molecule["positions"]}
+    assert chirality.denoised_sign_accuracy(Identity(), diffusion, [wrong_way], 1e-4) == 0.0

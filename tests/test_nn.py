@@ -470,3 +470,38 @@ def test_default_networks_are_unchanged_by_the_odd_gate_option(batch):
             out = net(batch, noise)
         expected = torch.tensor(case["output"], dtype=torch.float64)
         assert float((out - expected).abs().max()) < 1e-9 * max(1.0, float(expected.abs().max()))
+
+
+def test_reverse_edge_values_reads_each_edges_reverse():
+    from conformer.nn.denoiser import reverse_edge_values
+
+    source = torch.tensor([0, 1, 1, 2, 3])
+    target = torch.tensor([1, 0, 2, 1, 0])
+    values = torch.tensor([5, 6, 7, 8, 9])
+    # 3 -> 0 has no reverse edge: 0
+    assert reverse_edge_values(source, target, values, 4).tolist() == [6, 5, 8, 7, 0]
+
+
+def test_cip_rank_out_edges_tell_a_centres_neighbours_apart(batch):
+    """With ``cip_rank_out_edges`` the edges leaving a labelled centre carry each
+    neighbour's CIP rank: changing that embedding moves the centre's neighbours (without
+    the option nothing on those edges depends on the rank), and the network stays exactly
+    O(3)-equivariant with R/S flipped under reflections."""
+    labelled = torch.nonzero(torch.isin(batch[keys.ATOM_FEATURES][:, CIP_LABEL_COLUMN],
+                                        torch.tensor([CIP_R, CIP_S]))).flatten()
+    source, target = batch.edge_index
+    neighbours = target[torch.isin(source, labelled)]
+    assert len(neighbours) > 0
+    with pytest.raises(ValueError, match="cip_rank_out_edges"):
+        build_denoiser("tiny", "equivariant", cip_rank_out_edges=True)
+    torch.manual_seed(0)
+    net = build_denoiser("tiny", "equivariant", stereo_parity="0o", cip_rank_out_edges=True,
+                         **STEREO_OVERRIDES).double().eval()
+    noise = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64)
+    with torch.no_grad():
+        plain = net(batch, noise)
+        scale = float(plain.abs().max())
+        assert mirror_error(net, batch, flip_labels=True) < 1e-9 * max(1.0, scale)
+        net.cip_rank_out_embedding.weight[1:] += 1.0  # ranks 1-4 only: centres' out-edges
+        moved = (net(batch, noise) - plain)[neighbours].norm(dim=-1)
+    assert float(moved.min()) > 1e-4 * scale
