@@ -61,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--odd-gates", action="store_true", help="DenoiserConfig.odd_gates")
     parser.add_argument("--node-cross-products", action="store_true",
                         help="DenoiserConfig.node_cross_products")
+    parser.add_argument("--cip-rank-out-edges", action="store_true",
+                        help="DenoiserConfig.cip_rank_out_edges (preset field of the same name)")
     parser.add_argument("--volume-loss", type=float, default=0.0,
                         help="weight of the signed-volume hinge (default 0: none)")
     parser.add_argument("--p-mean", type=float, default=EDMSettings.p_mean,
@@ -73,7 +75,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "or scalar_channels=32 (integers, floats or true/false); repeatable")
     parser.add_argument("--samples", type=int, default=16,
                         help="unguided samples per molecule and label (default 16)")
-    parser.add_argument("--sample-steps", type=int, help="Heun steps (default: the preset's)")
+    parser.add_argument("--sample-steps", help="Heun steps of the unguided samples, "
+                        "comma-separated for several (default: the preset's)")
+    parser.add_argument("--eval-train", type=int, help="measure on at most this many of the "
+                        "training molecules (each with its mirror when mirrored; default all)")
+    parser.add_argument("--eval-val", type=int, default=0, help="also measure on this many "
+                        "held-out ('val') molecules of --data (default 0: none)")
+    parser.add_argument("--save-model", help="also save the trained (exported) network here "
+                        "(torch.save of the module)")
     parser.add_argument("--probe-sigmas", default="0.5,1,2,4",
                         help="noise levels of the probe, Angstrom (default 0.5,1,2,4)")
     parser.add_argument("--probe-repeats", type=int, default=8,
@@ -111,6 +120,43 @@ def select(args, train: list[dict]) -> list[int]:
     return indices
 
 
+def sample_step_counts(text: str | None, default: int) -> list[int]:
+    if text is None:
+        return [default]
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserInputError(f"--sample-steps {text!r}: not comma-separated integers") from None
+    if not counts or min(counts) < 1:
+        raise UserInputError(f"--sample-steps {text!r}: need step counts >= 1")
+    return counts
+
+
+def measure(net, diffusion: EDMDiffusion, molecules: list[dict], args,
+            sample_steps: list[int]) -> dict:
+    """Probe (sign accuracy of the denoised estimate per sigma) and unguided stereo per
+    sampler step count on ``molecules``, each with the true label and with R and S swapped."""
+    swapped = [chirality.with_swapped_labels(m) for m in molecules]
+    probe = {}
+    for sigma in (float(s) for s in args.probe_sigmas.split(",")):
+        probe[f"{sigma:g}"] = {
+            "true_label": chirality.denoised_sign_accuracy(net, diffusion, molecules, sigma,
+                                                           args.probe_repeats),
+            "swapped_label": chirality.denoised_sign_accuracy(net, diffusion, swapped, sigma,
+                                                              args.probe_repeats)}
+    centres = sum(len(chirality.labelled_centres(m)[1]) for m in molecules)
+    stereo = {}
+    for steps in sample_steps:
+        stereo[str(steps)] = {
+            "true_label": chirality.unguided_stereo(net, diffusion, molecules, args.samples,
+                                                    steps, args.seed)[0],
+            "swapped_label": chirality.unguided_stereo(net, diffusion, swapped, args.samples,
+                                                       steps, args.seed)[0],
+            "centres_scored_per_label": centres * args.samples}
+    return {"molecules": len(molecules), "probe_sign_accuracy": probe,
+            "stereo_unguided_by_sampler_steps": stereo}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -124,10 +170,17 @@ def main(argv=None) -> int:
     base = chirality.PRESETS[args.preset]
     preset = dataclasses.replace(
         base, odd_gates=args.odd_gates, node_cross_products=args.node_cross_products,
+        cip_rank_out_edges=args.cip_rank_out_edges,
         volume_loss_weight=args.volume_loss,
         learning_rate=args.learning_rate or base.learning_rate,
         batch_size=args.batch_size or base.batch_size,
         denoiser_overrides=base.denoiser_overrides + overrides)
+    sample_steps = sample_step_counts(args.sample_steps, preset.sample_steps)
+    if not 0 <= args.eval_val <= len(data["val"]):
+        raise UserInputError(f"--eval-val {args.eval_val}: {args.data} holds "
+                             f"{len(data['val'])} held-out molecules")
+    if args.eval_train is not None and args.eval_train < 1:
+        raise UserInputError(f"--eval-train {args.eval_train}: need at least 1")
     diffusion = EDMDiffusion(EDMSettings(p_mean=args.p_mean, p_std=args.p_std))
     started = time.perf_counter()
     net = chirality.build_net(preset, args.mode, args.parity, args.seed)
@@ -135,28 +188,26 @@ def main(argv=None) -> int:
                   torch.Generator().manual_seed(30_000 + args.seed))
     train_seconds = time.perf_counter() - started
     final = chirality.export(net).eval()
-    swapped = [chirality.with_swapped_labels(m) for m in molecules]
-    probe = {}
-    for sigma in (float(s) for s in args.probe_sigmas.split(",")):
-        probe[f"{sigma:g}"] = {
-            "true_label": chirality.denoised_sign_accuracy(final, diffusion, molecules, sigma,
-                                                           args.probe_repeats),
-            "swapped_label": chirality.denoised_sign_accuracy(final, diffusion, swapped, sigma,
-                                                              args.probe_repeats)}
-    sample_steps = args.sample_steps or preset.sample_steps
-    stereo_true, _ = chirality.unguided_stereo(final, diffusion, molecules, args.samples,
-                                               sample_steps, args.seed)
-    stereo_swapped, _ = chirality.unguided_stereo(final, diffusion, swapped, args.samples,
-                                                  sample_steps, args.seed)
-    centres = sum(len(chirality.labelled_centres(m)[1]) for m in molecules)
+    evaluated = molecules
+    if args.eval_train is not None:  # the first N molecules, and their mirrors
+        kept = indices[: args.eval_train]
+        evaluated = molecules[: len(kept)]
+        if not args.no_mirror:
+            evaluated = evaluated + molecules[len(indices): len(indices) + len(kept)]
+    measured = {"train": measure(final, diffusion, evaluated, args, sample_steps)}
+    if args.eval_val:
+        measured["val"] = measure(final, diffusion, data["val"][: args.eval_val], args,
+                                  sample_steps)
+    if args.save_model:
+        torch.save(final, args.save_model)
     result = {
         "config": {k: v for k, v in vars(args).items() if k not in ("out", "threads")},
         "molecule_indices": indices,
         "smiles": [m["smiles"] for m in molecules],
         "preset": dataclasses.asdict(preset),
-        "probe_sign_accuracy": probe,
-        "stereo_unguided": {"true_label": stereo_true, "swapped_label": stereo_swapped,
-                            "centres_scored_per_label": centres * args.samples},
+        # per measured set ("train": training molecules, "val": held-out ones): probe and
+        # stereo, each with the true label and with R and S swapped
+        "measured": measured,
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 1),
         "environment": environment_info(),
@@ -164,8 +215,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    summary = {"probe": probe, "stereo": result["stereo_unguided"],
-               "train_seconds": result["train_seconds"]}
+    summary = {"measured": measured, "train_seconds": result["train_seconds"]}
     print(json.dumps(summary))
     return 0
 

@@ -97,6 +97,11 @@ class ChiralityPreset:
     # did not lift any run above chance and doubled a run's time (docs/results/chirality_tiny.md)
     odd_gates: bool = False
     node_cross_products: bool = False  # DenoiserConfig.node_cross_products in every run
+    # DenoiserConfig.cip_rank_out_edges in every run: bond edges leaving a labelled centre also
+    # embed the target's CIP rank. Off by default so `--preset tiny` reproduces the older
+    # tables; with odd gates, cross products and the volume hinge it is the configuration
+    # that learnt handedness on one molecule (docs/results/chirality_tiny.md, session 7)
+    cip_rank_out_edges: bool = False
     # auxiliary hinge on the signed volume of each labelled centre in the denoised estimate
     # (``loss_with_volume_hinge``), the same in every run; 0 = the plain EDM loss
     volume_loss_weight: float = 0.0
@@ -131,6 +136,10 @@ class ChiralitySettings(ExperimentSettings):
         "into a pseudovector it holds"))
     node_cross_products: bool = option(False, help=(
         "node-wise 1o x 1o -> 1e products in every run (DenoiserConfig.node_cross_products)"))
+    cip_rank_out_edges: bool = option(False, help=(
+        "in every run, bond edges leaving a labelled centre also embed the target's CIP rank "
+        "(DenoiserConfig.cip_rank_out_edges), so what a centre sends differs per ranked "
+        "neighbour; helps only with --odd-gates"))
     volume_loss: float | None = option(None, help=(
         "weight of an auxiliary loss in every run: mean over labelled tetrahedral centres of "
         "relu(margin - s v), v the normalised signed volume of the centre in the denoised "
@@ -319,6 +328,8 @@ def build_net(preset: ChiralityPreset, mode: str, parity: str, seed: int):
     overrides.update(stereo_parity=parity, cip_rank_edges=True, parity_readout=True,
                      odd_gates=preset.odd_gates,
                      node_cross_products=preset.node_cross_products)
+    if preset.cip_rank_out_edges:  # a denoiser_overrides entry may also set it
+        overrides["cip_rank_out_edges"] = True
     overrides.update(dict(preset.recm_overrides))
     torch.manual_seed(seed)
     return build_denoiser(preset.denoiser, mode, seed=seed, **overrides)
@@ -589,6 +600,16 @@ def plot_gammas(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def hashed_preset(preset: ChiralityPreset) -> dict:
+    """``asdict(preset)`` as the settings (and their hash) record it: fields added after
+    results folders were written are left out while at their default, so such a folder still
+    resumes and a run with the field set never does."""
+    fields = asdict(preset)
+    if not preset.cip_rank_out_edges:
+        del fields["cip_rank_out_edges"]
+    return fields
+
+
 def parse_runs(text: str) -> list[tuple[str, str]]:
     """``"recm/0e,equivariant/0o"`` -> [("recm", "0e"), ("equivariant", "0o")]."""
     runs = []
@@ -620,10 +641,12 @@ def run(options: ChiralitySettings) -> int:
             raise UserInputError(f"--volume-loss {options.volume_loss}: need a finite weight "
                                  ">= 0")
         preset = dataclasses.replace(preset, volume_loss_weight=options.volume_loss)
-    if options.odd_gates or options.node_cross_products:
+    if options.odd_gates or options.node_cross_products or options.cip_rank_out_edges:
         preset = dataclasses.replace(preset, odd_gates=preset.odd_gates or options.odd_gates,
                                      node_cross_products=preset.node_cross_products
-                                     or options.node_cross_products)
+                                     or options.node_cross_products,
+                                     cip_rank_out_edges=preset.cip_rank_out_edges
+                                     or options.cip_rank_out_edges)
     steps = options.steps or preset.steps
     if steps < 1:
         raise UserInputError(f"--steps {steps}: need at least 1")
@@ -632,7 +655,7 @@ def run(options: ChiralitySettings) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     data = build_data(preset, out, options.workers)
-    settings = {"preset_name": options.preset, "preset": asdict(preset), "steps": steps,
+    settings = {"preset_name": options.preset, "preset": hashed_preset(preset), "steps": steps,
                 "recm_defaults": RECMConfig().to_dict(),
                 "train_smiles": [m["smiles"] for m in data["train"]],
                 "val_smiles": [m["smiles"] for m in data["val"]]}
