@@ -155,6 +155,39 @@ def test_odd_gate_flags_reach_every_run_and_the_settings(tmp_path, monkeypatch):
     assert chirality.PRESETS["tiny"].odd_gates is False  # the documented table's setting
 
 
+def test_cip_rank_out_edges_flag_reaches_every_run_and_the_settings_hash(tmp_path, monkeypatch):
+    """``--cip-rank-out-edges`` builds every run's network with the option and changes the
+    settings hash (a folder written without it is trained again, not resumed); while off, the
+    field is left out of the hashed settings, so folders written before it existed resume."""
+    import dataclasses
+
+    built = []
+    original = chirality.build_net
+
+    def recording(preset, mode, parity, seed):
+        net = original(preset, mode, parity, seed)
+        built.append(net.config.cip_rank_out_edges)
+        return net
+
+    monkeypatch.setattr(chirality, "build_net", recording)
+    out = tmp_path / "ranks"
+    argv = ["reproduce", "chirality", "--preset", "micro", "--out", str(out), "--seeds", "1",
+            "--modes", "equivariant/0o"]
+    assert cli.main(argv) == 0
+    plain = json.loads((out / "results.json").read_text())["settings"]
+    assert "cip_rank_out_edges" not in plain["preset"]
+    assert cli.main(argv + ["--cip-rank-out-edges"]) == 0
+    assert built == [False, True]  # not resumed from the run without the option
+    ranked = json.loads((out / "results.json").read_text())["settings"]
+    assert ranked["preset"]["cip_rank_out_edges"] is True
+    assert ranked["settings_hash"] != plain["settings_hash"]
+    tiny = chirality.PRESETS["tiny"]
+    assert tiny.cip_rank_out_edges is False  # the documented tables' setting
+    expected = dataclasses.asdict(tiny)
+    del expected["cip_rank_out_edges"]
+    assert chirality.hashed_preset(tiny) == expected
+
+
 @pytest.fixture(scope="module")
 def fluorophenylethanol():
     """(S)-1-(4-fluorophenyl)ethanol built as the experiment builds its molecules: one

@@ -14,7 +14,9 @@ Runs, each with the same network size, data, step budget and seeds:
 stereo_parity``; every run has the CIP neighbour ranks, the parity read-out and, with
 ``--odd-gates`` (preset field ``odd_gates``), odd gates in the interaction blocks
 (``DenoiserConfig.odd_gates``: a node can multiply the 0o label into a pseudovector it holds),
-so only the mode and the label's parity differ).
+with ``--node-cross-products`` node-wise vector products, with ``--cip-rank-out-edges`` the
+CIP ranks on the bonds leaving a labelled centre too, and with ``--volume-loss`` a hinge on
+each labelled centre's handedness, so only the mode and the label's parity differ).
 
 Per run (``DIR/results.json``, schema of issue 11): ``val_loss`` (EDM loss of the exported
 model on the held-out molecules, fixed noise), ``stereo_unguided`` (fraction of labelled
