@@ -5,7 +5,7 @@ Training is ``reproduce chirality``'s (``conformer.experiments.chirality.fit``: 
 cosine learning rate, the preset's batch size), on the chosen training molecules of a built
 ``data.pt`` plus, by default, each one's enantiomer (``mirror_molecule``: conformers
 reflected, R <-> S); the network is the preset's with the CIP neighbour ranks and the parity
-read-out, the label as ``--parity``. Measured on the training molecules themselves:
+read-out, the label as ``--parity``. Measured, with the true label and with it swapped:
 
 - probe: the fraction of labelled centres whose signed volume in the denoised estimate
   D(x + sigma n; sigma) has the wanted sign, with the true label and with R and S swapped in
@@ -13,12 +13,18 @@ read-out, the label as ``--parity``. Measured on the training molecules themselv
 - stereo: unguided samples (no guidance, no correction; ``unguided_stereo``) whose centres are
   right, with the true label and with it swapped.
 
-A model that learnt handedness scores near 1 with the true label and near 0 with the swapped
-one, in both. Writes one JSON to ``--out``. Example (one molecule, 1-(4-fluorophenyl)ethanol,
-training molecule 23 of the tiny preset's data):
+Both are measured on (at most ``--eval-train`` of) the training molecules and, with
+``--eval-val N``, on the first N held-out molecules of ``--data`` as well (no mirrors there:
+the swapped label is the test). A model that learnt handedness scores near 1 with the true
+label and near 0 with the swapped one, in both. Writes one JSON to ``--out``. Example: build
+the tiny preset's molecules once (``conformer reproduce chirality --preset tiny --out DIR``
+writes ``DIR/data.pt``; ``--steps 1 --seeds 1 --modes equivariant/0o`` keeps that quick),
+then train on one molecule, (S)-1-(4-fluorophenyl)ethanol (training molecule 23 of that data),
+and its mirror with the configuration that learns it:
 
-    python scripts/chirality_learnability.py --data /work/keep/chirality_tiny_v3/data.pt \\
-        --molecules 23 --steps 1000 --out /tmp/one.json
+    python scripts/chirality_learnability.py --data DIR/data.pt --molecules 23 --steps 1000 \\
+        --odd-gates --node-cross-products --cip-rank-out-edges --volume-loss 10 \\
+        --out one.json
 """
 
 from __future__ import annotations
