@@ -168,9 +168,23 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     data = torch.load(args.data, weights_only=False)
     indices = select(args, data["train"])
-    molecules = [data["train"][i] for i in indices]
-    if not args.no_mirror:
-        molecules = molecules + [chirality.mirror_molecule(m) for m in molecules]
+    skipped = []
+    if args.no_mirror:
+        molecules = [data["train"][i] for i in indices]
+    else:
+        mirrors = {}
+        for index in indices:
+            try:
+                mirrors[index] = chirality.mirror_molecule(data["train"][index])
+            except UserInputError:
+                if args.first is None:  # a molecule the user chose: say so and stop
+                    raise
+                skipped.append(index)  # --first N: leave out what has no clean mirror
+        if skipped:
+            print(f"left out training molecules {skipped}: their mirror images do not just "
+                  "swap R and S", file=sys.stderr)
+        indices = [i for i in indices if i not in skipped]
+        molecules = [data["train"][i] for i in indices] + [mirrors[i] for i in indices]
     overrides = tuple((name, _value(value)) for name, _, value in
                       (o.partition("=") for o in args.denoiser_override))
     base = chirality.PRESETS[args.preset]
@@ -209,6 +223,7 @@ def main(argv=None) -> int:
     result = {
         "config": {k: v for k, v in vars(args).items() if k not in ("out", "threads")},
         "molecule_indices": indices,
+        "left_out_without_clean_mirror": skipped,
         "smiles": [m["smiles"] for m in molecules],
         "preset": dataclasses.asdict(preset),
         # per measured set ("train": training molecules, "val": held-out ones): probe and
