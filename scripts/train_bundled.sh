@@ -1,26 +1,28 @@
 #!/bin/bash
-# The exact commands that produced the bundled model conformer/assets/model.pt: the heavy-atom
-# recipe (configs/bundled/small_recm_heavy.yaml, recm mode; hydrogens placed by RDKit at
+# The exact commands that produced the bundled model conformer/assets/model.pt: the wide
+# heavy-atom recipe (configs/bundled/wide_recm_heavy.yaml, recm mode; hydrogens placed by RDKit at
 # generation). Every step resumes when the script is rerun.
 #
 #   GEOM_DIR   GEOM-layout folder built by `conformer build-geom` from
 #              data/train_smiles/train_druglike.smi (default ../keep/bundled_geom)
 #   CACHE      prepared records (default ../keep/bundled_cache)
 #   RUNS       training runs (default ../keep/runs)
-#   CONFIGS    which bundled configs to train (default "small_recm_heavy"; the older
-#              explicit-hydrogen recipes are small_recm and small_equivariant)
+#   CONFIGS    which bundled configs to train (default "wide_recm_heavy", the shipped model;
+#              small_recm_heavy is session 5's, small_recm and small_equivariant the older
+#              explicit-hydrogen recipes)
 #   EXTRA      extra dotted overrides for `conformer train`, e.g. "trainer.max_steps=2000"
 #   THREADS    torch threads for training (default 1: as fast as 2 on a quiet 2-core machine,
 #              and not slowed down by other work on the second core)
 #
-# Session 5 (the shipped model): steps 1-2 on 2 workers (build 2,009 s, prepare ~25 s), step 3
-# on one thread, in three sittings, resumed with --resume each time.
+# Session 5: steps 1-2 on 2 workers (build 2,009 s, prepare ~25 s). Sessions 6-7 (the shipped
+# wide model): step 3 on one thread, about 150 steps a minute, in three sittings resumed with
+# --resume.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GEOM_DIR=${GEOM_DIR:-../keep/bundled_geom}
 CACHE=${CACHE:-../keep/bundled_cache}
 RUNS=${RUNS:-../keep/runs}
-CONFIGS=${CONFIGS:-"small_recm_heavy"}
+CONFIGS=${CONFIGS:-"wide_recm_heavy"}
 EXTRA=${EXTRA:-}
 THREADS=${THREADS:-1}
 PY=${PY:-.venv/bin/python}
@@ -38,7 +40,9 @@ $PY -m conformer.cli prepare "$GEOM_DIR" --split "$GEOM_DIR/split.npy" --out "$C
 # 3. train, then export the EMA weights with the sampler chosen on validation molecules of our
 #    own build (10 Heun steps with churn + 31 low-noise refinement steps = 50 network
 #    evaluations; docs/results/recipe_ablation.md, the heavy_* sampler rows)
-SAMPLER=${SAMPLER:-'{"sample_steps": 10, "churn": 10.0, "refine_steps": 31, "refine_sigma_max": 0.5, "refine_sigma_min": 0.02}'}
+# session 7: 5 Heun steps + 20 refinements = 29 evaluations (recipe_ablation.md, sampler sweep);
+# session 5's small model used 10 + 31 = 50
+SAMPLER=${SAMPLER:-'{"sample_steps": 5, "churn": 10.0, "refine_steps": 20, "refine_sigma_max": 0.5, "refine_sigma_min": 0.02}'}
 for CONFIG in $CONFIGS; do
     NAME=bundled_$CONFIG
     RESUME=""
@@ -46,8 +50,8 @@ for CONFIG in $CONFIGS; do
     $PY -m conformer.cli train --config "configs/bundled/$CONFIG.yaml" $RESUME \
         data.cache_dir="$CACHE" logging.run_dir="$RUNS" $EXTRA
     OUT=$RUNS/$NAME/model.pt
-    # the shipped model.pt is the heavy-atom recm one (every layer absorbed: exactly equivariant)
-    if [ "$CONFIG" = small_recm_heavy ]; then OUT=conformer/assets/model.pt; fi
+    # the shipped model.pt is the wide heavy-atom recm one (every layer absorbed: exactly equivariant)
+    if [ "$CONFIG" = wide_recm_heavy ]; then OUT=conformer/assets/model.pt; fi
     $PY -c "from conformer.model_io import export_checkpoint as e; import sys, json; \
 print(e(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))['training'])" \
         "$RUNS/$NAME/checkpoints/last.ckpt" "$OUT" "$SAMPLER"
