@@ -64,11 +64,18 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The denoiser: ``conformer.nn.build_denoiser(preset, mode, **overrides)``."""
+    """The denoiser: ``conformer.nn.build_denoiser(preset, mode, **overrides)``.
+
+    init_from: a training checkpoint (``.ckpt``, its EMA weights) or a model file whose
+    weights start a new run (fine-tuning: fresh optimiser, schedule and step count); the
+    network it holds must be the one ``preset``/``mode``/``overrides`` build. Ignored when a
+    run is resumed (``--resume`` takes everything from ``last.ckpt``).
+    """
 
     preset: str = "small"
     mode: str = "recm"
     overrides: dict = field(default_factory=dict)
+    init_from: str | None = None
 
 
 @dataclass

@@ -89,6 +89,18 @@ def _ema_state(data: dict) -> dict:
     return state
 
 
+def read_network_weights(path: str | Path) -> tuple[dict, dict]:
+    """``(state_dict, meta)`` of a model file or training checkpoint (its EMA weights, RECM
+    branches unfolded), for starting a new run from it; meta as in ``load_model``."""
+    path = Path(path)
+    data = _read(path)
+    _check_hydrogens(path, data)
+    state = _ema_state(data) if data["format"] == CHECKPOINT_FORMAT else data["state_dict"]
+    meta = {k: v for k, v in data.items() if k not in ("state_dict", "ema_state_dict",
+                                                         "optimizer_states", "lr_schedulers")}
+    return state, meta
+
+
 def load_model(path: str | Path | None = None, device: str | torch.device = "cpu"):
     """``(net, diffusion, meta)`` from an exported model file or a training checkpoint.
 

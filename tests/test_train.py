@@ -117,6 +117,47 @@ def test_tiny_training_run_checkpoints_config_gammas_and_resumes(tmp_path, store
         _run(config, store)
 
 
+def test_init_from_starts_a_new_run_from_a_checkpoints_ema_weights(tmp_path, store):
+    """model.init_from: a fine-tuning run starts from the first run's EMA weights (step 0,
+    fresh optimiser), a model file of another architecture is refused with a clear error,
+    and the same hydrogen mode is required."""
+    from conformer import model_io
+    from conformer.errors import UserInputError
+    from conformer.train.run import build_network, load_initial_weights
+
+    torch.set_num_threads(1)
+    first = _run(tiny_config(tmp_path, "trainer.max_steps=2"), store)
+    source = torch.load(first["last_checkpoint"], weights_only=True)
+
+    config = tiny_config(tmp_path, "name=finetune", "trainer.max_steps=0",
+                         f"model.init_from={first['last_checkpoint']}")
+    net = build_network(config)
+    load_initial_weights(net, config.model.init_from, config.data.hydrogens)
+    ema = source["ema_state_dict"]
+    assert ema
+    for name, value in net.state_dict().items():
+        expected = ema.get(name, source["state_dict"]["net." + name])
+        assert torch.equal(value, expected), name
+    # the EMA weights differ from the live ones after training, so the test tells them apart
+    assert any(not torch.equal(v, source["state_dict"]["net." + k]) for k, v in ema.items())
+
+    second = _run(tiny_config(tmp_path, "name=finetune", "trainer.max_steps=1",
+                              f"model.init_from={first['last_checkpoint']}"), store)
+    assert second["global_step"] == 1  # a new run: its own step count
+    assert torch.load(second["last_checkpoint"], weights_only=True)["config"]["model"][
+        "init_from"] == first["last_checkpoint"]
+
+    wider = tiny_config(tmp_path, "name=wider", "model.overrides.scalar_channels=24",
+                        f"model.init_from={first['last_checkpoint']}")
+    with pytest.raises(UserInputError, match="model.init_from .*not the one"):
+        load_initial_weights(build_network(wider), wider.model.init_from, "explicit")
+    with pytest.raises(UserInputError, match="hydrogens"):
+        load_initial_weights(build_network(config), config.model.init_from, "implicit")
+    with pytest.raises(UserInputError, match="no such file"):
+        load_initial_weights(build_network(config), tmp_path / "missing.ckpt", "explicit")
+    assert model_io.hydrogen_mode(source) == "explicit"
+
+
 def test_training_reduces_the_loss_on_a_fixed_batch(store):
     """The diffusion loss on fixed noise falls when the tiny denoiser trains on 4 molecules."""
     from conformer.diffusion import EDMDiffusion

@@ -50,6 +50,30 @@ def resolved_model_spec(net, config: ExperimentConfig) -> dict:
             "hydrogens": config.data.hydrogens}
 
 
+def load_initial_weights(net, path: str | Path, hydrogens: str) -> None:
+    """Put the weights of ``path`` (a training checkpoint's EMA weights, or a model file's)
+    into ``net`` in place: ``model.init_from``. The network must match strictly; RECM branches
+    the file no longer has (absorbed layers) are dropped from ``net`` first, as on resume."""
+    from conformer import model_io
+    from conformer.recm.export import align_dropped_branches
+
+    state, meta = model_io.read_network_weights(path)
+    if model_io.hydrogen_mode(meta) != hydrogens:
+        raise UserInputError(f"model.init_from {path}: trained with hydrogens "
+                             f"{model_io.hydrogen_mode(meta)}, this run has data.hydrogens "
+                             f"{hydrogens}")
+    align_dropped_branches(net, state)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())[:400]
+        hint = ("; a model file holds the exported network (RECM branches folded in): start "
+                "from the run's .ckpt instead" if meta.get("format") == model_io.MODEL_FORMAT
+                else "")
+        raise UserInputError(f"model.init_from {path}: its network is not the one model.preset "
+                             f"/ model.mode / model.overrides build ({detail}){hint}") from error
+
+
 def build_module(config: ExperimentConfig, net=None) -> ConformerDiffusionModule:
     """The LightningModule of ``config`` (``net`` built from ``config.model`` unless given)."""
     net = build_network(config) if net is None else net
@@ -127,6 +151,9 @@ def train(config: ExperimentConfig, resume: bool = False, datamodule=None, net=N
     L.seed_everything(config.seed, workers=True, verbose=False)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if config.model.init_from and not resume:
+        net = build_network(config) if net is None else net
+        load_initial_weights(net, config.model.init_from, config.data.hydrogens)
     module = build_module(config, net=net)
     if datamodule is None:
         datamodule = ConformerDataModule.from_config(config.data, seed=config.seed)
