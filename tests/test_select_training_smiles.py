@@ -47,7 +47,9 @@ def test_shipped_training_lists_hold_no_benchmark_or_validation_skeleton():
     root = SCRIPT.parent.parent / "data"
     excluded = {k.split("-")[0] for k in
                 (root / "train_smiles" / "excluded_inchikeys.txt").read_text().split()}
-    validation = select.first_blocks(root / "validation" / "val_druglike.smi")
+    validation = (select.first_blocks(root / "validation" / "val_druglike.smi")
+                  | select.first_blocks(root / "validation" / "val_flexible.smi"))
+    assert len(validation) == 80
     seen: set[str] = set()
     for name in ("train_druglike.smi", "train_chembl.smi"):
         keys = select.first_blocks(root / "train_smiles" / name)
