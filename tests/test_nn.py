@@ -14,7 +14,7 @@ from conformer.data.features import featurize_mol
 from conformer.data.records import molecule_graph
 from conformer.nn import build_denoiser
 from conformer.nn.denoiser import CIP_LABEL_COLUMN, CIP_R, CIP_S
-from conformer.nn.graph import intra_graph_pairs, radius_graph
+from conformer.nn.graph import bond_hop_pairs, intra_graph_pairs, radius_graph
 from conformer.nn.layers import InteractionBlock
 from conformer.recm import export
 from conformer.recm.haar import random_orthogonal
@@ -68,6 +68,53 @@ def test_radius_graph_respects_cutoff_and_graphs():
     assert set(zip(source.tolist(), target.tolist(), strict=True)) == expected
 
 
+def test_bond_hop_pairs_are_rdkit_topological_distances_within_each_molecule():
+    smiles = ("CCCCCC", "C1CC1CO", "c1ccc2ccccc2c1", "CC(C)(C)C(=O)N")
+    mols = [Chem.MolFromSmiles(text) for text in smiles]
+    edges, offset, expected = [], 0, set()
+    for mol in mols:
+        distance = Chem.GetDistanceMatrix(mol)
+        for bond in mol.GetBonds():
+            a, b = bond.GetBeginAtomIdx() + offset, bond.GetEndAtomIdx() + offset
+            edges += [(a, b), (b, a)]
+        n = mol.GetNumAtoms()
+        expected |= {(i + offset, j + offset, int(distance[i, j]))
+                     for i in range(n) for j in range(n) if 2 <= distance[i, j] <= 3}
+        offset += n
+    source, target, hops = bond_hop_pairs(torch.tensor(edges).T, offset, 3)
+    got = list(zip(source.tolist(), target.tolist(), hops.tolist(), strict=True))
+    assert len(got) == len(set(got))
+    assert set(got) == expected
+    assert bond_hop_pairs(torch.tensor(edges).T, offset, 1)[0].numel() == 0
+
+
+@pytest.mark.parametrize("bond_hops,reaches", [(1, False), (3, True)])
+def test_hop_edges_carry_messages_three_bonds_away_when_atoms_are_far_apart(bond_hops, reaches):
+    # at high noise no radius edge is left; one block then sees its bonded neighbours only,
+    # unless pairs up to three bonds apart are edges of their own
+    torch.manual_seed(0)
+    butane = molecule_batch(("CCCC",))
+    carbons = (butane.x[:, 0] == butane.x[0, 0]).nonzero().flatten()
+    assert carbons.tolist() == [0, 1, 2, 3]  # RDKit keeps heavy atoms first, in SMILES order
+    pos = (butane.pos * 100.0).requires_grad_(True)
+    net = build_denoiser("tiny", "equivariant", num_layers=1, bond_hops=bond_hops).double()
+    out = net(with_positions(butane, pos), torch.tensor([5.0], dtype=torch.float64))
+    (gradient,) = torch.autograd.grad(out[0].sum(), pos)
+    assert gradient[1].abs().max() > 1e-12
+    assert bool(gradient[3].abs().max() > 1e-12) == reaches
+
+
+def test_hop_edges_start_as_radius_edges_from_a_network_without_them():
+    torch.manual_seed(0)
+    plain = build_denoiser("tiny", "equivariant")
+    with_hops = build_denoiser("tiny", "equivariant", bond_hops=3)
+    with_hops.load_state_dict(plain.state_dict(), strict=True)
+    expected = plain.radius_embedding.detach().expand(2, -1)
+    assert torch.equal(with_hops.hop_embedding.weight.detach(), expected)
+    with pytest.raises(ValueError, match="bond_hops"):
+        build_denoiser("tiny", "equivariant", bond_hops=0)
+
+
 @pytest.mark.parametrize("odd_gates,node_cross_products",
                          [(False, False), (True, False), (True, True)])
 def test_interaction_block_is_equivariant(odd_gates, node_cross_products):
@@ -102,7 +149,9 @@ def test_interaction_block_is_equivariant(odd_gates, node_cross_products):
 @pytest.mark.parametrize("preset,overrides", [("tiny", {}), ("small", {}),
                                                ("small", {"fine_radial": 16}),
                                                ("small", {"fine_radial": 16,
-                                                          "pairwise_head": 16})])
+                                                          "pairwise_head": 16}),
+                                               ("small", {"pairwise_head": 8,
+                                                          "bond_hops": 3})])
 def test_equivariant_denoiser_is_o3_and_translation_equivariant(batch, preset, overrides):
     torch.manual_seed(0)
     net = build_denoiser(preset, "equivariant", **overrides).double()
@@ -139,9 +188,10 @@ def test_exported_recm_denoiser_with_zero_gammas_is_equivariant(batch, overrides
     assert max_equivariance_error(fn, inputs, "1x1o") < 1e-9 * max(1.0, output_scale(fn, inputs))
 
 
-def test_denoiser_is_permutation_equivariant(batch):
+@pytest.mark.parametrize("bond_hops", [1, 3])
+def test_denoiser_is_permutation_equivariant(batch, bond_hops):
     torch.manual_seed(0)
-    net = build_denoiser("tiny", "equivariant").double()
+    net = build_denoiser("tiny", "equivariant", bond_hops=bond_hops).double()
     noise = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64)
     out = net(batch, noise)
     num_atoms = out.shape[0]

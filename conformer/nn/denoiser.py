@@ -21,7 +21,7 @@ from conformer.data.features import (
     CIP_NEIGHBOUR_RANK_CARDINALITY,
 )
 from conformer.errors import UserInputError
-from conformer.nn.graph import radius_graph
+from conformer.nn.graph import bond_hop_pairs, radius_graph
 from conformer.nn.layers import (
     GaussianRadialBasis,
     InteractionBlock,
@@ -72,7 +72,13 @@ class DenoiserConfig:
     node_cross_products: each interaction block adds cross products of a node's own 1o
     channels to its 1e channels before the gate (``InteractionBlock``), so the rank-oriented
     normal of a centre's neighbours, the pseudovector odd gates multiply by the label, is
-    formed at the centre in one block. Strictly O(3)-equivariant; irreps unchanged."""
+    formed at the centre in one block. Strictly O(3)-equivariant; irreps unchanged.
+    bond_hops: atoms up to this many bonds apart are joined by an edge whatever their distance
+    (1 = bonds only). Pairs 2 and 3 bonds apart fix bond angles and torsions, and at high noise,
+    when radius edges are few, they widen what ``num_layers`` blocks see from ``num_layers``
+    bonds to ``num_layers x bond_hops``. Each hop count has its own edge type; a network
+    without them (``model.init_from``) lends them its radius-edge type, so it starts as it was
+    at the data scale."""
 
     num_layers: int = 3
     scalar_channels: int = 32
@@ -93,6 +99,7 @@ class DenoiserConfig:
     parity_readout: bool = False
     odd_gates: bool = False
     node_cross_products: bool = False
+    bond_hops: int = 1
 
     def __post_init__(self) -> None:
         if self.stereo_parity not in STEREO_PARITIES:
@@ -102,6 +109,8 @@ class DenoiserConfig:
             raise ValueError("stereo_parity '0o' needs pseudoscalar_channels >= 1")
         if self.cip_rank_out_edges and not self.cip_rank_edges:
             raise ValueError("cip_rank_out_edges needs cip_rank_edges")
+        if not 1 <= self.bond_hops <= 4:
+            raise ValueError(f"bond_hops {self.bond_hops}: choose 1 (bonds only) to 4")
 
     def input_irreps(self) -> o3.Irreps:
         """Irreps of layer 0's input: the even atom embedding, plus the pseudoscalar stereo
@@ -249,6 +258,8 @@ class Denoiser(nn.Module):
         self.stereo_pseudoscalar = (nn.Linear(scalars, config.pseudoscalar_channels)
                                     if config.stereo_parity == "0o" else None)
         self.radius_embedding = nn.Parameter(torch.randn(config.edge_embedding_dim))
+        self.hop_embedding = (nn.Embedding(config.bond_hops - 1, config.edge_embedding_dim)
+                              if config.bond_hops > 1 else None)
         self.radial_basis = GaussianRadialBasis(config.cutoff, config.num_radial)
         self.fine_basis = (GaussianRadialBasis(config.fine_range[1], config.fine_radial,
                                                start=config.fine_range[0])
@@ -273,15 +284,32 @@ class Denoiser(nn.Module):
                                    layer_index=len(layers))
         self.recm = RECMController([*layers, self.head], recm)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # weights of a network without hop edges (model.init_from): hop edges start as the
+        # radius edges they were at the data scale (see DenoiserConfig.bond_hops)
+        hop_key, radius_key = prefix + "hop_embedding.weight", prefix + "radius_embedding"
+        if self.hop_embedding is not None and hop_key not in state_dict \
+                and radius_key in state_dict:
+            state_dict[hop_key] = state_dict[radius_key].detach().clone().expand(
+                self.hop_embedding.num_embeddings, -1).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def edges(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Bond edges then radius edges that are not bonds: (source [E], target [E],
-        edge type embedding [E, edge_embedding_dim], 1.0 for bond edges else 0.0 [E])."""
+        """Bond edges, then hop edges (``config.bond_hops`` > 1), then radius edges that are
+        neither: (source [E], target [E], edge type embedding [E, edge_embedding_dim], 1.0 for
+        bond and hop edges (always present) else 0.0 [E])."""
         pos, graph = batch.pos, batch.batch
         num_atoms = pos.shape[0]
         bond_source, bond_target = batch.edge_index
         radius_source, radius_target = radius_graph(pos, graph, batch.num_graphs,
                                                     self.config.cutoff)
         pair_id = bond_source * num_atoms + bond_target
+        hop_type = None
+        if self.hop_embedding is not None:
+            hop_source, hop_target, hops = bond_hop_pairs(batch.edge_index, num_atoms,
+                                                          self.config.bond_hops)
+            pair_id = torch.cat([pair_id, hop_source * num_atoms + hop_target])
+            hop_type = self.hop_embedding(hops - 2)
         is_bond = torch.isin(radius_source * num_atoms + radius_target, pair_id)
         radius_source, radius_target = radius_source[~is_bond], radius_target[~is_bond]
         bond_type = self.bond_embedding(batch.edge_attr)
@@ -296,6 +324,10 @@ class Denoiser(nn.Module):
                 bond_type = bond_type + self.cip_rank_out_embedding(
                     reverse_edge_values(bond_source, bond_target, ranks, num_atoms))
         radius_type = self.radius_embedding.to(pos.dtype).expand(radius_source.numel(), -1)
+        if hop_type is not None:
+            bond_source = torch.cat([bond_source, hop_source])
+            bond_target = torch.cat([bond_target, hop_target])
+            bond_type = torch.cat([bond_type, hop_type])
         source = torch.cat([bond_source, radius_source])
         target = torch.cat([bond_target, radius_target])
         envelope = torch.cat([torch.ones_like(bond_source, dtype=pos.dtype),

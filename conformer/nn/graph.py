@@ -38,3 +38,42 @@ def radius_graph(pos: torch.Tensor, batch: torch.Tensor, num_graphs: int,
     with torch.no_grad():
         close = (pos[source] - pos[target]).pow(2).sum(-1) < cutoff * cutoff
     return source[close], target[close]
+
+
+def bond_hop_pairs(edge_index: torch.Tensor, num_atoms: int, max_hops: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ordered pairs of atoms 2 to ``max_hops`` bonds apart (shortest path through bonds).
+
+    edge_index: [2, E] bonds, both directions present (as the batches hold them); pairs never
+    cross molecules, since bonds do not. Bonded pairs and an atom with itself are left out.
+    Returns (source [P], target [P], hops [P] in 2..max_hops), sorted by hops then pair. Cost
+    O(P x degree): a breadth-first step from each pair's target per hop.
+    """
+    device = edge_index.device
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    if max_hops < 2 or edge_index.numel() == 0:
+        return empty, empty, empty
+    order = torch.argsort(edge_index[0] * num_atoms + edge_index[1])
+    bond_source, bond_target = edge_index[0][order], edge_index[1][order]
+    degree = torch.bincount(bond_source, minlength=num_atoms)
+    row_start = torch.cumsum(degree, 0) - degree
+    reached = torch.cat([bond_source * num_atoms + bond_target,
+                         torch.arange(num_atoms, device=device) * (num_atoms + 1)])
+    frontier_source, frontier_target = bond_source, bond_target
+    sources, targets, hops = [], [], []
+    for hop in range(2, max_hops + 1):
+        counts = degree[frontier_target]
+        walk = torch.repeat_interleave(torch.arange(frontier_target.numel(), device=device),
+                                       counts)
+        offsets = torch.cumsum(counts, 0) - counts
+        step = torch.arange(walk.numel(), device=device) - offsets[walk]
+        next_source = frontier_source[walk]
+        next_target = bond_target[row_start[frontier_target[walk]] + step]
+        pair_id = torch.unique(next_source * num_atoms + next_target)
+        pair_id = pair_id[~torch.isin(pair_id, reached)]
+        frontier_source, frontier_target = pair_id // num_atoms, pair_id % num_atoms
+        reached = torch.cat([reached, pair_id])
+        sources.append(frontier_source)
+        targets.append(frontier_target)
+        hops.append(torch.full_like(frontier_source, hop))
+    return torch.cat(sources), torch.cat(targets), torch.cat(hops)
