@@ -166,21 +166,34 @@ def moses_candidates(path: Path, excluded: set[str], **limits) -> tuple[list[str
                 continue
             counts["read"] += 1
             mol = Chem.MolFromSmiles(smiles)
-            reason = "unparsable" if mol is None else rejection(mol, **limits)
-            if reason:
-                counts[reason] += 1
+            if mol is None:
+                counts["unparsable"] += 1
                 continue
-            key = Chem.MolToInchiKey(mol).split("-")[0]
-            if not key or key in excluded:
-                counts["excluded"] += 1
-                continue
-            if key in seen:
-                counts["duplicate"] += 1
-                continue
-            seen.add(key)
-            candidates.append(Chem.MolToSmiles(mol))
+            kept = admit(mol, excluded, seen, counts, limits)
+            if kept:
+                candidates.append(kept)
     counts["candidates"] = len(candidates)
     return candidates, counts
+
+
+def admit(mol: Chem.Mol, excluded: set[str], seen: set[str], counts: collections.Counter,
+          limits: dict) -> str | None:
+    """Canonical SMILES of ``mol`` if it passes ``rejection(mol, **limits)`` and its InChIKey
+    skeleton is neither in ``excluded`` nor in ``seen`` (then added to it); else None, with
+    the reason counted in ``counts``."""
+    reason = rejection(mol, **limits)
+    if reason:
+        counts[reason] += 1
+        return None
+    key = Chem.MolToInchiKey(mol).split("-")[0]
+    if not key or key in excluded:
+        counts["excluded"] += 1
+        return None
+    if key in seen:
+        counts["duplicate"] += 1
+        return None
+    seen.add(key)
+    return Chem.MolToSmiles(mol)
 
 
 def largest_fragment(mol: Chem.Mol) -> Chem.Mol:
@@ -206,19 +219,9 @@ def chembl_candidates(paths: list[Path], excluded: set[str], **limits) -> tuple[
             if len(Chem.GetMolFrags(mol)) > 1:
                 counts["salt or mixture: largest fragment taken"] += 1
                 mol = largest_fragment(mol)
-            reason = rejection(mol, **limits)
-            if reason:
-                counts[reason] += 1
-                continue
-            key = Chem.MolToInchiKey(mol).split("-")[0]
-            if not key or key in excluded:
-                counts["excluded"] += 1
-                continue
-            if key in seen:
-                counts["duplicate"] += 1
-                continue
-            seen.add(key)
-            candidates.append(Chem.MolToSmiles(mol))
+            kept = admit(mol, excluded, seen, counts, limits)
+            if kept:
+                candidates.append(kept)
     counts["kept"] = len(candidates)
     return candidates, counts
 

@@ -1,20 +1,15 @@
 """scripts/coverage_by_size.py: per-molecule scores binned by heavy atoms and rotatable bonds."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "coverage_by_size.py"
+from tests.scripts_import import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("coverage_by_size", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("coverage_by_size")
 
 
 def test_scores_land_in_their_size_and_flexibility_bins(tmp_path, capsys):

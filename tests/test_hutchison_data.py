@@ -31,12 +31,9 @@ def test_dlpno_energies_are_relative_to_each_molecules_minimum():
 
 
 def test_fix_script_is_idempotent_on_the_shipped_file():
-    import importlib.util
+    from tests.scripts_import import load_script
 
-    spec = importlib.util.spec_from_file_location(
-        "fix", HUTCHISON.parent.parent / "scripts" / "fix_hutchison_energies.py")
-    fix = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fix)
+    fix = load_script("fix_hutchison_energies")
     data = gzip.open(HUTCHISON / "hutchison_conformers.sdf.gz", "rb").read()
     assert fix.relative_energies(data) == data
     # a raw (offset) file is made relative, touching only the value lines

@@ -1,18 +1,12 @@
 """scripts/select_training_smiles.py: the filters that keep benchmark molecules out of training."""
 
-import importlib.util
-from pathlib import Path
-
 from rdkit import Chem
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "select_training_smiles.py"
+from tests.scripts_import import SCRIPTS, load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("select_training_smiles", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("select_training_smiles")
 
 
 def _skeleton(smiles):
@@ -44,7 +38,7 @@ def test_shipped_training_lists_hold_no_benchmark_or_validation_skeleton():
     Hutchison molecule (excluded_inchikeys.txt) or a validation molecule, and the lists do not
     repeat each other."""
     select = _script()
-    root = SCRIPT.parent.parent / "data"
+    root = SCRIPTS.parent / "data"
     excluded = {k.split("-")[0] for k in
                 (root / "train_smiles" / "excluded_inchikeys.txt").read_text().split()}
     validation = (select.first_blocks(root / "validation" / "val_druglike.smi")
