@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                              "_Name for the title line)")
     parser.add_argument("--label", action="append", default=[],
                         help="column label per results file, in order (default: the file path)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # --label A r1 --label B r2
     if args.label and len(args.label) != len(args.results):
         parser.error(f"{len(args.label)} --label for {len(args.results)} results files")
     sizes = reference_sizes(args.references, args.ref_key)

@@ -29,11 +29,13 @@ def test_scores_land_in_their_size_and_flexibility_bins(tmp_path, capsys):
         {"name": "floppy", "cov_r": 0.0, "mat_r": 2.0},
         {"name": "mid", "cov_r": 0.5, "mat_r": None}]}
     (tmp_path / "results.json").write_text(json.dumps(results))
-    code = _script().main([str(tmp_path / "results.json"), "--references",
-                           str(tmp_path / "refs.sdf"), "--label", "m"])
+    code = _script().main(["--label", "m", str(tmp_path / "results.json"), "--references",
+                           str(tmp_path / "refs.sdf"), "--label", "again",
+                           str(tmp_path / "results.json")])
     assert code == 0
     out = capsys.readouterr().out
-    assert "| 0-14 | 1 | 100.0 | 0.200 |" in out
+    assert "| heavy atoms | m: n | COV-R % | MAT-R A | again: n | COV-R % | MAT-R A |" in out
+    assert "| 0-14 | 1 | 100.0 | 0.200 | 1 | 100.0 | 0.200 |" in out
     assert "| 15-19 | 2 | 25.0 | 2.000 |" in out  # MAT-R over the molecule that has one
     assert "| >= 12 | 2 | 25.0 | 2.000 |" in out
     assert "| 0-1 | 1 | 100.0 | 0.200 |" in out
