@@ -290,7 +290,7 @@ class Denoiser(nn.Module):
         hop_key, radius_key = prefix + "hop_embedding.weight", prefix + "radius_embedding"
         if self.hop_embedding is not None and hop_key not in state_dict \
                 and radius_key in state_dict:
-            state_dict[hop_key] = state_dict[radius_key].detach().clone().expand(
+            state_dict[hop_key] = state_dict[radius_key].detach().expand(
                 self.hop_embedding.num_embeddings, -1).clone()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
