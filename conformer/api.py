@@ -55,7 +55,8 @@ def generate(molecules: str | Chem.Mol | Iterable[str | Chem.Mol],
              bond_check: bool = GenerateOptions.bond_check,
              energies: str | None = GenerateOptions.energies,
              prune_rms: float | None = GenerateOptions.prune_rms,
-             relax_hydrogens: bool = GenerateOptions.relax_hydrogens) -> list[Chem.Mol]:
+             relax_hydrogens: bool = GenerateOptions.relax_hydrogens,
+             mmff: bool = GenerateOptions.mmff) -> list[Chem.Mol]:
     """Conformers for each molecule: one Mol per input, in input order.
 
     molecules: SMILES strings and/or RDKit Mols (a Mol keeps its atom order, stereo tags and
@@ -80,6 +81,9 @@ def generate(molecules: str | Chem.Mol | Iterable[str | Chem.Mol],
     of one kept before them (RDKit's pruneRmsThresh). Conformers are aligned to the first.
     relax_hydrogens: for a heavy-atom-only model (trained with ``data.hydrogens=implicit``,
     whose hydrogens RDKit places), minimise those hydrogens with MMFF94, heavy atoms fixed.
+    mmff: model method, minimise every conformer with MMFF94, all atoms (as ``etkdg-mmff``
+    does to ETKDG's), before the stereo and bond checks; each Mol then carries ``mmff``
+    (``minimised``, or why not) and ``mmff_unconverged``.
 
     Each returned Mol carries its conformers (ids 0..C-1, Angstrom; hydrogens unless
     ``hydrogens=False``) and the properties the CLI writes into the SDF: ``name`` (also
@@ -105,7 +109,7 @@ def generate(molecules: str | Chem.Mol | Iterable[str | Chem.Mol],
         hydrogens=hydrogens, max_atoms=max_atoms, max_resamples=max_resamples,
         stereo_guidance=stereo_guidance, guidance=guidance or GuidanceSettings(),
         bond_check=bond_check, energies=energies, prune_rms=prune_rms,
-        relax_hydrogens=relax_hydrogens, progress=False)
+        relax_hydrogens=relax_hydrogens, mmff=mmff, progress=False)
     generator = MoleculeGenerator(options, loaded, device_option="device")
     return [result.as_mol() for result in generator.run(lines)]
 

@@ -255,6 +255,47 @@ def test_api_generates_through_the_same_path(heavy_model):
     assert np.abs(moved).max() > 1e-3
 
 
+def test_mmff_polish_minimises_what_the_model_drew_and_keeps_the_stereo(heavy_model, tmp_path):
+    import json
+
+    from rdkit.Chem import rdForceFieldHelpers
+
+    import conformer
+
+    smiles = "C[C@H](N)C(=O)O"
+    (raw,) = conformer.generate([smiles], num_confs=3, model=str(heavy_model), device="cpu",
+                                bond_check=False, seed=3)
+    (polished,) = conformer.generate([smiles], num_confs=3, model=str(heavy_model),
+                                     device="cpu", bond_check=False, seed=3, mmff=True)
+    assert polished.GetProp("mmff") == "minimised"
+    assert polished.GetIntProp("mmff_unconverged") == 0
+    assert polished.GetNumConformers() == 3
+    properties = rdForceFieldHelpers.MMFFGetMoleculeProperties(polished)
+    for conf_id in range(3):
+        raw_field = rdForceFieldHelpers.MMFFGetMoleculeForceField(raw, properties, confId=conf_id)
+        field = rdForceFieldHelpers.MMFFGetMoleculeForceField(polished, properties,
+                                                              confId=conf_id)
+        assert field.CalcEnergy() < raw_field.CalcEnergy()
+        assert np.linalg.norm(field.CalcGrad()) < 1.0  # a minimum, kcal/mol/A
+    # the stereo check ran on the minimised conformers, and the centre is the input's
+    assert polished.GetProp("stereo_wrong_conformers") == ""
+    for conf_id in range(3):
+        copy = Chem.Mol(polished, confId=conf_id)
+        Chem.AssignStereochemistryFrom3D(copy, confId=conf_id)
+        assert Chem.MolToSmiles(Chem.RemoveHs(copy)) == Chem.MolToSmiles(
+            Chem.MolFromSmiles(smiles))
+    # the CLI: the same option, recorded in the run's settings and in every record
+    smi = tmp_path / "in.smi"
+    smi.write_text(f"{smiles} alanine\n")
+    out = tmp_path / "out.sdf"
+    assert cli.main(["generate", str(smi), "--out", str(out), "--ckpt", str(heavy_model),
+                     "--num-confs", "2", "--no-progress", "--device", "cpu", "--mmff"]) == 0
+    records = [m for m in Chem.SDMolSupplier(str(out), removeHs=False)]
+    assert len(records) == 2 and all(m.GetProp("mmff") == "minimised" for m in records)
+    settings = json.loads(out.with_suffix(".settings.json").read_text())
+    assert settings["mmff"] is True
+
+
 def test_a_hydrogen_stereo_atom_is_replaced_by_the_other_substituent():
     from conformer.diffusion.guidance import StereoTargets
 

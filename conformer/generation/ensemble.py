@@ -23,6 +23,7 @@ from conformer.generation.domain import check_domain, implausible_bonds
 from conformer.generation.inputs import InputLine, MoleculeError, prepare_molecule
 from conformer.generation.options import GenerateOptions
 from conformer.generation.output import arrange_ensemble
+from conformer.generation.relax import mmff_minimize
 from conformer.generation.sampler import (
     ConformerModel,
     ModelSampler,
@@ -145,11 +146,14 @@ class MoleculeGenerator:
             extra["input_smiles"] = line.input_smiles
         return extra
 
-    def _finish(self, line, mol, positions, resample, checker=None) -> GeneratedMolecule:
+    def _finish(self, line, mol, positions, resample, checker=None,
+                polish: MmffPolish | None = None) -> GeneratedMolecule:
         options = self.options
         checker = checker or StereoChecker(mol)
         result = correct_ensemble(checker, positions, resample, options.max_resamples)
         extra = self._extra(line)
+        if polish is not None:
+            extra.update(polish.properties())
         keep = ~implausible_bonds(mol, result.positions) if options.bond_check else \
             np.ones(len(result.positions), dtype=bool)
         rejected = int((~keep).sum())
@@ -204,8 +208,14 @@ class MoleculeGenerator:
             draw = sampler.molecule_draws(mol, generator, targets, options.guidance)
         except MoleculeError as error:
             return GeneratedMolecule(line, failure=str(error), extra=self._extra(line))
+        polish = None
+        if options.mmff:
+            # before the stereo and bond checks, so they judge the conformers as written;
+            # resampled conformers go through it too
+            polish = MmffPolish(mol, draw, threads=max(1, options.workers))
+            draw = polish
         positions = draw(options.conformer_count(line))
-        return self._finish(line, mol, positions, draw, checker)
+        return self._finish(line, mol, positions, draw, checker, polish)
 
     def _rdkit_molecules(self, lines: Sequence[InputLine]) -> Iterator[GeneratedMolecule]:
         options = self.options
@@ -224,6 +234,36 @@ class MoleculeGenerator:
                 # ETKDG enforces stereo; the check still runs so the rates are measured, and
                 # no resampling is needed beyond the reflection rule
                 yield self._finish(line, mol, positions, None)
+
+
+class MmffPolish:
+    """``draw`` followed by MMFF94 minimisation (``conformer.generation.relax``): called with
+    a count like ``draw``, returns [count, N, 3] Angstrom, centred. Counts what it did for the
+    SDF properties; a molecule MMFF94 has no parameters for keeps its samples as drawn."""
+
+    def __init__(self, mol: Chem.Mol, draw, threads: int = 1):
+        self.mol, self.draw, self.threads = mol, draw, threads
+        self.parameterised = True
+        self.unconverged = 0
+
+    def __call__(self, count: int) -> np.ndarray:
+        positions = self.draw(count)
+        if not self.parameterised:
+            return positions
+        outcome = mmff_minimize(self.mol, positions, num_threads=self.threads)
+        if outcome is None:
+            self.parameterised = False
+            return positions
+        minimised, unconverged = outcome
+        self.unconverged += unconverged
+        return minimised - minimised.mean(axis=1, keepdims=True)
+
+    def properties(self) -> dict:
+        """``mmff``: ``minimised`` or why not; ``mmff_unconverged``: conformers stopped at
+        the iteration cap (also counting resampled ones)."""
+        if not self.parameterised:
+            return {"mmff": "not minimised: MMFF94 has no parameters for this molecule"}
+        return {"mmff": "minimised", "mmff_unconverged": self.unconverged}
 
 
 def _quiet_rdkit() -> None:

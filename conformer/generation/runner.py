@@ -122,6 +122,8 @@ def run_settings(options: GenerateOptions) -> dict:
                          "guidance": dataclasses.asdict(options.guidance)})
         if options.relax_hydrogens:  # only when on: older settings files stay comparable
             settings["relax_hydrogens"] = True
+        if options.mmff:  # likewise
+            settings["mmff"] = True
     return settings
 
 
