@@ -69,7 +69,10 @@ def run_once(args, subset: Path, out: Path, label: str, guidance: bool) -> dict:
         stale.unlink(missing_ok=True)
     summary = generate_file(subset, sdf, GenerateOptions(
         method=args.method, ckpt=args.ckpt, num_confs=args.num_confs, steps=args.steps,
-        seed=1, stereo_guidance=guidance, progress=False))
+        seed=1, stereo_guidance=guidance, progress=False, mmff=args.mmff,
+        # generate sets torch's threads from workers (before session 10 --threads was
+        # overridden to one thread there)
+        workers=args.threads))
     result = {"generate": summary.as_dict(), **score(sdf)}
     print(f"== {label}")
     print(summary.text())
@@ -99,6 +102,9 @@ def main() -> None:
     parser.add_argument("--guidance", choices=["both", "on", "off"], default="both",
                         help="model: run without and with stereo guidance (both, default), or "
                         "one of them")
+    parser.add_argument("--no-mmff", dest="mmff", action="store_false",
+                        help="model: score the samples as drawn, without generate's MMFF94 "
+                             "polish (with it, bonds are MMFF94's own by construction)")
     parser.add_argument("--out", default="runs/quality", help="output folder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validation-name", default="",
                         help="name of that validation set: its samples, scores, rows and table "
                              "go to OUT/scored/NAME/, trained models are reused")
+    parser.add_argument("--mmff", action="store_true",
+                        help="score each arm's conformers after MMFF94 minimisation (generate's "
+                             "default since session 10) instead of as drawn; use a "
+                             "--validation-name of its own, the rows are not comparable")
     parser.add_argument("--table-only", action="store_true",
                         help="only rewrite out/table.md from the finished arms")
     args = parser.parse_args(argv)
@@ -52,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                                     budget_cpu_minutes=args.budget_minutes,
                                     val_molecules=args.val_molecules, threads=args.threads,
                                     validation_dir=args.validation_dir,
-                                    validation_name=args.validation_name)
+                                    validation_name=args.validation_name, mmff=args.mmff)
         arms = read_arms(args.arms)
         if not args.table_only:
             for arm in select(arms, args.only):

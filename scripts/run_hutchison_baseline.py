@@ -103,7 +103,10 @@ def _generate_with_model(groups: dict, names: list[str], args, generated: Path) 
         for name in names:
             writer.writerow([Chem.MolToSmiles(groups[name][0]), name, len(groups[name])])
     summary = generate_file(inputs, generated, GenerateOptions(
-        method="model", ckpt=args.ckpt, ratio=2.0, seed=args.seed, progress=True))
+        method="model", ckpt=args.ckpt, ratio=2.0, seed=args.seed, progress=True,
+        # generate sets torch's threads from workers: without this --threads had no effect
+        # (runs before session 10 used one thread whatever --threads said)
+        workers=args.threads))
     print(summary.text())
 
 

@@ -241,13 +241,14 @@ def test_api_generates_through_the_same_path(heavy_model):
     import conformer
 
     (mol,) = conformer.generate(["CC(C)O"], num_confs=2, model=str(heavy_model),
-                                device="cpu", bond_check=False)
+                                device="cpu", bond_check=False, mmff=False)
     assert mol.GetNumConformers() == 2 and mol.GetNumAtoms() == 12
     (bare,) = conformer.generate(["CC(C)O"], num_confs=2, model=str(heavy_model),
-                                 device="cpu", bond_check=False, hydrogens=False)
+                                 device="cpu", bond_check=False, hydrogens=False, mmff=False)
     assert bare.GetNumAtoms() == 4
     (relaxed,) = conformer.generate(["CC(C)O"], num_confs=2, model=str(heavy_model),
-                                    device="cpu", bond_check=False, relax_hydrogens=True)
+                                    device="cpu", bond_check=False, relax_hydrogens=True,
+                                    mmff=False)
     heavy = [a.GetIdx() for a in mol.GetAtoms() if a.GetAtomicNum() > 1]
     moved = relaxed.GetConformer(0).GetPositions() - mol.GetConformer(0).GetPositions()
     # same heavy atoms (same seed), hydrogens moved by the H-only minimisation
@@ -264,9 +265,10 @@ def test_mmff_polish_minimises_what_the_model_drew_and_keeps_the_stereo(heavy_mo
 
     smiles = "C[C@H](N)C(=O)O"
     (raw,) = conformer.generate([smiles], num_confs=3, model=str(heavy_model), device="cpu",
-                                bond_check=False, seed=3)
+                                bond_check=False, seed=3, mmff=False)
+    assert not raw.HasProp("mmff")
     (polished,) = conformer.generate([smiles], num_confs=3, model=str(heavy_model),
-                                     device="cpu", bond_check=False, seed=3, mmff=True)
+                                     device="cpu", bond_check=False, seed=3)  # on by default
     assert polished.GetProp("mmff") == "minimised"
     assert polished.GetIntProp("mmff_unconverged") == 0
     assert polished.GetNumConformers() == 3
@@ -289,11 +291,23 @@ def test_mmff_polish_minimises_what_the_model_drew_and_keeps_the_stereo(heavy_mo
     smi.write_text(f"{smiles} alanine\n")
     out = tmp_path / "out.sdf"
     assert cli.main(["generate", str(smi), "--out", str(out), "--ckpt", str(heavy_model),
-                     "--num-confs", "2", "--no-progress", "--device", "cpu", "--mmff"]) == 0
+                     "--num-confs", "2", "--no-progress", "--device", "cpu"]) == 0
     records = [m for m in Chem.SDMolSupplier(str(out), removeHs=False)]
     assert len(records) == 2 and all(m.GetProp("mmff") == "minimised" for m in records)
     settings = json.loads(out.with_suffix(".settings.json").read_text())
     assert settings["mmff"] is True
+    # --no-mmff: the samples as drawn, and a settings file like those written before the polish
+    raw_out = tmp_path / "raw.sdf"
+    assert cli.main(["generate", str(smi), "--out", str(raw_out), "--ckpt", str(heavy_model),
+                     "--num-confs", "2", "--no-progress", "--device", "cpu", "--no-mmff",
+                     "--no-bond-check"]) == 0  # a 3-step model's raw bonds fail the check
+    assert not any(m.HasProp("mmff") for m in Chem.SDMolSupplier(str(raw_out), removeHs=False))
+    assert "mmff" not in json.loads(raw_out.with_suffix(".settings.json").read_text())
+    # the RDKit methods ignore it: etkdg-mmff is the polished baseline
+    etkdg_out = tmp_path / "etkdg.sdf"
+    assert cli.main(["generate", str(smi), "--out", str(etkdg_out), "--method", "etkdg",
+                     "--num-confs", "2", "--no-progress"]) == 0
+    assert not any(m.HasProp("mmff") for m in Chem.SDMolSupplier(str(etkdg_out)))
 
 
 def test_a_hydrogen_stereo_atom_is_replaced_by_the_other_substituent():

@@ -1,12 +1,9 @@
 """MMFF94 polish of sampled conformers (conformer/generation/relax.py)."""
 
 import numpy as np
-import pytest
 from rdkit import Chem
 from rdkit.Chem import AllChem, rdForceFieldHelpers
 
-from conformer.errors import UserInputError
-from conformer.generation import GenerateOptions
 from conformer.generation.relax import mmff_minimize
 
 
@@ -61,8 +58,3 @@ def test_a_molecule_without_mmff_parameters_is_left_to_the_caller():
     mol = _embedded("OB(O)c1ccccc1", count=1)  # MMFF94 does not type boron
     assert not rdForceFieldHelpers.MMFFHasAllMoleculeParams(mol)
     assert mmff_minimize(mol, np.stack([mol.GetConformer().GetPositions()])) is None
-
-
-def test_mmff_polish_is_for_the_model_method_only():
-    with pytest.raises(UserInputError, match="--mmff: only for --method model"):
-        GenerateOptions(method="etkdg", mmff=True)

@@ -68,6 +68,9 @@ class AblationSettings:
     generated conformers, evaluations, rows and table of this set go to
     ``out/scored/<validation_name>/`` and the trained models (``out/runs``, ``out/models``)
     are reused: one training, scored on several sets.
+    mmff: score the conformers after MMFF94 minimisation (``conformer generate``'s polish)
+    instead of as drawn (the rows of ``docs/results/recipe_ablation.md`` before session 10
+    are as drawn).
     """
 
     out: str
@@ -82,6 +85,7 @@ class AblationSettings:
     seed: int = 0
     validation_dir: str | None = None
     validation_name: str = ""
+    mmff: bool = False
 
     @property
     def score_dir(self) -> Path:
@@ -311,7 +315,7 @@ def evaluate_arm(arm: Arm, settings: AblationSettings, model_path: str) -> dict:
     # reject implausible conformers and resample them, hiding part of the difference)
     summary = generate_file(molecules, sdf, GenerateOptions(
         ckpt=model_path, ratio=settings.ratio, seed=settings.seed, device="cpu",
-        workers=1, progress=False, bond_check=False)).as_dict()
+        workers=1, progress=False, bond_check=False, mmff=settings.mmff)).as_dict()
     generation_seconds = time.perf_counter() - started
     document = evaluate(sdf, load_references(references, ref_key="molecule"),
                         out / "eval" / arm.name,

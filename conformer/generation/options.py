@@ -72,10 +72,12 @@ class GenerateOptions:
                     "other models)")
     # see conformer/generation/relax.py
     mmff: bool = option(
-        False, help="model method: minimise every conformer with MMFF94, all atoms (at most "
-                    "2,000 iterations, as --method etkdg-mmff does), before the stereo and "
-                    "bond checks; a molecule MMFF94 cannot type keeps its conformers as "
-                    "sampled. Recorded per record as mmff and mmff_unconverged")
+        True, negatable=True,
+        help="model method: minimise every conformer with MMFF94, all atoms (at most 2,000 "
+             "iterations, as --method etkdg-mmff does), before the stereo and bond checks; "
+             "--no-mmff writes the model's samples as drawn. A molecule MMFF94 cannot type "
+             "keeps its samples as drawn. Recorded per record as mmff and mmff_unconverged. "
+             "The RDKit methods ignore it (etkdg-mmff is ETKDG with this polish)")
     energies: str | None = option(
         None, choices=["mmff"],
         help="mmff: write each conformer's MMFF94 energy (kcal/mol, single point of the "
@@ -108,9 +110,6 @@ class GenerateOptions:
         if self.prune_rms is not None and not self.prune_rms > 0:
             raise UserInputError(f"--prune-rms {self.prune_rms}: must be a positive RMSD in "
                                  "Angstrom")
-        if self.mmff and self.method != "model":
-            raise UserInputError(f"--mmff: only for --method model (use --method etkdg-mmff "
-                                 f"for ETKDG; method is {self.method})")
         if self.steps is not None and self.steps < 1:
             raise UserInputError(f"--steps {self.steps}: must be at least 1")
 

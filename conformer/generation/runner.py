@@ -122,7 +122,7 @@ def run_settings(options: GenerateOptions) -> dict:
                          "guidance": dataclasses.asdict(options.guidance)})
         if options.relax_hydrogens:  # only when on: older settings files stay comparable
             settings["relax_hydrogens"] = True
-        if options.mmff:  # likewise
+        if options.mmff:  # on by default since session 10: files written before had no polish
             settings["mmff"] = True
     return settings
 
