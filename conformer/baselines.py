@@ -6,6 +6,8 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 
 METHODS = ("etkdg", "etkdg-mmff")
+# also the cap of the model's MMFF94 polish (conformer.generation.relax), so the two compare
+MMFF_MAX_ITERATIONS = 2000
 DEFAULT_SEED = 20_231  # non-zero: in RDKit 2026.09 randomSeed=0 makes every conformer identical
 
 
@@ -15,7 +17,7 @@ class BaselineError(ValueError):
 
 def generate_rdkit(mol: Chem.Mol, num_confs: int, method: str = "etkdg",
                    seed: int = DEFAULT_SEED, num_threads: int = 1,
-                   mmff_max_iters: int = 2000) -> Chem.Mol:
+                   mmff_max_iters: int = MMFF_MAX_ITERATIONS) -> Chem.Mol:
     """Embed ``num_confs`` conformers of ``mol`` with ETKDGv3 (and MMFF94 for ``etkdg-mmff``).
 
     mol: an RDKit molecule; hydrogens are added (explicit H in the result, coordinates in

@@ -13,7 +13,7 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem import rdForceFieldHelpers
 
-MMFF_MAX_ITERATIONS = 2000  # as conformer.baselines.generate_rdkit's etkdg-mmff
+from conformer.baselines import MMFF_MAX_ITERATIONS
 
 
 def mmff_minimize(mol: Chem.Mol, positions: np.ndarray,
