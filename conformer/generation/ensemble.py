@@ -9,7 +9,9 @@ cannot be generated comes back with its reason instead: nothing is dropped.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 
@@ -131,12 +133,32 @@ class MoleculeGenerator:
             resolve_device(options.device, device_option)  # a bad setting is an error anyway
 
     def run(self, lines: Sequence[InputLine]) -> Iterator[GeneratedMolecule]:
-        """One GeneratedMolecule per line, in order."""
-        if self.sampler is not None:
-            for line in lines:
-                yield self._model_molecule(line)
-        else:
+        """One GeneratedMolecule per line, in order.
+
+        Model method with the MMFF94 polish and ``workers`` >= 2: a pipeline of two threads.
+        This thread samples molecule k + 1 while a second one polishes and checks molecule k
+        (RDKit's minimiser releases the GIL); ``model_threads`` splits the cores between them.
+        Each molecule draws from its own generator in the same order either way, so the
+        output is the same as one molecule after the other.
+        """
+        if self.sampler is None:
             yield from self._rdkit_molecules(lines)
+            return
+        if not (self.options.mmff and model_threads(self.options.workers)[1]):
+            for line in lines:
+                yield self._finish_model(*self._draw_model(line))
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conformer-polish")
+        pending = deque()
+        try:
+            for line in lines:
+                pending.append(pool.submit(self._finish_model, *self._draw_model(line)))
+                while len(pending) > 1:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _extra(self, line: InputLine) -> dict:
         extra = {"method": self.options.method}
@@ -195,7 +217,10 @@ class MoleculeGenerator:
         return GeneratedMolecule(line, ensemble, extra=extra, tally=result.tally,
                                  rejected=rejected)
 
-    def _model_molecule(self, line: InputLine) -> GeneratedMolecule:
+    def _draw_model(self, line: InputLine):
+        """The network's part of a molecule: (line, mol, first draw [C, N, 3] as drawn,
+        draw, checker, polish), or (line, failure GeneratedMolecule, ...) when it cannot be
+        sampled."""
         options, sampler = self.options, self.sampler
         generator = torch.Generator().manual_seed(molecule_seed(options.seed, line.line_number))
         try:
@@ -207,15 +232,21 @@ class MoleculeGenerator:
             # are placed by RDKit), so the stereo check and correction below see every atom
             draw = sampler.molecule_draws(mol, generator, targets, options.guidance)
         except MoleculeError as error:
-            return GeneratedMolecule(line, failure=str(error), extra=self._extra(line))
+            failed = GeneratedMolecule(line, failure=str(error), extra=self._extra(line))
+            return line, failed, None, None, None, None
         polish = None
         if options.mmff:
             # before the stereo and bond checks, so they judge the conformers as written;
             # resampled conformers go through it too
-            polish = MmffPolish(mol, draw, threads=max(1, options.workers))
-            draw = polish
-        positions = draw(options.conformer_count(line))
-        return self._finish(line, mol, positions, draw, checker, polish)
+            polish = MmffPolish(mol, draw, threads=model_threads(options.workers)[2])
+        return line, mol, draw(options.conformer_count(line)), draw, checker, polish
+
+    def _finish_model(self, line, mol, drawn, draw, checker, polish) -> GeneratedMolecule:
+        if isinstance(mol, GeneratedMolecule):  # failed before sampling
+            return mol
+        if polish is None:
+            return self._finish(line, mol, drawn, draw, checker)
+        return self._finish(line, mol, polish.minimise(drawn), polish, checker, polish)
 
     def _rdkit_molecules(self, lines: Sequence[InputLine]) -> Iterator[GeneratedMolecule]:
         options = self.options
@@ -247,7 +278,10 @@ class MmffPolish:
         self.unconverged = 0
 
     def __call__(self, count: int) -> np.ndarray:
-        positions = self.draw(count)
+        return self.minimise(self.draw(count))
+
+    def minimise(self, positions: np.ndarray) -> np.ndarray:
+        """``positions`` [C, N, 3] (as drawn) minimised and centred."""
         if not self.parameterised:
             return positions
         outcome = mmff_minimize(self.mol, positions, num_threads=self.threads)
@@ -264,6 +298,17 @@ class MmffPolish:
         if not self.parameterised:
             return {"mmff": "not minimised: MMFF94 has no parameters for this molecule"}
         return {"mmff": "minimised", "mmff_unconverged": self.unconverged}
+
+
+def model_threads(workers: int | None) -> tuple[int, int, int]:
+    """How the model method spends ``workers`` CPU threads: (torch threads for sampling,
+    polish pipeline threads (0: none, the polish runs in line), MMFF94 threads per polish).
+    One thread: everything in line. More: the polish runs beside the sampler (see
+    ``MoleculeGenerator.run``) and each gets half, the sampler the larger half."""
+    workers = max(1, int(workers or 1))
+    if workers == 1:
+        return 1, 0, 1
+    return workers - workers // 2, 1, workers // 2
 
 
 def _quiet_rdkit() -> None:

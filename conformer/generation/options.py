@@ -45,8 +45,9 @@ class GenerateOptions:
     seed: int = option(0, help="random seed (per molecule: seed and input line)")
     hydrogens: bool = option(True, flag="--no-hydrogens",
                              help="write heavy atoms only (generation always uses hydrogens)")
-    workers: int = option(1, help="RDKit methods: worker processes; model: CPU threads for "
-                                  "torch")
+    workers: int = option(1, help="RDKit methods: worker processes; model: CPU threads (from "
+                                  "2 on, with the MMFF94 polish, half of them polish one "
+                                  "molecule while the rest sample the next)")
     max_atoms: int = option(400, help="molecules with more atoms (hydrogens included) go to the "
                                       "failures file")
     max_resamples: int = option(3, help="rounds of resampling for conformers with wrong stereo "

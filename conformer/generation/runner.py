@@ -250,7 +250,11 @@ def generate_file(input_path: str | Path, out: str | Path,
     lines = list(read_inputs(input_path))
     start = time.perf_counter()  # the model's loading counts, as it always has
     if options.method == "model" and options.workers and options.workers > 0:
-        torch.set_num_threads(options.workers)
+        from conformer.generation.ensemble import model_threads
+
+        # with the MMFF94 polish, part of the threads polish beside the sampler
+        torch.set_num_threads(model_threads(options.workers)[0] if options.mmff
+                              else options.workers)
     generator = MoleculeGenerator(options)
     check_output_path(out)
     _start_or_resume(out, options, overwrite)
