@@ -109,7 +109,7 @@ def generate(molecules: str | Chem.Mol | Iterable[str | Chem.Mol],
         hydrogens=hydrogens, max_atoms=max_atoms, max_resamples=max_resamples,
         stereo_guidance=stereo_guidance, guidance=guidance or GuidanceSettings(),
         bond_check=bond_check, energies=energies, prune_rms=prune_rms,
-        relax_hydrogens=relax_hydrogens, mmff=mmff, progress=False)
+        relax_hydrogens=relax_hydrogens, mmff=mmff, workers=1, progress=False)
     generator = MoleculeGenerator(options, loaded, device_option="device")
     return [result.as_mol() for result in generator.run(lines)]
 

@@ -209,26 +209,58 @@ def bundled_model():
     return Path(conformer.__file__).parent / "assets" / "model.pt"
 
 
-def test_polish_pipeline_writes_what_one_thread_writes(tmp_path, bundled_model):
-    """--workers 2 with the MMFF94 polish samples molecule k + 1 while another thread polishes
-    molecule k; the file (failure lines and stereo resampling included) is the same byte for
-    byte as the in-line run's, since both sample on one torch thread."""
+@pytest.mark.parametrize("parallelism", ["processes", "threads"])
+def test_parallel_model_runs_write_what_one_thread_writes(tmp_path, bundled_model, parallelism):
+    """--workers 2: worker processes (each whole molecules on one thread), or one process
+    that samples molecule k + 1 while a second thread polishes molecule k. Either way the
+    file (failure lines and stereo resampling included) is the in-line run's: the same
+    records and properties, coordinates equal up to float32 rounding (a worker process's
+    matrix kernels may sum in another order)."""
     from conformer.generation.ensemble import model_threads
 
-    assert model_threads(1) == (1, 0, 1) and model_threads(2) == (1, 1, 1)
-    assert model_threads(16) == (8, 1, 8)
+    assert model_threads(2, "threads") == (1, 1) and model_threads(16, "threads") == (8, 8)
+    assert model_threads(4, "processes") == (1, 1) and model_threads(3, "inline") == (3, 3)
     smi = tmp_path / "in.smi"
     smi.write_text("C[C@H](N)C(=O)O alanine\nnot_a_smiles broken\nF/C=C/Cl ez\n"
                    "CC(=O)Nc1ccc(O)cc1 paracetamol\n")
-    texts = []
+    runs = []
     try:
         for workers in (1, 2):
             out = tmp_path / f"w{workers}.sdf"
-            summary = generate_file(smi, out, GenerateOptions(num_confs=3, workers=workers,
-                                                              progress=False))
+            summary = generate_file(smi, out, GenerateOptions(
+                num_confs=3, workers=workers, model_parallelism=parallelism, progress=False))
             assert summary.molecules == 3 and summary.failures == 1
-            texts.append((out.read_text(), (tmp_path / f"w{workers}.failures.csv").read_text()))
+            records = list(Chem.SDMolSupplier(str(out), removeHs=False))
+            runs.append(([m.GetPropsAsDict() for m in records],
+                         [m.GetConformer().GetPositions() for m in records],
+                         (tmp_path / f"w{workers}.failures.csv").read_text()))
     finally:
         torch.set_num_threads(1)
-    assert "mmff>\nminimised" in texts[0][0].replace("\r", "")
-    assert texts[0] == texts[1]
+    (props_1, positions_1, failures_1), (props_2, positions_2, failures_2) = runs
+    assert len(props_1) == 9 and props_1[0]["mmff"] == "minimised"
+    assert props_1 == props_2 and failures_1 == failures_2
+    for a, b in zip(positions_1, positions_2, strict=True):
+        assert np.abs(a - b).max() < 1e-3
+
+
+def test_parallel_mode_follows_the_device_and_the_settings():
+    from types import SimpleNamespace
+
+    from conformer.errors import UserInputError
+    from conformer.generation.ensemble import MoleculeGenerator
+
+    def mode(device, count=5, **settings):
+        generator = MoleculeGenerator.__new__(MoleculeGenerator)
+        generator.options = GenerateOptions(**settings)
+        generator.sampler = SimpleNamespace(device=torch.device(device))
+        return generator.parallel_mode(count)
+
+    assert mode("cpu", workers=1) == "inline" and mode("cpu", count=1, workers=4) == "inline"
+    assert mode("cpu", workers=2) == "processes" and mode("cuda", workers=2) == "threads"
+    assert mode("cpu", workers=2, model_parallelism="threads") == "threads"
+    assert mode("cuda", workers=2, mmff=False) == "inline"  # nothing to put beside the GPU
+    with pytest.raises(UserInputError, match="worker processes are for the CPU"):
+        mode("cuda", workers=2, model_parallelism="processes")
+    with pytest.raises(UserInputError, match="--workers 0"):
+        GenerateOptions(workers=0)
+    assert GenerateOptions().cores >= 1 and GenerateOptions(workers=3).cores == 3

@@ -326,8 +326,9 @@ def test_conformers_with_implausible_bonds_are_counted_and_never_written(tmp_pat
     smi = tmp_path / "in.smi"
     smi.write_text("CCO a\nC[H] b\n")
     out = tmp_path / "out.sdf"
+    # one worker: the patched sampler lives in this process only
     assert cli.main(["generate", str(smi), "--out", str(out), "--method", "etkdg",
-                     "--num-confs", "3", "--no-progress", "--summary"]) == 0
+                     "--num-confs", "3", "--no-progress", "--summary", "--workers", "1"]) == 0
     text = capsys.readouterr().out
     groups = read_conformer_groups(out)
     assert len(groups["a"]) == 2 and groups["a"][0].GetProp("n_conformers") == "2"

@@ -121,6 +121,7 @@ class MoleculeGenerator:
                  device_option: str = "--device"):
         self.options = options
         self.sampler: ModelSampler | None = None
+        self.polish_threads = 1  # MMFF94 threads per polish; set by parallel_mode's split
         if options.method == "model":
             if model is None:
                 model = ConformerModel.load(options.ckpt, options.device, device_option)
@@ -135,19 +136,59 @@ class MoleculeGenerator:
     def run(self, lines: Sequence[InputLine]) -> Iterator[GeneratedMolecule]:
         """One GeneratedMolecule per line, in order.
 
-        Model method with the MMFF94 polish and ``workers`` >= 2: a pipeline of two threads.
-        This thread samples molecule k + 1 while a second one polishes and checks molecule k
-        (RDKit's minimiser releases the GIL); ``model_threads`` splits the cores between them.
-        Each molecule draws from its own generator in the same order either way, so the
-        output is the same as one molecule after the other.
+        Model method with ``workers`` >= 2 (see ``model_parallelism``):
+        - processes: ``workers`` processes take whole molecules (sample, polish, check), each
+          on one torch thread; they start from this process's loaded model (forked where the
+          platform can, else each loads it again);
+        - threads: this thread samples molecule k + 1 while a second one polishes and checks
+          molecule k (RDKit's minimiser releases the GIL); ``model_threads`` splits the cores.
+        Each molecule draws from its own generator, in the same order whatever the mode, so
+        the output is that of one molecule after the other on one thread (threads: byte for
+        byte; processes: up to float32 rounding, as a worker's matrix kernels may sum in
+        another order).
         """
         if self.sampler is None:
             yield from self._rdkit_molecules(lines)
             return
-        if not (self.options.mmff and model_threads(self.options.workers)[1]):
+        mode = self.parallel_mode(len(lines))
+        if mode == "processes":
+            yield from self._model_in_processes(lines)
+        elif mode == "threads":
+            yield from self._model_in_pipeline(lines)
+        else:
             for line in lines:
-                yield self._finish_model(*self._draw_model(line))
-            return
+                yield self.generate_one(line)
+
+    def parallel_mode(self, count: int = 2) -> str:
+        """``inline``, ``processes`` or ``threads``: how ``run`` spreads the model method over
+        ``options.workers`` for ``count`` molecules."""
+        options = self.options
+        if self.sampler is None or options.cores < 2 or count < 2:
+            return "inline"
+        mode = options.model_parallelism
+        if mode == "auto":
+            mode = "processes" if self.sampler.device.type == "cpu" else "threads"
+        if mode == "threads" and not options.mmff:
+            return "inline"  # nothing to put beside the sampler
+        if mode == "processes" and self.sampler.device.type != "cpu":
+            raise UserInputError(f"--model-parallelism processes: the model runs on "
+                                 f"{self.sampler.device}; worker processes are for the CPU "
+                                 "(use threads, or --device cpu)")
+        return mode
+
+    def apply_threads(self, count: int) -> str:
+        """Set this process's torch threads and the polish's MMFF94 threads for ``count``
+        molecules as ``parallel_mode`` will run them (``model_threads``); returns the mode."""
+        mode = self.parallel_mode(count)
+        torch_threads, self.polish_threads = model_threads(self.options.cores, mode)
+        torch.set_num_threads(torch_threads)
+        return mode
+
+    def generate_one(self, line: InputLine) -> GeneratedMolecule:
+        """One molecule of the model method, sampled, polished and checked here."""
+        return self._finish_model(*self._draw_model(line))
+
+    def _model_in_pipeline(self, lines):
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conformer-polish")
         pending = deque()
         try:
@@ -159,6 +200,20 @@ class MoleculeGenerator:
                 yield pending.popleft().result()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _model_in_processes(self, lines):
+        import multiprocessing
+
+        if "fork" in multiprocessing.get_all_start_methods():
+            # the workers inherit this generator and its loaded model: no second load. This
+            # process ran torch on one thread (generate_file), so no OpenMP team is forked.
+            context, initargs = "fork", (self, None)
+        else:
+            context, initargs = "spawn", (None, self.options)
+        with closing(parallel_map(_model_task, lines, self.options.cores, context=context,
+                                  ordered=True, initializer=_model_worker_start,
+                                  initargs=initargs)) as results:
+            yield from results
 
     def _extra(self, line: InputLine) -> dict:
         extra = {"method": self.options.method}
@@ -238,7 +293,7 @@ class MoleculeGenerator:
         if options.mmff:
             # before the stereo and bond checks, so they judge the conformers as written;
             # resampled conformers go through it too
-            polish = MmffPolish(mol, draw, threads=model_threads(options.workers)[2])
+            polish = MmffPolish(mol, draw, threads=self.polish_threads)
         return line, mol, draw(options.conformer_count(line)), draw, checker, polish
 
     def _finish_model(self, line, mol, drawn, draw, checker, polish) -> GeneratedMolecule:
@@ -252,7 +307,7 @@ class MoleculeGenerator:
         options = self.options
         tasks = [(line, options.conformer_count(line), options.method, options.seed,
                   options.max_atoms) for line in lines]
-        workers = options.workers if options.workers and len(tasks) > 1 else 1
+        workers = options.cores if len(tasks) > 1 else 1
         # quiet only in worker processes: a serial run keeps this process's RDKit log as it is
         initializer = _quiet_rdkit if workers > 1 else None
         with closing(parallel_map(_rdkit_task, tasks, workers, ordered=True,
@@ -300,15 +355,44 @@ class MmffPolish:
         return {"mmff": "minimised", "mmff_unconverged": self.unconverged}
 
 
-def model_threads(workers: int | None) -> tuple[int, int, int]:
-    """How the model method spends ``workers`` CPU threads: (torch threads for sampling,
-    polish pipeline threads (0: none, the polish runs in line), MMFF94 threads per polish).
-    One thread: everything in line. More: the polish runs beside the sampler (see
-    ``MoleculeGenerator.run``) and each gets half, the sampler the larger half."""
+def model_threads(workers: int | None, mode: str) -> tuple[int, int]:
+    """How the model method spends ``workers`` CPU threads in a ``parallel_mode``: (torch
+    threads of this process, MMFF94 threads per polish). Processes: one each per worker
+    (this process only hands out molecules). Threads: the sampler gets the larger half, the
+    polish beside it the rest."""
     workers = max(1, int(workers or 1))
-    if workers == 1:
-        return 1, 0, 1
-    return workers - workers // 2, 1, workers // 2
+    if mode == "processes":
+        return 1, 1
+    if mode == "threads":
+        return workers - workers // 2, max(1, workers // 2)
+    return workers, workers
+
+
+_WORKER_GENERATOR: MoleculeGenerator | None = None
+
+
+def _model_worker_start(generator: MoleculeGenerator | None,
+                        options: GenerateOptions | None) -> None:
+    """A model worker process: one torch thread, its own generator (inherited or loaded),
+    molecule properties kept when its results are pickled back."""
+    global _WORKER_GENERATOR
+    import dataclasses
+
+    torch.set_num_threads(1)
+    RDLogger.DisableLog("rdApp.*")
+    Chem.SetDefaultPickleProperties(Chem.PropertyPickleOptions.AllProps)
+    if generator is None:
+        generator = MoleculeGenerator(dataclasses.replace(options, workers=1))
+    generator.polish_threads = 1
+    _WORKER_GENERATOR = generator
+
+
+def _model_task(line: InputLine) -> GeneratedMolecule:
+    try:
+        return _WORKER_GENERATOR.generate_one(line)
+    except MoleculeError as error:
+        return GeneratedMolecule(line, failure=str(error),
+                                 extra=_WORKER_GENERATOR._extra(line))
 
 
 def _quiet_rdkit() -> None:

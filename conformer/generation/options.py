@@ -11,6 +11,16 @@ from conformer.errors import UserInputError
 from conformer.generation.inputs import InputLine
 
 METHODS = ("model", "etkdg", "etkdg-mmff")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 DEFAULT_NUM_CONFS = 10  # when neither --num-confs nor an n_conformers column gives a count
 
 
@@ -45,9 +55,19 @@ class GenerateOptions:
     seed: int = option(0, help="random seed (per molecule: seed and input line)")
     hydrogens: bool = option(True, flag="--no-hydrogens",
                              help="write heavy atoms only (generation always uses hydrogens)")
-    workers: int = option(1, help="RDKit methods: worker processes; model: CPU threads (from "
-                                  "2 on, with the MMFF94 polish, half of them polish one "
-                                  "molecule while the rest sample the next)")
+    workers: int | None = option(
+        None, help="CPU cores to use. RDKit methods: worker processes. Model: on the CPU, "
+                   "worker processes, each sampling and polishing whole molecules on one "
+                   "thread; on a GPU, threads that polish with MMFF94 while the GPU samples the "
+                   "next molecule (see --model-parallelism). The conformers do not depend on "
+                   "it (up to float rounding)",
+        default_text="every core this process may use (conformer.generate: 1)")
+    model_parallelism: str = option(
+        "auto", choices=["auto", "processes", "threads"],
+        help="model method with --workers >= 2: processes (worker processes, one thread each; "
+             "the CPU default) or threads (one process: the sampler on half the threads, "
+             "the MMFF94 polish of the previous molecule beside it on the rest; the GPU "
+             "default). auto picks by device")
     max_atoms: int = option(400, help="molecules with more atoms (hydrogens included) go to the "
                                       "failures file")
     max_resamples: int = option(3, help="rounds of resampling for conformers with wrong stereo "
@@ -111,6 +131,16 @@ class GenerateOptions:
         if self.prune_rms is not None and not self.prune_rms > 0:
             raise UserInputError(f"--prune-rms {self.prune_rms}: must be a positive RMSD in "
                                  "Angstrom")
+        if self.model_parallelism not in ("auto", "processes", "threads"):
+            raise UserInputError(f"--model-parallelism {self.model_parallelism}: choose auto, "
+                                 "processes or threads")
+        if self.workers is not None and self.workers < 1:
+            raise UserInputError(f"--workers {self.workers}: must be at least 1")
+
+    @property
+    def cores(self) -> int:
+        """``workers``, or when unset every core this process may use."""
+        return self.workers if self.workers is not None else usable_cores()
         if self.steps is not None and self.steps < 1:
             raise UserInputError(f"--steps {self.steps}: must be at least 1")
 

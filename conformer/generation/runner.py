@@ -249,13 +249,13 @@ def generate_file(input_path: str | Path, out: str | Path,
     out = Path(out)
     lines = list(read_inputs(input_path))
     start = time.perf_counter()  # the model's loading counts, as it always has
-    if options.method == "model" and options.workers and options.workers > 0:
-        from conformer.generation.ensemble import model_threads
-
-        # with the MMFF94 polish, part of the threads polish beside the sampler
-        torch.set_num_threads(model_threads(options.workers)[0] if options.mmff
-                              else options.workers)
+    if options.method == "model" and options.cores > 1:
+        # load on one thread: worker processes forked from here must not inherit an OpenMP
+        # team (apply_threads raises the count again where this process samples)
+        torch.set_num_threads(1)
     generator = MoleculeGenerator(options)
+    if options.method == "model":
+        generator.apply_threads(len(lines))
     check_output_path(out)
     _start_or_resume(out, options, overwrite)
     existed = {path: path.exists() for path in (out, failures_path(out))}
