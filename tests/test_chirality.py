@@ -185,7 +185,33 @@ def test_cip_rank_out_edges_flag_reaches_every_run_and_the_settings_hash(tmp_pat
     assert tiny.cip_rank_out_edges is False  # the documented tables' setting
     expected = dataclasses.asdict(tiny)
     del expected["cip_rank_out_edges"]
+    if not tiny.chirality_features:
+        del expected["chirality_features"]
     assert chirality.hashed_preset(tiny) == expected
+
+
+def test_chirality_features_flag_reaches_every_run_and_the_settings_hash(tmp_path, monkeypatch):
+    built = []
+    original = chirality.build_net
+
+    def recording(preset, mode, parity, seed):
+        net = original(preset, mode, parity, seed)
+        built.append((net.config.chirality_features, str(net.interactions[0].layer.irreps_in)))
+        return net
+
+    monkeypatch.setattr(chirality, "build_net", recording)
+    out = tmp_path / "features"
+    argv = ["reproduce", "chirality", "--preset", "micro", "--out", str(out), "--seeds", "1",
+            "--modes", "recm/0e"]
+    assert cli.main(argv) == 0
+    plain = json.loads((out / "results.json").read_text())["settings"]
+    assert "chirality_features" not in plain["preset"]
+    assert cli.main(argv + ["--chirality-features"]) == 0
+    assert [flag for flag, _ in built] == [False, True]  # not resumed from the plain run
+    assert built[1][1].endswith("1x0o+1x1e")  # the 0e label: a pseudoscalar, a pseudovector
+    featured = json.loads((out / "results.json").read_text())["settings"]
+    assert featured["preset"]["chirality_features"] is True
+    assert featured["settings_hash"] != plain["settings_hash"]
 
 
 @pytest.fixture(scope="module")

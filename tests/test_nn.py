@@ -555,3 +555,55 @@ def test_cip_rank_out_edges_tell_a_centres_neighbours_apart(batch):
         net.cip_rank_out_embedding.weight[1:] += 1.0  # ranks 1-4 only: centres' out-edges
         moved = (net(batch, noise) - plain)[neighbours].norm(dim=-1)
     assert float(moved.min()) > 1e-4 * scale
+
+
+def _chirality_batch():
+    # two centres (one R, one S in the same molecule), one centre with four heavy neighbours
+    return molecule_batch(("C[C@H](N)C(=O)O", "N[C@@H](C)[C@H](O)CC", "C[C@](F)(Cl)CC"))
+
+
+def test_chirality_inputs_measure_the_labelled_handedness():
+    """label x V is +-1-ish with the sign of the geometry times the label; mirroring the
+    positions flips V; the pushes sum to zero per molecule and raise label x V."""
+    from conformer.nn.denoiser import chirality_inputs
+
+    batch = _chirality_batch()
+    scalar, vectors = chirality_inputs(batch[keys.POS], batch)
+    label = batch[keys.ATOM_FEATURES][:, CIP_LABEL_COLUMN]
+    centres = (label == CIP_R) | (label == CIP_S)
+    assert int(centres.sum()) == 4
+    assert (scalar[~centres] == 0).all() and (scalar[centres].abs() > 0.2).all()
+    # embedded with the right stereo, every centre agrees with its label the same way
+    signs = torch.sign(scalar[centres]).flatten()
+    assert (signs == signs[0]).all()
+    mirrored, _ = chirality_inputs(-batch[keys.POS], batch)
+    assert torch.allclose(mirrored, -scalar)
+    assert torch.allclose(vectors.sum(0), torch.zeros(3, dtype=torch.float64), atol=1e-12)
+    step = batch[keys.POS] + 1e-3 * vectors * signs[0]
+    moved, _ = chirality_inputs(step, batch)
+    assert ((moved[centres] - scalar[centres]) * signs[0] > 0).all()
+
+
+@pytest.mark.parametrize("parity", ["0e", "0o"])
+def test_chirality_features_keep_the_label_parity_rules(parity):
+    """0o label: exactly O(3)-equivariant when the mirror flips R/S (not otherwise), so an
+    equivariant network can tell handedness. 0e label: exactly O(3)-equivariant with the label
+    kept, so it cannot. Rotations and translations: equivariant either way."""
+    batch = _chirality_batch()
+    torch.manual_seed(0)
+    net = build_denoiser("tiny", "equivariant", stereo_parity=parity, chirality_features=True,
+                         **STEREO_OVERRIDES).double()
+    noise = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64)
+    scale = float(net(batch, noise).abs().max())
+    assert scale > 1e-3
+    exact, broken = (True, False) if parity == "0o" else (False, True)
+    assert mirror_error(net, batch, flip_labels=exact) < 1e-9 * max(1.0, scale)
+    assert mirror_error(net, batch, flip_labels=broken) > 1e-4 * scale
+    fn = denoiser_fn(net, batch, noise)
+    inputs = {"pos": (batch[keys.POS], POSITION)}
+    assert max_equivariance_error(fn, inputs, "1x1o", reflections=False) < 1e-9 * max(1.0, scale)
+
+
+def test_chirality_features_need_the_ranks():
+    with pytest.raises(ValueError, match="chirality_features needs cip_rank_edges"):
+        build_denoiser("tiny", "equivariant", chirality_features=True)

@@ -108,6 +108,9 @@ class ChiralityPreset:
     # (``loss_with_volume_hinge``), the same in every run; 0 = the plain EDM loss
     volume_loss_weight: float = 0.0
     volume_loss_margin: float = 0.3
+    # DenoiserConfig.chirality_features in every run: the labelled centres' handedness in the
+    # input positions, times the label (0e/1o inputs with the label as 0o, 0o/1e with 0e)
+    chirality_features: bool = False
 
 
 PRESETS = {
@@ -142,6 +145,11 @@ class ChiralitySettings(ExperimentSettings):
         "in every run, bond edges leaving a labelled centre also embed the target's CIP rank "
         "(DenoiserConfig.cip_rank_out_edges), so what a centre sends differs per ranked "
         "neighbour; helps only with --odd-gates"))
+    chirality_features: bool = option(False, help=(
+        "in every run, layer 0 reads each labelled centre's signed volume and the directions "
+        "that raise it, times the R/S label (DenoiserConfig.chirality_features): a 0e and a 1o "
+        "input with the label as 0o, a 0o and a 1e input (usable only by a reflection-odd RECM "
+        "branch) with the label as 0e"))
     volume_loss: float | None = option(None, help=(
         "weight of an auxiliary loss in every run: mean over labelled tetrahedral centres of "
         "relu(margin - s v), v the normalised signed volume of the centre in the denoised "
@@ -332,6 +340,8 @@ def build_net(preset: ChiralityPreset, mode: str, parity: str, seed: int):
                      node_cross_products=preset.node_cross_products)
     if preset.cip_rank_out_edges:  # a denoiser_overrides entry may also set it
         overrides["cip_rank_out_edges"] = True
+    if preset.chirality_features:
+        overrides["chirality_features"] = True
     overrides.update(dict(preset.recm_overrides))
     torch.manual_seed(seed)
     return build_denoiser(preset.denoiser, mode, seed=seed, **overrides)
@@ -607,8 +617,9 @@ def hashed_preset(preset: ChiralityPreset) -> dict:
     results folders were written are left out while at their default, so such a folder still
     resumes and a run with the field set never does."""
     fields = asdict(preset)
-    if not preset.cip_rank_out_edges:
-        del fields["cip_rank_out_edges"]
+    for name in ("cip_rank_out_edges", "chirality_features"):
+        if not fields[name]:
+            del fields[name]
     return fields
 
 
@@ -643,6 +654,8 @@ def run(options: ChiralitySettings) -> int:
             raise UserInputError(f"--volume-loss {options.volume_loss}: need a finite weight "
                                  ">= 0")
         preset = dataclasses.replace(preset, volume_loss_weight=options.volume_loss)
+    if options.chirality_features:
+        preset = dataclasses.replace(preset, chirality_features=True)
     if options.odd_gates or options.node_cross_products or options.cip_rank_out_edges:
         preset = dataclasses.replace(preset, odd_gates=preset.odd_gates or options.odd_gates,
                                      node_cross_products=preset.node_cross_products

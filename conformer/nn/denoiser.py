@@ -78,7 +78,18 @@ class DenoiserConfig:
     when radius edges are few, they widen what ``num_layers`` blocks see from ``num_layers``
     bonds to ``num_layers x bond_hops``. Each hop count has its own edge type; a network
     without them (``model.init_from``) lends them its radius-edge type, so it starts as it was
-    at the data scale."""
+    at the data scale.
+    chirality_features: give layer 0 the labelled centres' handedness as it stands in the
+    input positions, with the label multiplied in (``chirality_inputs``): per R/S centre c
+    with CIP-ranked neighbours 1, 2, 3 (u_k = x_k - x_c), the signed volume
+    V = u1 . (u2 x u3) / (|u1| |u2| |u3|) (a pseudoscalar) on c, and the pseudovectors
+    dV/dx_k (the direction that moves atom k to raise V; they sum to 0 over c and its
+    neighbours, scaled to unit size) on c and the three neighbours, each times the label sign
+    (+1 R, -1 S). With the label as 0o they are a 0e and a 1o input, so an equivariant network
+    can output "move towards the label" directly (what stereo guidance does from outside);
+    with the label as 0e they are a 0o and a 1e input: an O(3)-equivariant network still
+    cannot use them (a mirrored molecule keeps its label), a reflection-odd RECM branch can
+    (1e -> 1o). Needs ``cip_rank_edges``."""
 
     num_layers: int = 3
     scalar_channels: int = 32
@@ -100,6 +111,7 @@ class DenoiserConfig:
     odd_gates: bool = False
     node_cross_products: bool = False
     bond_hops: int = 1
+    chirality_features: bool = False
 
     def __post_init__(self) -> None:
         if self.stereo_parity not in STEREO_PARITIES:
@@ -109,6 +121,8 @@ class DenoiserConfig:
             raise ValueError("stereo_parity '0o' needs pseudoscalar_channels >= 1")
         if self.cip_rank_out_edges and not self.cip_rank_edges:
             raise ValueError("cip_rank_out_edges needs cip_rank_edges")
+        if self.chirality_features and not self.cip_rank_edges:
+            raise ValueError("chirality_features needs cip_rank_edges")
         if not 1 <= self.bond_hops <= 4:
             raise ValueError(f"bond_hops {self.bond_hops}: choose 1 (bonds only) to 4")
 
@@ -118,6 +132,8 @@ class DenoiserConfig:
         parts = [f"{self.scalar_channels}x0e"]
         if self.stereo_parity == "0o":
             parts.append(f"{self.pseudoscalar_channels}x0o")
+        if self.chirality_features:  # label times V, label times dV/dx (see the docstring)
+            parts += ["1x0e", "1x1o"] if self.stereo_parity == "0o" else ["1x0o", "1x1e"]
         return o3.Irreps("+".join(parts))
 
     def hidden_irreps(self) -> o3.Irreps:
@@ -365,11 +381,58 @@ class Denoiser(nn.Module):
             label = batch.x[:, CIP_LABEL_COLUMN]
             sign = (label == CIP_R).to(pos.dtype) - (label == CIP_S).to(pos.dtype)
             h = torch.cat([h, sign.unsqueeze(-1) * self.stereo_pseudoscalar(h)], dim=-1)
+        if self.config.chirality_features:
+            h = torch.cat([h, *chirality_inputs(pos, batch)], dim=-1)
         for layer in self.interactions:
             h = layer(h, source, target, edge_sh, edge_scalars,
                       free_input=torch.cat([h, centred], dim=-1), graph=graph)
         return self.head(h, source, target, vectors, edge_scalars, envelope,
                          free_input=torch.cat([h, centred], dim=-1), graph=graph)
+
+
+def chirality_inputs(pos: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(label x V [N, 1], label x dV/dx [N, 3]) for ``DenoiserConfig.chirality_features``:
+    zero on atoms that are no R/S centre nor one of its three highest-ranked neighbours.
+
+    pos [N, 3] (any length unit: V is a cosine-like ratio in [-1, 1] and the vectors are
+    scaled to unit size, so both are scale-free); batch carries the atom features (CIP label
+    column) and ``keys.CIP_NEIGHBOUR_RANK`` per bond edge.
+    """
+    if keys.CIP_NEIGHBOUR_RANK not in batch:
+        raise UserInputError(
+            "this model reads CIP neighbour ranks (chirality_features), which records "
+            "prepared before FEATURE_VERSION 2 lack: rerun `conformer prepare`")
+    num_atoms = pos.shape[0]
+    label = batch.x[:, CIP_LABEL_COLUMN]
+    sign = (label == CIP_R).to(pos.dtype) - (label == CIP_S).to(pos.dtype)
+    source, target = batch.edge_index
+    ranks = batch[keys.CIP_NEIGHBOUR_RANK]
+    # neighbours[c, k]: the neighbour of rank k + 1 of centre c (-1: none)
+    neighbours = torch.full((num_atoms, 3), -1, dtype=torch.long, device=pos.device)
+    ranked = (ranks >= 1) & (ranks <= 3) & (sign[target] != 0)
+    neighbours[target[ranked], ranks[ranked] - 1] = source[ranked]
+    centres = torch.nonzero((neighbours >= 0).all(dim=1) & (sign != 0)).flatten()
+    scalar = pos.new_zeros(num_atoms, 1)
+    vectors = pos.new_zeros(num_atoms, 3)
+    if centres.numel() == 0:
+        return scalar, vectors
+    ring = neighbours[centres]  # [C, 3]
+    u = pos[ring] - pos[centres].unsqueeze(1)  # [C, 3, 3]
+    norms = u.norm(dim=-1).clamp(min=1e-6)  # [C, 3]
+    unit = u / norms.unsqueeze(-1)
+    # dV/du_k for V = u1 . (u2 x u3) on unit vectors: the cross product of the other two
+    grads = torch.stack([torch.linalg.cross(unit[:, 1], unit[:, 2], dim=-1),
+                         torch.linalg.cross(unit[:, 2], unit[:, 0], dim=-1),
+                         torch.linalg.cross(unit[:, 0], unit[:, 1], dim=-1)], dim=1)
+    volume = (unit[:, 0] * grads[:, 0]).sum(-1)  # [C]
+    centre_sign = sign[centres]
+    scalar = scalar.index_add(0, centres, (centre_sign * volume).unsqueeze(-1))
+    # each neighbour moves along its gradient, the centre against their sum (V depends on
+    # differences only, so the four gradients sum to zero: translation invariant)
+    pushes = centre_sign[:, None, None] * grads  # [C, 3, 3]
+    vectors = vectors.index_add(0, ring.flatten(), pushes.reshape(-1, 3))
+    vectors = vectors.index_add(0, centres, -pushes.sum(dim=1))
+    return scalar, vectors
 
 
 def reverse_edge_values(source: torch.Tensor, target: torch.Tensor, values: torch.Tensor,
