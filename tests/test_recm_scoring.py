@@ -221,3 +221,32 @@ def test_held_out_molecules_train_no_branch_and_are_the_only_ones_scored():
         controller.after_optimizer_step(0.5)
     with pytest.raises(ValueError, match="integer"):
         controller.hold_out(torch.tensor([0.5, 1.0]))
+
+
+def test_reflection_branch_can_read_the_pseudo_inputs_only():
+    """reflection_inputs='pseudo': the branch ignores the even inputs (its residual is zero
+    on rows without pseudo input), stays rotation-equivariant and reflection-odd, and its
+    support is what those inputs can reach."""
+    from conformer.recm.layer import branch_inputs
+
+    irreps_in, irreps_out = "3x0e+1x0o+1x1o+1x1e", "2x0e+2x0o+2x1o+2x1e"
+    read, columns = branch_inputs(irreps_in, "pseudo")
+    assert str(read) == "1x0o+1x1e" and columns.tolist() == [3, 7, 8, 9]
+    torch.manual_seed(0)
+    config = RECMConfig(mode="recm", reflection_inputs="pseudo", support_atoms=True)
+    layer = ModulatedLayer(o3.Linear(irreps_in, irreps_out), irreps_in, irreps_out, config)
+    layer = layer.double()
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(6, o3.Irreps(irreps_in).dim, generator=generator, dtype=torch.float64)
+    x[3:, columns] = 0.0  # rows 3-5 carry even and 1o inputs only
+    residual = layer.reflection_residual(x)
+    assert residual[3:].abs().max() == 0 and residual[:3].abs().max() > 1e-3
+    assert layer._reflection_support.tolist() == reflection_support(read, irreps_out).tolist()
+    for rotation in (random_orthogonal(generator, torch.float64, reflections=False),
+                     -torch.eye(3, dtype=torch.float64)):
+        moved = layer.reflection(x @ wigner_d(irreps_in, rotation).T)
+        sign = float(torch.det(rotation))  # odd under the reflection
+        expected = sign * layer.reflection(x) @ wigner_d(irreps_out, rotation).T
+        assert torch.allclose(moved, expected, atol=1e-12)
+    with pytest.raises(ValueError, match="reflection_inputs"):
+        RECMConfig(reflection_inputs="odd")

@@ -49,6 +49,12 @@ class RECMConfig:
     support_atoms: also restrict each molecule's b to the rows (atoms) where the branch's
         residual is non-zero. Off by default: the even atom embedding feeds every atom's
         residual at layer 0, so there it changes nothing.
+    reflection_inputs: what the reflection branch reads: ``all`` of the layer's input, or
+        only its ``pseudo`` irreps (0o, 1e, ...: p = -(-1)^l). A reflection-odd map of an
+        even input (e.g. the even atom embedding to a pseudoscalar) is non-zero on every
+        atom, so b is diluted over all of them; from pseudo inputs that only some atoms carry
+        (``DenoiserConfig.chirality_features`` with the label as 0e) the residual lives on
+        those atoms, and with ``support_atoms`` b is scored there.
     stats_window: effective window (steps) of the running mean / variance of ``b``.
     min_samples: molecules of evidence needed before a branch can be absorbed.
     patience: consecutive steps the test must find no gap.
@@ -80,6 +86,7 @@ class RECMConfig:
     heldout_every: int = 4
     score_on_support: bool = True
     support_atoms: bool = False
+    reflection_inputs: str = "all"
     num_group_samples: int = 2
     free_hidden: int = 64
     free_layers: int = 2
@@ -93,6 +100,9 @@ class RECMConfig:
 
     def __post_init__(self) -> None:
         mode_policy(self.mode)  # ValueError naming the choices
+        if self.reflection_inputs not in ("all", "pseudo"):
+            raise ValueError(f"reflection_inputs must be all or pseudo, got "
+                             f"{self.reflection_inputs!r}")
         if not 0.0 < self.beta <= 1.0:
             raise ValueError(f"beta must be in (0, 1], got {self.beta}")
         if self.gamma_max <= 0:

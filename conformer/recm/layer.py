@@ -224,19 +224,35 @@ class ReflectionBranch(nn.Module):
     key for it.
     """
 
-    def __init__(self, irreps_in, irreps_out):
+    def __init__(self, irreps_in, irreps_out, inputs: str = "all"):
         super().__init__()
-        self.linear = o3.Linear(o3.Irreps(irreps_in), flipped_parity(irreps_out))
+        read, columns = branch_inputs(irreps_in, inputs)
+        self.linear = o3.Linear(read, flipped_parity(irreps_out))
+        self.register_buffer("columns", columns, persistent=False)
         self.register_buffer("scale", torch.tensor(0.0))
 
     @staticmethod
-    def has_paths(irreps_in, irreps_out) -> bool:
-        """Whether any input irrep maps to a flipped output irrep (else the branch is 0)."""
+    def has_paths(irreps_in, irreps_out, inputs: str = "all") -> bool:
+        """Whether any input irrep it reads maps to a flipped output irrep (else it is 0)."""
         flipped = {ir for _, ir in flipped_parity(irreps_out)}
-        return any(ir in flipped for _, ir in o3.Irreps(irreps_in))
+        return any(ir in flipped for _, ir in branch_inputs(irreps_in, inputs)[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)
+        return self.linear(x if self.columns is None else x[:, self.columns])
+
+
+def branch_inputs(irreps_in, inputs: str = "all") -> tuple[o3.Irreps, torch.Tensor | None]:
+    """(the irreps the reflection branch reads, their columns in the layer input or None for
+    all): ``RECMConfig.reflection_inputs``; ``pseudo`` keeps the irreps with p = -(-1)^l."""
+    irreps_in = o3.Irreps(irreps_in)
+    if inputs == "all":
+        return irreps_in, None
+    kept, columns = [], []
+    for (mul, ir), block in zip(irreps_in, irreps_in.slices(), strict=True):
+        if ir.p == -((-1) ** ir.l):
+            kept.append((mul, ir))
+            columns.extend(range(block.start, block.stop))
+    return o3.Irreps(kept), torch.tensor(columns, dtype=torch.long)
 
 
 def reflection_branch_seed(seed: int, layer_index: int) -> int:
@@ -344,20 +360,23 @@ class ModulatedLayer(nn.Module):
             self.register_buffer("free_scale", torch.tensor(0.0))
         # the subgroup split: fixed at construction (not by whether the branch still lives),
         # so the rotation branch's projection never changes during training
+        reads = config.reflection_inputs
         self.split_subgroups = (self.policy.subgroup_branches
-                                and ReflectionBranch.has_paths(self.irreps_in, self.irreps_out))
+                                and ReflectionBranch.has_paths(self.irreps_in, self.irreps_out,
+                                                               reads))
         self.reflection: ReflectionBranch | None = None
         if self.split_subgroups:
             self.reflection_state = RECMState(config)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(reflection_branch_seed(config.seed, self.layer_index))
-                self.reflection = ReflectionBranch(self.irreps_in, self.irreps_out)
+                self.reflection = ReflectionBranch(self.irreps_in, self.irreps_out, reads)
             self.register_buffer("_inversion_in", inversion(self.irreps_in), persistent=False)
             self.register_buffer("_inversion_out", inversion(self.irreps_out), persistent=False)
             # b of the reflection branch is scored on the channels it can write (not
             # persistent: derived from the irreps, so files do not change)
             self.register_buffer("_reflection_support",
-                                 reflection_support(self.irreps_in, self.irreps_out),
+                                 reflection_support(branch_inputs(self.irreps_in, reads)[0],
+                                                    self.irreps_out),
                                  persistent=False)
         self._regularizer: torch.Tensor | None = None
         self._heldout_keys: torch.Tensor | None = None  # set by hold_out, for one step
