@@ -30,7 +30,10 @@ def main() -> None:
     parser.add_argument("--num-confs", type=int, default=10, help="conformers per molecule")
     parser.add_argument("--ckpt", default=None, help="model file (default: bundled model)")
     parser.add_argument("--device", default="cpu", help="torch device for the model")
-    parser.add_argument("--threads", type=int, default=1, help="torch / RDKit threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="cores for every method: generate's --workers (ETKDG: worker "
+                             "processes; the model on the CPU: worker processes with one torch "
+                             "thread each)")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (model default)")
     parser.add_argument("--batch-size", type=int, default=64, help="conformers per batch")
     parser.add_argument("--no-mmff", dest="mmff", action="store_false",
