@@ -155,63 +155,47 @@ def test_odd_gate_flags_reach_every_run_and_the_settings(tmp_path, monkeypatch):
     assert chirality.PRESETS["tiny"].odd_gates is False  # the documented table's setting
 
 
-def test_cip_rank_out_edges_flag_reaches_every_run_and_the_settings_hash(tmp_path, monkeypatch):
-    """``--cip-rank-out-edges`` builds every run's network with the option and changes the
-    settings hash (a folder written without it is trained again, not resumed); while off, the
-    field is left out of the hashed settings, so folders written before it existed resume."""
+@pytest.mark.parametrize("flag,field,run", [
+    ("--cip-rank-out-edges", "cip_rank_out_edges", "equivariant/0o"),
+    ("--chirality-features", "chirality_features", "recm/0e"),
+])
+def test_network_flags_reach_every_run_and_the_settings_hash(tmp_path, monkeypatch, flag, field,
+                                                             run):
+    """The flag builds every run's network with the option and changes the settings hash (a
+    folder written without it is trained again, not resumed); while off, the field is left
+    out of the hashed settings, so folders written before it existed resume."""
+    built = []
+    original = chirality.build_net
+
+    def recording(preset, mode, parity, seed):
+        net = original(preset, mode, parity, seed)
+        built.append((getattr(net.config, field), str(net.interactions[0].layer.irreps_in)))
+        return net
+
+    monkeypatch.setattr(chirality, "build_net", recording)
+    out = tmp_path / field
+    argv = ["reproduce", "chirality", "--preset", "micro", "--out", str(out), "--seeds", "1",
+            "--modes", run]
+    assert cli.main(argv) == 0
+    plain = json.loads((out / "results.json").read_text())["settings"]
+    assert field not in plain["preset"]
+    assert cli.main(argv + [flag]) == 0
+    assert [value for value, _ in built] == [False, True]  # not resumed from the plain run
+    if field == "chirality_features":  # the 0e label: a pseudoscalar and a pseudovector
+        assert built[1][1].endswith("1x0o+1x1e")
+    flagged = json.loads((out / "results.json").read_text())["settings"]
+    assert flagged["preset"][field] is True
+    assert flagged["settings_hash"] != plain["settings_hash"]
+
+
+def test_the_tiny_preset_hashes_as_the_documented_tables_did():
     import dataclasses
 
-    built = []
-    original = chirality.build_net
-
-    def recording(preset, mode, parity, seed):
-        net = original(preset, mode, parity, seed)
-        built.append(net.config.cip_rank_out_edges)
-        return net
-
-    monkeypatch.setattr(chirality, "build_net", recording)
-    out = tmp_path / "ranks"
-    argv = ["reproduce", "chirality", "--preset", "micro", "--out", str(out), "--seeds", "1",
-            "--modes", "equivariant/0o"]
-    assert cli.main(argv) == 0
-    plain = json.loads((out / "results.json").read_text())["settings"]
-    assert "cip_rank_out_edges" not in plain["preset"]
-    assert cli.main(argv + ["--cip-rank-out-edges"]) == 0
-    assert built == [False, True]  # not resumed from the run without the option
-    ranked = json.loads((out / "results.json").read_text())["settings"]
-    assert ranked["preset"]["cip_rank_out_edges"] is True
-    assert ranked["settings_hash"] != plain["settings_hash"]
     tiny = chirality.PRESETS["tiny"]
-    assert tiny.cip_rank_out_edges is False  # the documented tables' setting
+    assert not tiny.cip_rank_out_edges and not tiny.chirality_features
     expected = dataclasses.asdict(tiny)
-    del expected["cip_rank_out_edges"]
-    if not tiny.chirality_features:
-        del expected["chirality_features"]
+    del expected["cip_rank_out_edges"], expected["chirality_features"]
     assert chirality.hashed_preset(tiny) == expected
-
-
-def test_chirality_features_flag_reaches_every_run_and_the_settings_hash(tmp_path, monkeypatch):
-    built = []
-    original = chirality.build_net
-
-    def recording(preset, mode, parity, seed):
-        net = original(preset, mode, parity, seed)
-        built.append((net.config.chirality_features, str(net.interactions[0].layer.irreps_in)))
-        return net
-
-    monkeypatch.setattr(chirality, "build_net", recording)
-    out = tmp_path / "features"
-    argv = ["reproduce", "chirality", "--preset", "micro", "--out", str(out), "--seeds", "1",
-            "--modes", "recm/0e"]
-    assert cli.main(argv) == 0
-    plain = json.loads((out / "results.json").read_text())["settings"]
-    assert "chirality_features" not in plain["preset"]
-    assert cli.main(argv + ["--chirality-features"]) == 0
-    assert [flag for flag, _ in built] == [False, True]  # not resumed from the plain run
-    assert built[1][1].endswith("1x0o+1x1e")  # the 0e label: a pseudoscalar, a pseudovector
-    featured = json.loads((out / "results.json").read_text())["settings"]
-    assert featured["preset"]["chirality_features"] is True
-    assert featured["settings_hash"] != plain["settings_hash"]
 
 
 @pytest.fixture(scope="module")
