@@ -210,7 +210,8 @@ class MoleculeGenerator:
             context, initargs = "fork", (self, None)
         else:
             context, initargs = "spawn", (None, self.options)
-        with closing(parallel_map(_model_task, lines, self.options.cores, context=context,
+        workers = min(self.options.cores, len(lines))  # no idle process per spare core
+        with closing(parallel_map(_model_task, lines, workers, context=context,
                                   ordered=True, initializer=_model_worker_start,
                                   initargs=initargs)) as results:
             yield from results
@@ -307,7 +308,7 @@ class MoleculeGenerator:
         options = self.options
         tasks = [(line, options.conformer_count(line), options.method, options.seed,
                   options.max_atoms) for line in lines]
-        workers = options.cores if len(tasks) > 1 else 1
+        workers = min(options.cores, len(tasks))  # no idle process per spare core
         # quiet only in worker processes: a serial run keeps this process's RDKit log as it is
         initializer = _quiet_rdkit if workers > 1 else None
         with closing(parallel_map(_rdkit_task, tasks, workers, ordered=True,
