@@ -50,6 +50,7 @@ bench: $(STAMP)  ## the benchmark scripts (ratios against baselines in the same 
 	$(BIN)/python benchmarks/bench_prepare.py
 	$(BIN)/python benchmarks/bench_rmsd.py
 	$(BIN)/python benchmarks/bench_generate.py
+	$(BIN)/python benchmarks/bench_fused.py
 
 clean:
 	rm -rf demo_out .pytest_cache

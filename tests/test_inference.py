@@ -134,3 +134,27 @@ def test_fused_network_passes_gradients_like_e3nn(batch):
         denoiser_fn(module, batch, NOISE)(positions).square().sum().backward()
         grads.append(positions.grad)
     assert torch.allclose(grads[0], grads[1], rtol=0, atol=1e-10 * float(grads[0].abs().max()))
+
+
+def test_bench_fused_runs_and_reports_float64_agreement(capsys, monkeypatch):
+    """benchmarks/bench_fused.py at toy size: it prints both timings and the ratio, and on a
+    real GEOM-Drugs test molecule the float64 outputs agree to rounding."""
+    import importlib.util
+    import re
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_fused.py"
+    spec = importlib.util.spec_from_file_location("bench_fused", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["bench_fused.py", "--molecules", "1", "--conformers",
+                                      "2", "--repeats", "1"])
+    try:
+        module.main()
+    finally:
+        torch.set_num_threads(1)
+    out = capsys.readouterr().out
+    assert "4 blocks fused" in out and "ratio e3nn / fused" in out
+    float64 = float(re.search(r"([0-9.e+-]+) A \(float64\)", out).group(1))
+    assert float64 < 1e-9
