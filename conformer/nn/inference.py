@@ -52,20 +52,6 @@ def dense_linear(linear: nn.Module, dim_in: int) -> tuple[torch.Tensor, torch.Te
     return weight, bias
 
 
-def _kind_operation(kind: str, x: torch.Tensor, sh0: torch.Tensor, sh1: torch.Tensor):
-    """The raw path product, no constant: x [E, C] (scalars) or [E, C, 3] (vectors) ->
-    [E, C] or [E, C, 3]."""
-    if kind == "scalar_sh0":
-        return x * sh0
-    if kind == "scalar_sh1":
-        return x.unsqueeze(-1) * sh1.unsqueeze(1)
-    if kind == "vector_sh0":
-        return x * sh0.unsqueeze(-1)
-    if kind == "vector_dot":
-        return (x * sh1.unsqueeze(1)).sum(-1)
-    return torch.linalg.cross(x, sh1.unsqueeze(1).expand_as(x), dim=-1)
-
-
 def _product(kind: str, source, weight, sh0, sh1_stacked) -> torch.Tensor:
     """One kind's weighted products, component-major: source [E, C] (scalars) or
     [E, 3, C] (vectors), weight [E, C], sh0 [E, 1], sh1_stacked [E, 3, 1] -> [E, C] or
@@ -125,13 +111,15 @@ def _measure_constants(tp: o3.TensorProduct, paths: list[_Path]) -> None:
         reference = _float64_copy(tp)(x, sh, weight)
     sh0 = sh[:, :1]
     sh1 = sh[:, 1:4] if sh.shape[1] > 1 else torch.zeros(edges, 3, dtype=torch.float64)
+    sh1_stacked = sh1.unsqueeze(-1)  # [E, 3, 1]
     for path in paths:
         source = x[:, path.input_slice]
-        if path.kind.startswith("vector"):
-            source = source.reshape(edges, path.mul, 3)
+        if path.kind.startswith("vector"):  # e3nn's [channel, component] to component-major
+            source = source.reshape(edges, path.mul, 3).transpose(1, 2)
         w = weight[:, path.weight_start:path.weight_start + path.mul]
-        raw = _kind_operation(path.kind, source, sh0, sh1)
-        raw = raw * (w.unsqueeze(-1) if raw.dim() == 3 else w)
+        raw = _product(path.kind, source, w, sh0, sh1_stacked)
+        if raw.dim() == 3:  # back to e3nn's layout
+            raw = raw.transpose(1, 2)
         raw = raw.reshape(edges, -1)
         target = reference[:, path.output_slice]
         constant = float((raw * target).sum() / (raw * raw).sum())
