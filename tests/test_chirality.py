@@ -295,3 +295,50 @@ def test_one_molecule_and_its_mirror_teach_the_label_handedness():
         LEARNING_OPTIONS)
     assert right_with_label >= 0.75
     assert right_with_swapped_label <= 0.25
+
+
+# the first 8 training and 12 held-out molecules of the tiny preset's data (data_seed 0)
+FEATURE_TRAIN = ("CC(=O)O[C@](C)(C#N)[C@@](C)(C#N)OC(C)=O", "OC[C@H]1OCO[C@@H]2[C@H]1OCO[C@@H]2CO",
+                 "O=[N+]([O-])C[C@H](O)c1ccccc1Cl", "c1ccc(C[C@@H]2CO2)cc1",
+                 "C[C@H](O)CNC[C@@H](C)O", "CCCC(=O)[C@H](CC)C(=O)OCC",
+                 "CCCCCC[C@]1(C)NC(=O)NC1=O", "N[C@@H](Cc1ccc(O)cc1)C(=O)NO")
+FEATURE_HELD_OUT = ("O[C@@H]1COCO[C@@H]1[C@@H]1OCOC[C@@H]1O", "CCCCCC[C@@H](C)OC(=O)[C@@H](C)O",
+                    "CC[C@H](C(N)=O)c1ccccc1", "C[C@H](O)CN(C[C@H](C)O)C[C@H](C)O",
+                    "CCN(CC)[C@@](C)(O)CN", "CCOC(=O)C(=O)[C@@H]1CCCCC1=O",
+                    "N[C@H](CC(=O)O)c1ccccc1", "CC(C)(C)C[C@@](C)(C(=O)O)C(C)(C)C",
+                    "OC[C@H](c1ccccc1)[n+]1ccccc1", "CCOC(=O)[C@@H]1CN(C)C(=O)C1=O",
+                    "C[C@H]1CC[C@H](C(C)(C)NO)C(=O)C1")
+
+
+@pytest.mark.slow
+def test_chirality_features_teach_a_rule_that_holds_on_held_out_molecules():
+    """With the handedness as an input (chirality_features) and the volume hinge, the tiny
+    equivariant/0o network trained on 8 molecules and their mirrors (800 steps, ~40 s of one
+    core) reads the label on 11 molecules it never saw: at sigma 2 A its estimate has the
+    labelled handedness with the true label and the opposite one with R and S swapped:
+    0.81 / 0.18 measured in session 11, against 0.60 / 0.57 for the same training without
+    the features."""
+    import dataclasses
+
+    import torch
+
+    from conformer.diffusion import EDMDiffusion
+
+    def built(smiles):
+        molecules = [chirality._build_task(text, 6, 1) for text in smiles]
+        assert all(m is not None for m in molecules)
+        return molecules
+
+    train = built(FEATURE_TRAIN)
+    train += [chirality.mirror_molecule(m) for m in train]
+    held_out = built(FEATURE_HELD_OUT)
+    preset = dataclasses.replace(chirality.PRESETS["tiny"], chirality_features=True,
+                                 volume_loss_weight=30.0)
+    diffusion = EDMDiffusion()
+    net = chirality.build_net(preset, "equivariant", "0o", 0)
+    chirality.fit(net, diffusion, train, preset, 800, torch.Generator().manual_seed(30_000))
+    final = chirality.export(net).eval()
+    swapped = [chirality.with_swapped_labels(m) for m in held_out]
+    right = chirality.denoised_sign_accuracy(final, diffusion, held_out, 2.0, 4)
+    right_swapped = chirality.denoised_sign_accuracy(final, diffusion, swapped, 2.0, 4)
+    assert right >= 0.7 and right_swapped <= 0.3, (right, right_swapped)
