@@ -383,14 +383,11 @@ class Denoiser(nn.Module):
             h = torch.cat([h, sign.unsqueeze(-1) * self.stereo_pseudoscalar(h)], dim=-1)
         if self.config.chirality_features:
             h = torch.cat([h, *chirality_inputs(pos, batch)], dim=-1)
-        def free_input(layer, h):  # the rotation branch's input, built only for a live one
-            return torch.cat([h, centred], dim=-1) if layer.branch_active() else None
-
         for layer in self.interactions:
             h = layer(h, source, target, edge_sh, edge_scalars,
-                      free_input=free_input(layer, h), graph=graph)
+                      free_input=torch.cat([h, centred], dim=-1), graph=graph)
         return self.head(h, source, target, vectors, edge_scalars, envelope,
-                         free_input=free_input(self.head, h), graph=graph)
+                         free_input=torch.cat([h, centred], dim=-1), graph=graph)
 
 
 def chirality_inputs(pos: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

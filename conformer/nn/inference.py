@@ -42,7 +42,8 @@ _VECTOR_OUT = {"scalar_sh1", "vector_sh0", "vector_cross"}
 
 def dense_linear(linear: nn.Module, dim_in: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(W [dim_in, dim_out], b [dim_out]) with ``linear(x) == x @ W + b`` for a linear
-    module (e.g. ``o3.Linear``), read off by evaluating it on the identity in float64."""
+    module (e.g. ``o3.Linear``), read off by evaluating it on the identity in the module's own
+    dtype (``FusedInteraction`` passes a float64 copy)."""
     reference = next(linear.parameters(), None)
     dtype = reference.dtype if reference is not None else torch.float64
     device = reference.device if reference is not None else None
