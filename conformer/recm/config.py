@@ -55,6 +55,24 @@ class RECMConfig:
         atom, so b is diluted over all of them; from pseudo inputs that only some atoms carry
         (``DenoiserConfig.chirality_features`` with the label as 0e) the residual lives on
         those atoms, and with ``support_atoms`` b is scored there.
+    reflection_score: how the reflection branch's b is normalised. ``span`` (default): by
+        the part of the descent direction the branch could follow with some choice of its
+        weights (``ReflectionBranch.followable_sq``): b = 1 when the branch points exactly
+        where the loss wants it within what it can write. ``support``: by the descent
+        direction over the channels it can write (sessions 6-11); the denoising noise in every
+        atom's gradient dilutes that cosine to about 0.01 even for a useful branch, so the
+        fixed point ``gamma_max E[b]`` stayed near 0 on conformers. Both have mean 0 under
+        exact symmetry (see the package docstring).
+    b_weighting: how the per-molecule b's of a step and of the absorbing test are averaged.
+        ``magnitude`` (default): weighted by each molecule's denominator (``|grad| |r|``), so
+        the mean is the ratio ``-sum <grad, r> / sum |grad| |r|``, the batch cosine of v1
+        with per-molecule evidence: a molecule whose loss barely moves with the branch counts
+        little. ``molecule``: every molecule alike (sessions 6-11). On the chirality
+        experiment the two disagreed in sign: many molecules at low noise where the branch
+        slightly overshoots (small negative cosines, small gradients) outvoted the few at
+        high noise where it removes most of the loss (docs/results/chirality_tiny.md,
+        session 12). Both have mean 0 under exact symmetry: a mirror pair has equal weights
+        and opposite b.
     stats_window: effective window (steps) of the running mean / variance of ``b``.
     min_samples: molecules of evidence needed before a branch can be absorbed.
     patience: consecutive steps the test must find no gap.
@@ -87,6 +105,8 @@ class RECMConfig:
     score_on_support: bool = True
     support_atoms: bool = False
     reflection_inputs: str = "all"
+    reflection_score: str = "span"
+    b_weighting: str = "magnitude"
     num_group_samples: int = 2
     free_hidden: int = 64
     free_layers: int = 2
@@ -103,6 +123,12 @@ class RECMConfig:
         if self.reflection_inputs not in ("all", "pseudo"):
             raise ValueError(f"reflection_inputs must be all or pseudo, got "
                              f"{self.reflection_inputs!r}")
+        if self.reflection_score not in ("span", "support"):
+            raise ValueError(f"reflection_score must be span or support, got "
+                             f"{self.reflection_score!r}")
+        if self.b_weighting not in ("magnitude", "molecule"):
+            raise ValueError(f"b_weighting must be magnitude or molecule, got "
+                             f"{self.b_weighting!r}")
         if not 0.0 < self.beta <= 1.0:
             raise ValueError(f"beta must be in (0, 1], got {self.beta}")
         if self.gamma_max <= 0:

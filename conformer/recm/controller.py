@@ -109,33 +109,38 @@ class RECMController(nn.Module):
         states = [state for _, _, state in self.branch_states()]
         if not states:
             return
-        # [branch, (b count, b sum, b square sum, dJ/dgamma local mean, 1 if it has one,
-        #           1 if b is held-out, then per cluster: b sums, counts)]
+        # [branch, (b count, weighted b sum, weighted b square sum, dJ/dgamma local mean,
+        #           1 if it has one, 1 if b is held-out, weight sum, then per cluster:
+        #           weighted b sums, weights)]
         clusters = HELDOUT_CLUSTERS
-        totals = torch.zeros(len(states), 6 + 2 * clusters, dtype=torch.float64,
+        first = 7
+        totals = torch.zeros(len(states), first + 2 * clusters, dtype=torch.float64,
                              device=states[0].gamma.device)
         for index, state in enumerate(states):
             summary, dgamma = state.take_summary()
             if summary is not None:
+                weight = summary.total_weight
                 totals[index, 0] = summary.count
-                totals[index, 1] = summary.count * summary.mean
-                totals[index, 2] = summary.count * summary.sq_mean
+                totals[index, 1] = weight * summary.mean
+                totals[index, 2] = weight * summary.sq_mean
+                totals[index, 6] = weight
                 if summary.heldout:
                     totals[index, 5] = 1.0
-                    totals[index, 6:6 + clusters] = summary.cluster_sums
-                    totals[index, 6 + clusters:] = summary.cluster_counts
+                    totals[index, first:first + clusters] = summary.cluster_sums
+                    totals[index, first + clusters:] = summary.cluster_counts
             if dgamma is not None:
                 totals[index, 3] = dgamma
                 totals[index, 4] = 1.0
         all_reduce(totals)
         for index, state in enumerate(states):
             row = totals[index].cpu()
-            count, total, total_sq, dgamma_sum, ranks, heldout = row[:6].tolist()
-            sums = row[6:6 + clusters].clone() if heldout > 0 else None
-            counts = row[6 + clusters:].clone() if heldout > 0 else None
-            state.pending_summary = (SignalSummary(int(round(count)), total / count,
-                                                   total_sq / count, sums, counts)
-                                     if count > 0 else None)
+            count, total, total_sq, dgamma_sum, ranks, heldout, weight = \
+                row[:first].tolist()
+            sums = row[first:first + clusters].clone() if heldout > 0 else None
+            counts = row[first + clusters:].clone() if heldout > 0 else None
+            state.pending_summary = (SignalSummary(int(round(count)), total / weight,
+                                                   total_sq / weight, sums, counts, weight)
+                                     if count > 0 and weight > 0 else None)
             state.pending_dgamma_mean = dgamma_sum / ranks if ranks > 0 else None
 
     @torch.no_grad()

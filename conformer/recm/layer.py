@@ -31,15 +31,22 @@ def heldout_cluster(keys: torch.Tensor, heldout_every: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class SignalSummary:
-    """Count, mean and mean square of the per-molecule b recorded in one optimiser step, and,
-    when b was scored on held-out molecules, its sum and count per cluster
-    (float64 [HELDOUT_CLUSTERS] each; None otherwise)."""
+    """Count, weighted mean and weighted mean square of the per-molecule b recorded in one
+    optimiser step, and, when b was scored on held-out molecules, the weighted sum of b and
+    the sum of weights per cluster (float64 [HELDOUT_CLUSTERS] each; None otherwise).
+    ``weight``: the sum of the molecules' weights (``count`` when b is unweighted, see
+    ``RECMConfig.b_weighting``)."""
 
     count: int
     mean: float
     sq_mean: float
     cluster_sums: torch.Tensor | None = None
     cluster_counts: torch.Tensor | None = None
+    weight: float | None = None
+
+    @property
+    def total_weight(self) -> float:
+        return float(self.count) if self.weight is None else float(self.weight)
 
     @property
     def heldout(self) -> bool:
@@ -47,21 +54,34 @@ class SignalSummary:
 
     @staticmethod
     def of(values: list[torch.Tensor],
-           clusters: list[torch.Tensor | None] | None = None) -> SignalSummary | None:
+           clusters: list[torch.Tensor | None] | None = None,
+           weights: list[torch.Tensor | None] | None = None) -> SignalSummary | None:
+        """Summary of per-molecule b's (``values``), with their clusters and weights (each
+        list parallel to ``values``; None entries or None: unweighted / no clusters)."""
         if not values:
             return None
-        flat = torch.cat([v.reshape(-1).to(torch.float64) for v in values])
+        flat = torch.cat([v.reshape(-1).to(torch.float64) for v in values]).cpu()
         if flat.numel() == 0:
             return None
+        weighted = bool(weights) and all(w is not None for w in weights)
+        mass = (torch.cat([w.reshape(-1).to(torch.float64) for w in weights]).cpu()
+                if weighted else torch.ones_like(flat))
+        total = float(mass.sum())
+        if total <= 0:
+            # no molecule gives the branch anything to write or follow (its inputs are zero):
+            # every b is 0, counted alike, which is evidence of no gap, so such a branch is
+            # absorbed as before rather than kept for lack of evidence
+            weighted, mass, total = False, torch.ones_like(flat), float(flat.numel())
         sums = counts = None
         if clusters and all(c is not None for c in clusters):
             index = torch.cat([c.reshape(-1).to(torch.long).cpu() for c in clusters])
             sums = torch.zeros(HELDOUT_CLUSTERS, dtype=torch.float64).index_add_(
-                0, index, flat.cpu())
+                0, index, flat * mass)
             counts = torch.zeros(HELDOUT_CLUSTERS, dtype=torch.float64).index_add_(
-                0, index, torch.ones_like(flat.cpu()))
-        return SignalSummary(int(flat.numel()), float(flat.mean()), float(flat.pow(2).mean()),
-                             sums, counts)
+                0, index, mass)
+        return SignalSummary(int(flat.numel()), float((flat * mass).sum()) / total,
+                             float((flat.pow(2) * mass).sum()) / total, sums, counts,
+                             total if weighted else None)
 
 
 class RECMState(nn.Module):
@@ -70,6 +90,7 @@ class RECMState(nn.Module):
 
     gamma: the modulation coefficient; b_mean / b_sq_mean: running (exponential, window
     ``stats_window`` steps) moments of the per-molecule symmetry-violation signal b;
+    b_weight_mean: running mean of a step's total weight of b (``RECMConfig.b_weighting``);
     b_count: molecules whose b was recorded (steps, in files written before b was per
     molecule); b_cluster_sum / b_cluster_weight [HELDOUT_CLUSTERS]: windowed sums of held-out
     b and of counts per cluster of molecules (zero when b is scored on training molecules),
@@ -83,8 +104,8 @@ class RECMState(nn.Module):
     """
 
     BUFFERS = ("gamma", "b_mean", "b_sq_mean", "b_count", "patience", "dropped", "dual", "step",
-               "b_cluster_sum", "b_cluster_weight")
-    ADDED_LATER = ("b_cluster_sum", "b_cluster_weight")
+               "b_cluster_sum", "b_cluster_weight", "b_weight_mean")
+    ADDED_LATER = ("b_cluster_sum", "b_cluster_weight", "b_weight_mean")
     """Buffers that files written before held-out scoring lack (loaded as zeros)."""
 
     def __init__(self, config: RECMConfig):
@@ -101,21 +122,28 @@ class RECMState(nn.Module):
         self.register_buffer("b_cluster_sum", torch.zeros(HELDOUT_CLUSTERS, dtype=torch.float64))
         self.register_buffer("b_cluster_weight",
                              torch.zeros(HELDOUT_CLUSTERS, dtype=torch.float64))
+        # running mean of a step's total weight of b (magnitude weighting), so that the
+        # gamma update weighs each step's b as the absorbing test's ratio estimate does
+        self.register_buffer("b_weight_mean", torch.tensor(0.0, dtype=torch.float64))
         # signals gathered by backward hooks since the last optimiser step (not state)
         self.pending_b: list[torch.Tensor] = []
         self.pending_clusters: list[torch.Tensor | None] = []
+        self.pending_weights: list[torch.Tensor | None] = []
         self.pending_dgamma: list[torch.Tensor] = []
         # set by RECMController.synchronize_signals: the same values on every rank
         self.pending_summary: SignalSummary | None = None
         self.pending_dgamma_mean: float | None = None
 
     def record_signals(self, b: torch.Tensor, dgamma: torch.Tensor,
-                       clusters: torch.Tensor | None = None) -> None:
+                       clusters: torch.Tensor | None = None,
+                       weights: torch.Tensor | None = None) -> None:
         """Called by the layer's backward hook: b per molecule ([G] or 0-dim float64), one
-        dJ/dgamma (0-dim float64) and, for b scored on held-out molecules, each molecule's
-        cluster ([G] int, ``heldout_cluster``)."""
+        dJ/dgamma (0-dim float64), for b scored on held-out molecules each molecule's
+        cluster ([G] int, ``heldout_cluster``) and, for magnitude-weighted b, each
+        molecule's weight ([G] float64, the cosine's denominator)."""
         self.pending_b.append(b)
         self.pending_clusters.append(clusters)
+        self.pending_weights.append(weights)
         self.pending_dgamma.append(dgamma)
 
     def take_pending(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -123,6 +151,7 @@ class RECMState(nn.Module):
         (the clusters of the b's are in ``pending_clusters`` until then)."""
         pending = (self.pending_b, self.pending_dgamma)
         self.pending_b, self.pending_dgamma, self.pending_clusters = [], [], []
+        self.pending_weights = []
         return pending
 
     def take_summary(self) -> tuple[SignalSummary | None, float | None]:
@@ -130,12 +159,14 @@ class RECMState(nn.Module):
         by ``synchronize_signals``) and mean dJ/dgamma, emptying the pending signals."""
         summary, self.pending_summary = self.pending_summary, None
         dgamma_mean, self.pending_dgamma_mean = self.pending_dgamma_mean, None
-        clusters = self.pending_clusters
+        clusters, weights = self.pending_clusters, self.pending_weights
         b_values, dgammas = self.take_pending()
         if len(clusters) != len(b_values):  # b appended directly (tests): no clusters
             clusters = None
+        if len(weights) != len(b_values):
+            weights = None
         if summary is None:
-            summary = SignalSummary.of(b_values, clusters)
+            summary = SignalSummary.of(b_values, clusters, weights)
         if dgamma_mean is None and dgammas:
             dgamma_mean = float(torch.stack([d.reshape(()) for d in dgammas]).mean())
         return summary, dgamma_mean
@@ -240,6 +271,45 @@ class ReflectionBranch(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x if self.columns is None else x[:, self.columns])
 
+    def followable_sq(self, x: torch.Tensor, grad: torch.Tensor, graph: torch.Tensor,
+                      num_graphs: int) -> torch.Tensor:
+        """Per molecule, ``|P_m grad_m|^2``: the squared norm of the part of the descent
+        direction this branch could follow with some choice of its weights.
+
+        The branch is linear in its weights, so what it can write on molecule m is a linear
+        space: for each output irrep block (U channels, irrep of dimension d), every channel
+        is a free combination of the V input channels of the same irrep that feed it (V
+        columns of length rows x d). ``P_m`` projects each channel of that block of ``grad``
+        onto their span: ``|P grad|^2 = trace(C^T G^+ C)`` with ``G = X^T X`` [V, V] and
+        ``C = X^T D`` [V, U] summed over the molecule's rows and the irrep's components.
+        G and C are unchanged by rotations, and C changes sign under the inversion of a
+        mirror pair (the branch flips parity), so the norm is O(3)-invariant.
+        x: [N, layer input dim] (the layer's input; the branch selects its columns);
+        grad: [N, layer output dim]; graph: [N] molecule index; returns float64 [G]."""
+        x = (x if self.columns is None else x[:, self.columns]).to(torch.float64)
+        grad = grad.to(torch.float64)
+        irreps_in, irreps_out = self.linear.irreps_in, self.linear.irreps_out
+        in_slices, out_slices = irreps_in.slices(), irreps_out.slices()
+        feeds: dict[int, list[int]] = {}
+        for instruction in self.linear.instructions:
+            feeds.setdefault(instruction.i_out, []).append(instruction.i_in)
+        total = grad.new_zeros(num_graphs)
+        for i_out, inputs in feeds.items():
+            mul_out, irrep = irreps_out[i_out]
+            target = grad[:, out_slices[i_out]].reshape(-1, mul_out, irrep.dim)
+            columns = torch.cat([x[:, in_slices[i]].reshape(-1, irreps_in[i].mul, irrep.dim)
+                                 for i in inputs], dim=1)
+            width = columns.shape[1]
+            gram = grad.new_zeros(num_graphs, width, width).index_add_(
+                0, graph, torch.einsum("nvk,nwk->nvw", columns, columns))
+            cross = grad.new_zeros(num_graphs, width, mul_out).index_add_(
+                0, graph, torch.einsum("nvk,nuk->nvu", columns, target))
+            # pseudo-inverse: a molecule without any of these inputs (no labelled centre) has
+            # G = 0 and nothing to follow
+            solved = torch.linalg.pinv(gram, hermitian=True, rtol=1e-10) @ cross
+            total = total + (cross * solved).sum((1, 2))
+        return total.clamp_min(0.0)
+
 
 def branch_inputs(irreps_in, inputs: str = "all") -> tuple[o3.Irreps, torch.Tensor | None]:
     """(the irreps the reflection branch reads, their columns in the layer input or None for
@@ -273,14 +343,20 @@ def reflection_support(irreps_in, irreps_out) -> torch.Tensor:
 
 def per_molecule_b(grad: torch.Tensor, residual: torch.Tensor, graph: torch.Tensor | None,
                    num_graphs: int | None = None, channels: torch.Tensor | None = None,
-                   support_atoms: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   support_atoms: bool = False,
+                   grad_norm_sq: torch.Tensor | None = None,
+                   with_norms: bool = False):
     """b per molecule, ``-<grad_S, r_S> / (|grad_S| |r_S|)`` over each molecule's rows and the
     support S, and which molecules have rows.
 
     grad, residual: [N, dim]; graph: [N] molecule index of each row (None: one molecule);
     num_graphs: G (default: graph.max() + 1); channels: bool [dim], the branch's output
     support (None: every channel); support_atoms: also restrict to rows where the residual is
-    non-zero. Returns (float64 [G], bool [G]); b is 0 for a molecule without rows."""
+    non-zero; grad_norm_sq: float64 [G], replaces ``|grad_S|^2`` in the normaliser (the span
+    score: the part of grad the branch can follow, ``ReflectionBranch.followable_sq``; r lies
+    in that span, so b stays in [-1, 1]). Returns (float64 [G], bool [G]), and with
+    ``with_norms`` also each molecule's denominator (float64 [G], the weight of its b in
+    a magnitude-weighted mean); b is 0 for a molecule without rows."""
     grad, residual = grad.to(torch.float64), residual.to(torch.float64)
     if channels is not None:
         grad, residual = grad[:, channels], residual[:, channels]
@@ -296,8 +372,11 @@ def per_molecule_b(grad: torch.Tensor, residual: torch.Tensor, graph: torch.Tens
         return values.new_zeros(num_graphs).index_add_(0, graph, values)
 
     inner = per_graph((grad * residual).sum(-1))
-    norms = (per_graph((grad * grad).sum(-1)) * per_graph(residual_sq)).sqrt()
+    grad_sq = per_graph((grad * grad).sum(-1)) if grad_norm_sq is None else grad_norm_sq
+    norms = (grad_sq * per_graph(residual_sq)).sqrt()
     present = per_graph(torch.ones_like(residual_sq)) > 0
+    if with_norms:
+        return -inner / (norms + _TINY), present, norms
     return -inner / (norms + _TINY), present
 
 
@@ -526,7 +605,7 @@ class ModulatedLayer(nn.Module):
                 with torch.no_grad():
                     # the free MLP can write every output channel: its support is all
                     signals.append((self.state, (free_out - self.projected(z)).detach(),
-                                    normalized.detach(), None))
+                                    normalized.detach(), None, None))
         if reflection_on:
             gamma = self.reflection_state.gamma.to(y_eq.dtype)
             contribution, _, _, normalized = self._modulated(
@@ -536,27 +615,42 @@ class ModulatedLayer(nn.Module):
                 with torch.no_grad():
                     support = (self._reflection_support if self.config.score_on_support
                                else None)
+                    # the span score needs the inputs the branch reads, to know what it
+                    # could write
+                    span_input = (x.detach() if self.config.reflection_score == "span"
+                                  else None)
                     signals.append((self.reflection_state,
                                     self.reflection_residual(x.detach()).detach(),
-                                    normalized.detach(), support))
+                                    normalized.detach(), support, span_input))
         if signals and y.requires_grad:
             keys = self._heldout_keys
             every = self.config.heldout_every
             num_graphs = None if heldout is None else heldout.numel()
             support_atoms = self.config.support_atoms
+            weighted = self.config.b_weighting == "magnitude"
 
             def collect(grad: torch.Tensor) -> None:
                 with torch.no_grad():
-                    for state, residual, direction, support in signals:
-                        b, present = per_molecule_b(grad, residual, graph, num_graphs,
-                                                    support, support_atoms)
+                    for state, residual, direction, support, span_input in signals:
+                        followable = None
+                        if span_input is not None:
+                            rows = (graph if graph is not None else torch.zeros(
+                                grad.shape[0], dtype=torch.long, device=grad.device))
+                            count = (num_graphs if num_graphs is not None
+                                     else (int(rows.max()) + 1 if rows.numel() else 0))
+                            followable = self.reflection.followable_sq(span_input, grad,
+                                                                       rows, count)
+                        b, present, norms = per_molecule_b(
+                            grad, residual, graph, num_graphs, support, support_atoms,
+                            followable, with_norms=True)
                         clusters = None
                         if heldout is not None:  # b of held-out molecules only
                             present = present & heldout
                             clusters = heldout_cluster(keys.to(present.device)[present], every)
+                        weights = norms[present] if weighted else None
                         state.record_signals(b[present],
                                              (grad * direction).sum().to(torch.float64),
-                                             clusters)
+                                             clusters, weights)
 
             y.register_hook(collect)
         return y

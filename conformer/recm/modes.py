@@ -163,13 +163,24 @@ class RECM(ModePolicy):
     def update(self, state, config, progress, b, mean_dgamma):
         if b is None:
             return
-        gamma = (1.0 - config.beta) * float(state.gamma) + config.beta * config.gamma_max * b.mean
-        state.gamma.fill_(min(max(gamma, 0.0), config.gamma_max))
-        # running moments of the per-molecule b, one update per step: exact mean for the
-        # first `stats_window` steps, then exponential
+        # running moments, one update per step: exact mean for the first `stats_window`
+        # steps, then exponential
         steps_seen = int(state.step)  # already advanced for this step by the controller
         weight = 1.0 / max(1, min(steps_seen, config.stats_window))
-        state.b_mean.fill_((1 - weight) * float(state.b_mean) + weight * b.mean)
+        signal = b.mean
+        if b.weight is not None:
+            # magnitude-weighted b: this step's weighted mean times its weight relative to
+            # the running mean step weight, so that E[signal] is the ratio
+            # E[sum w b] / E[sum w] over steps, the mean the absorbing test estimates
+            if float(state.b_weight_mean) <= 0:
+                state.b_weight_mean.fill_(b.weight)
+            else:
+                state.b_weight_mean.fill_((1 - weight) * float(state.b_weight_mean)
+                                          + weight * b.weight)
+            signal = b.mean * b.weight / float(state.b_weight_mean)
+        gamma = (1.0 - config.beta) * float(state.gamma) + config.beta * config.gamma_max * signal
+        state.gamma.fill_(min(max(gamma, 0.0), config.gamma_max))
+        state.b_mean.fill_((1 - weight) * float(state.b_mean) + weight * signal)
         state.b_sq_mean.fill_((1 - weight) * float(state.b_sq_mean) + weight * b.sq_mean)
         state.b_count.add_(b.count)
         if b.heldout:
