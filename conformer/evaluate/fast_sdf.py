@@ -21,6 +21,7 @@ multi-conformer molecule per run of records (:meth:`ConformerRecords.engine_mole
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import re
@@ -56,7 +57,7 @@ class _Block:
 
     __slots__ = ("template", "counts_line", "dimension", "line_length", "n_atoms", "atom_bytes",
                  "atoms_span", "bond_bytes", "bond_texts", "tail", "after_atoms", "after_length",
-                 "offsets", "coords")
+                 "offsets", "coords", "item_labels", "items_pattern")
 
     def __init__(self, template: Chem.Mol, counts: bytes, dimension: bytes,
                  atom_bytes: np.ndarray, bond_bytes: np.ndarray, tail: bytes, offset: int):
@@ -73,6 +74,9 @@ class _Block:
         self.after_length = bond_bytes.size + len(tail) + len(_END_LINE)
         self.offsets = [offset]  # start of each row's atom block in the file
         self.coords: np.ndarray | None = None
+        # the data-item labels of the block's first fast-read record and their regex
+        self.item_labels: tuple[str, ...] = ()
+        self.items_pattern: re.Pattern | None = None
 
 
 class _Entry:
@@ -192,16 +196,40 @@ def _rdkit_record(text: bytes) -> Chem.Mol | None:
     return next(iter(supplier), None)
 
 
-def _data_items(data: bytes, start: int, stop: int) -> dict[str, str] | None:
+def _data_items(block: _Block, data: bytes, start: int, stop: int) -> dict[str, str] | None:
     """The data items of ``data[start:stop]`` (after ``M  END``), or None when any of them
-    is not the plain one-line form (RDKit then reads the record)."""
+    is not the plain one-line form (RDKit then reads the record). A block's records usually
+    carry the same labels in the same order: after the first such record, one regex made for
+    those labels (:func:`_items_pattern`) reads the items in one match; a record it does not
+    match goes through the general check."""
     try:
         text = data[start:stop].decode()
     except UnicodeDecodeError:
         return None
+    pattern = block.items_pattern
+    if pattern is not None:
+        match = pattern.fullmatch(text)
+        if match is not None:
+            return dict(zip(block.item_labels, match.groups(), strict=True))
     if not _DATA_ITEMS.fullmatch(text):
         return None  # empty, multi-line or padded values, other headers: RDKit's rules
-    return dict(_DATA_ITEM.findall(text))
+    pairs = _DATA_ITEM.findall(text)
+    if pattern is None:
+        block.item_labels = tuple(label for label, _ in pairs)
+        block.items_pattern = _items_pattern(block.item_labels)
+    return dict(pairs)
+
+
+@functools.lru_cache(maxsize=256)
+def _items_pattern(labels: tuple[str, ...]) -> re.Pattern:
+    """A regex whose full match is a data-item text that :data:`_DATA_ITEMS` fully matches
+    and whose items carry exactly ``labels``, in order; its groups are the values, the same
+    as :data:`_DATA_ITEM`'s. Each item is :data:`_ITEM_TEXT` with the label written out: the
+    header's first '<' is followed by the label and a '>' after which the line holds no '>',
+    so RDKit's label (first '<' to last '>') is that label. Compiled once per label tuple."""
+    items = [_ITEM_TEXT.replace("<([^\\n]*)>", "<" + re.escape(label) + ">", 1)
+             for label in labels]
+    return re.compile(r"\n*" + r"\n*".join(items) + r"\n*")
 
 
 # place values of the integer digits (columns 0-4) and of the decimals (columns 6-9); each
@@ -466,7 +494,7 @@ def _fast_entry(data: bytes, data_array: np.ndarray, block: _Block | None, start
         if differs.any():
             return None
         block.after_atoms.add(after_atoms)  # a molecule has few wedge patterns: seen once
-    items = _data_items(data, items_start, stop - len(_RECORD_END))
+    items = _data_items(block, data, items_start, stop - len(_RECORD_END))
     if items is None:
         return None
     try:  # the title, unless a data item is called _Name: RDKit sets that one last
