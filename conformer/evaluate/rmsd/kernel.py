@@ -45,6 +45,7 @@ _BATCH_ELEMENTS = 262_144
 _COFACTOR_ROWS = np.array([[3 * ((i + 1) % 3) + (j + 1) % 3, 3 * ((i + 2) % 3) + (j + 2) % 3,
                             3 * ((i + 1) % 3) + (j + 2) % 3, 3 * ((i + 2) % 3) + (j + 1) % 3]
                            for i in range(3) for j in range(3)]).T
+_COFACTOR_PAIRS = [tuple(int(v) for v in column) for column in _COFACTOR_ROWS.T]
 _TWO_PI_OVER_3 = 2.0943951023931953
 
 
@@ -56,7 +57,7 @@ class _Workspace:
 
     def __init__(self, size: int, dtype=np.float64):
         self.size, self.dtype = size, np.dtype(dtype)
-        self.cofactors, self.left, self.right = (np.empty((9, size), dtype) for _ in range(3))
+        self.cofactors, self.product = np.empty((9, size), dtype), np.empty(size, dtype)
         self.scalars = np.empty((12, size), dtype)
 
 
@@ -98,11 +99,13 @@ def overlap_from_entries(entries: np.ndarray, out: np.ndarray | None = None,
     if out is None:
         out = np.empty(n, dtype)
     tolerance = _POLISH_TOLERANCE if dtype == np.float64 else _POLISH_TOLERANCE_FLOAT32
-    cofactors, left, right = (w[:, :n] for w in (workspace.cofactors, workspace.left,
-                                                 workspace.right))
-    np.multiply(entries[_COFACTOR_ROWS[0]], entries[_COFACTOR_ROWS[1]], out=left)
-    np.multiply(entries[_COFACTOR_ROWS[2]], entries[_COFACTOR_ROWS[3]], out=right)
-    np.subtract(left, right, out=cofactors)
+    cofactors, right = workspace.cofactors[:, :n], workspace.product[:n]
+    # row by row from the entries' own rows: gathering the four (9, L) operands by fancy
+    # indexing cost more than the products (same values: one product each, one difference)
+    for k, (p, q, r, t) in enumerate(_COFACTOR_PAIRS):
+        np.multiply(entries[p], entries[q], out=cofactors[k])
+        np.multiply(entries[r], entries[t], out=right)
+        cofactors[k] -= right
     det, a, b, third, minus_p_third, q, radius, angle, s1, s2, lam, tmp = \
         workspace.scalars[:, :n]
     np.einsum("jk,jk->k", entries[:3], cofactors[:3], out=det)  # first-row expansion
