@@ -28,12 +28,13 @@ from conformer.evaluate.rmsd.symmetry import (
 
 # Memory bounds while aligning (float64): covariances per GEMM (9 * 8 bytes each, ~4.7 MB),
 # the permuted generated coordinates (G, M', n, 3) (~32 MB), and covariances per closed-form
-# call: with preallocated temporaries (_Workspace, ~0.9 MB at 2,048) 2,048 and 4,096 ran
+# call: with preallocated temporaries (_Workspace, ~0.7 MB at 4,096) 2,048 and 4,096 ran
 # alike and 1.2x faster than 1,024 on this project's 2-core Xeon (fewer NumPy calls per
-# covariance); 8,192 was slower again (cache).
+# covariance); 8,192 was slower again (cache). Since the cofactors are products of rows (no
+# (9, L) gathers), 4,096 is about 1 ms faster than 2,048 on the GEOM-sized benchmark set.
 _GEMM_PAIRS = 65_536
 _PERMUTED_ELEMENTS = 4_000_000
-_KERNEL_ELEMENTS = 2_048
+_KERNEL_ELEMENTS = 4_096
 # Blocks of at most _SMALL_BLOCK covariances are pooled across molecules until _BATCH_ELEMENTS
 # covariances wait (~19 MB of entries), then evaluated together.
 _SMALL_BLOCK = 4_096
@@ -194,8 +195,9 @@ _POLISH_TOLERANCE_FLOAT32 = 1e-4
 # |X| |Y|, so 1e-3 leaves a factor of 45. In MSD the margin is a band of about 0.002 Rg^2
 # (Rg: radius of gyration): maps that close are rare, and ~1.3 maps per pair are recomputed.
 _PRESCREEN_MARGIN = 1e-3
-# float32 covariances per pre-pass closed-form call: same bytes as 4,096 float64 ones
-_KERNEL_ELEMENTS_FLOAT32 = 8_192
+# float32 covariances per pre-pass closed-form call (~1.4 MB of temporaries): on the GEOM-sized
+# benchmark set 16,384 was ~2 ms faster than 8,192 (fewer NumPy calls), 32,768 no faster
+_KERNEL_ELEMENTS_FLOAT32 = 16_384
 
 
 def kabsch_rmsd_min(ref_xyz: np.ndarray, gen_xyz: np.ndarray, maps: np.ndarray) -> np.ndarray:
