@@ -142,7 +142,9 @@ class ConformerRecords(Sequence):
 
     def props(self, key: str) -> list[str | None]:
         """:meth:`prop` of every record."""
-        return [entry.get(key) for entry in self._entries]
+        # the fast reader's records hold a dict: read it here (no method call per record)
+        return [props.get(key) if (props := entry.props) is not None else entry.get(key)
+                for entry in self._entries]
 
     def select(self, indices) -> ConformerRecords:
         """The records at ``indices``, in that order."""
