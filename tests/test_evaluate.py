@@ -465,3 +465,33 @@ def test_match_by_name_skips_canonical_smiles_when_the_texts_agree(monkeypatch):
     # a different molecule under a reference's name goes by SMILES to its own reference
     matched, unmatched = E.match_generated(references, {"ethanol": _records_with_smiles("CO")})
     assert list(matched) == ["methanol"] and not unmatched
+
+
+def test_incomplete_molecules_counts_per_input_line():
+    """Records present against the announced n_conformers, per input line: the last total
+    that reads as an integer counts (also when a line announces different totals), records
+    without either property are not counted."""
+    from conformer.evaluate.evaluator import incomplete_molecules
+
+    def records(*props):
+        mols = []
+        for line, total in props:
+            mol = Chem.MolFromSmiles("CCO")
+            if line is not None:
+                mol.SetProp("input_line", line)
+            if total is not None:
+                mol.SetProp("n_conformers", total)
+            mols.append(mol)
+        return mols
+
+    generated = {
+        "complete": records(("1", "2"), ("1", "2")),
+        "cut": records(("2", "4"), ("2", "4"), ("2", "4")),
+        "two lines": records(("3", "2"), ("3", "2"), ("4", "3")),  # line 4: 1 of 3
+        "unreadable": records(("5", "x"), ("5", "x")),  # no total: not judged
+        "last readable": records(("6", "2"), ("6", "5"), ("6", "x")),  # 5 counts: 3 of 5
+        "earlier total": records(("7", "5"), ("7", "2"), ("7", "2")),  # 2 counts: complete
+        "no line": records((None, "9"), ("8", None)),
+    }
+    assert incomplete_molecules(generated) == {"cut": (3, 4), "two lines": (1, 3),
+                                               "last readable": (3, 5)}

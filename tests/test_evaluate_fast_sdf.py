@@ -154,6 +154,36 @@ def test_a_record_that_differs_from_its_template_is_read_by_rdkit(generated, tmp
     assert _fast_count(groups) >= 5 * len(MOLECULES) - 2  # the others stay fast
 
 
+def test_records_whose_data_items_differ_within_a_block(generated, tmp_path):
+    """A block's records read with the labels of its first fast-read record in one regex;
+    records with other labels, another order, labels RDKit reads by its first-'<'-last-'>'
+    rule, or a value the general form refuses still read as RDKit reads them."""
+    records = _records(generated)  # the first molecule's records: 0-5
+    records[2] = records[2].replace(">  <method>\netkdg\n\n", "")  # an item fewer
+    records[3] = records[3].replace("$$$$\n", ">  <extra>\nvalue\n\n$$$$\n")  # one more
+    method = ">  <method>\netkdg\n\n"
+    note = ">  <note>\ntwo words\n\n"
+    assert method + note in records[4]
+    records[4] = records[4].replace(method + note, note + method)  # another order
+    records[5] = records[5].replace(">  <note>\n", ">  <no<te>x> (5)\n")  # label 'no<te>x'
+    path = tmp_path / "items.sdf"
+    path.write_text("".join(records))
+    groups = _assert_same_as_rdkit(path)
+    entries = groups["choline_acetate"]._entries
+    assert all(entry.props is not None for entry in entries[1:])  # all read fast
+    assert entries[5].props["no<te>x"] == "two words" and "extra" in entries[3].props
+    assert entries[1].block.item_labels == tuple(entries[1].props)[1:]  # after _Name
+    # the labels' regex accepts only what the general form accepts, with the same values
+    text = records[1][records[1].index("M  END\n") + 7:-len("$$$$\n")]
+    pattern = fast_sdf._items_pattern(entries[1].block.item_labels)
+    assert pattern.fullmatch(text) and fast_sdf._DATA_ITEMS.fullmatch(text)
+    assert dict(zip(entries[1].block.item_labels, pattern.fullmatch(text).groups(),
+                    strict=True)) == dict(fast_sdf._DATA_ITEM.findall(text))
+    for bad in (text.replace("etkdg\n", "etkdg \n"), text.replace("etkdg\n", "etkdg\nx\n"),
+                text.replace(">  <method>", ">  <method>>")):
+        assert pattern.fullmatch(bad) is None
+
+
 def test_cut_file_and_unreadable_record(generated, tmp_path):
     records = _records(generated)
     cut = tmp_path / "cut.sdf"

@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import json
 import pickle
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -320,19 +320,41 @@ def incomplete_molecules(generated: dict[str, list[Chem.Mol]]) -> dict[str, tupl
         present: dict[str, int] = defaultdict(int)
         expected: dict[str, int] = {}
         mols = ConformerRecords.from_molecules(mols)
-        for line, total in zip(mols.props("input_line"), mols.props("n_conformers"), strict=True):
+        # counted per distinct (line, total) text pair (few per molecule), not per record
+        counts = Counter(zip(mols.props("input_line"), mols.props("n_conformers"), strict=True))
+        totals: dict[str, set[int]] = defaultdict(set)
+        for (line, total), count in counts.items():
             if line is None or total is None:
                 continue
-            present[line] += 1
+            present[line] += count
             try:
-                expected[line] = int(total)
+                value = int(total)
             except ValueError:
                 continue
+            totals[line].add(value)
+        if any(len(values) > 1 for values in totals.values()):
+            # a line announcing different totals: the last readable one counts, record order
+            expected = _last_totals(mols)
+        else:
+            expected = {line: values.pop() for line, values in totals.items()}
         short = [(present[line], expected[line]) for line in expected
                  if present[line] < expected[line]]
         if short:
             out[name] = (sum(p for p, _ in short), sum(e for _, e in short))
     return out
+
+
+def _last_totals(mols: ConformerRecords) -> dict[str, int]:
+    """Per ``input_line``, the last of its records' ``n_conformers`` that reads as an integer."""
+    expected: dict[str, int] = {}
+    for line, total in zip(mols.props("input_line"), mols.props("n_conformers"), strict=True):
+        if line is None or total is None:
+            continue
+        try:
+            expected[line] = int(total)
+        except ValueError:
+            continue
+    return expected
 
 
 def _no_match_message(generated_path: Path, generated: dict, references: dict, gen_key: str

@@ -21,6 +21,7 @@ multi-conformer molecule per run of records (:meth:`ConformerRecords.engine_mole
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import re
@@ -56,7 +57,7 @@ class _Block:
 
     __slots__ = ("template", "counts_line", "dimension", "line_length", "n_atoms", "atom_bytes",
                  "atoms_span", "bond_bytes", "bond_texts", "tail", "after_atoms", "after_length",
-                 "offsets", "coords")
+                 "offsets", "coords", "item_labels", "items_pattern")
 
     def __init__(self, template: Chem.Mol, counts: bytes, dimension: bytes,
                  atom_bytes: np.ndarray, bond_bytes: np.ndarray, tail: bytes, offset: int):
@@ -73,6 +74,9 @@ class _Block:
         self.after_length = bond_bytes.size + len(tail) + len(_END_LINE)
         self.offsets = [offset]  # start of each row's atom block in the file
         self.coords: np.ndarray | None = None
+        # the data-item labels of the block's first fast-read record and their regex
+        self.item_labels: tuple[str, ...] = ()
+        self.items_pattern: re.Pattern | None = None
 
 
 class _Entry:
@@ -138,7 +142,9 @@ class ConformerRecords(Sequence):
 
     def props(self, key: str) -> list[str | None]:
         """:meth:`prop` of every record."""
-        return [entry.get(key) for entry in self._entries]
+        # the fast reader's records hold a dict: read it here (no method call per record)
+        return [props.get(key) if (props := entry.props) is not None else entry.get(key)
+                for entry in self._entries]
 
     def select(self, indices) -> ConformerRecords:
         """The records at ``indices``, in that order."""
@@ -192,32 +198,66 @@ def _rdkit_record(text: bytes) -> Chem.Mol | None:
     return next(iter(supplier), None)
 
 
-def _data_items(data: bytes, start: int, stop: int) -> dict[str, str] | None:
+def _data_items(block: _Block, data: bytes, start: int, stop: int) -> dict[str, str] | None:
     """The data items of ``data[start:stop]`` (after ``M  END``), or None when any of them
-    is not the plain one-line form (RDKit then reads the record)."""
+    is not the plain one-line form (RDKit then reads the record). A block's records usually
+    carry the same labels in the same order: after the first such record, one regex made for
+    those labels (:func:`_items_pattern`) reads the items in one match; a record it does not
+    match goes through the general check."""
     try:
         text = data[start:stop].decode()
     except UnicodeDecodeError:
         return None
+    pattern = block.items_pattern
+    if pattern is not None:
+        match = pattern.fullmatch(text)
+        if match is not None:
+            return dict(zip(block.item_labels, match.groups(), strict=True))
     if not _DATA_ITEMS.fullmatch(text):
         return None  # empty, multi-line or padded values, other headers: RDKit's rules
-    return dict(_DATA_ITEM.findall(text))
+    pairs = _DATA_ITEM.findall(text)
+    if pattern is None:
+        block.item_labels = tuple(label for label, _ in pairs)
+        block.items_pattern = _items_pattern(block.item_labels)
+    return dict(pairs)
 
 
-_PLACE_VALUES = np.array([1e8, 1e7, 1e6, 1e5, 1e4, 0.0, 1e3, 1e2, 1e1, 1.0])
+@functools.lru_cache(maxsize=256)
+def _items_pattern(labels: tuple[str, ...]) -> re.Pattern:
+    """A regex whose full match is a data-item text that :data:`_DATA_ITEMS` fully matches
+    and whose items carry exactly ``labels``, in order; its groups are the values, the same
+    as :data:`_DATA_ITEM`'s. Each item is :data:`_ITEM_TEXT` with the label written out: the
+    header's first '<' is followed by the label and a '>' after which the line holds no '>',
+    so RDKit's label (first '<' to last '>') is that label. Compiled once per label tuple."""
+    items = [_ITEM_TEXT.replace("<([^\\n]*)>", "<" + re.escape(label) + ">", 1)
+             for label in labels]
+    return re.compile(r"\n*" + r"\n*".join(items) + r"\n*")
+
+
+# place values of the integer digits (columns 0-4) and of the decimals (columns 6-9); each
+# partial sum is an integer below 2^24, exact in float32
+_WHOLE_PLACES = np.array([1e4, 1e3, 1e2, 1e1, 1.0], np.float32)
+_DECIMAL_PLACES = np.array([1e3, 1e2, 1e1, 1.0], np.float32)
 # bytes minus ord("0"), as uint8 (wrapping): digits 0-9, and these
 _BLANK, _MINUS, _POINT = (np.uint8((ord(c) - 48) % 256) for c in " -.")
 
 
 def _parse_fixed_coordinates(chars: np.ndarray) -> np.ndarray | None:
-    """Values of 10-character fields ``chars`` (N, 10) uint8 written as ``%10.4f`` (leading
-    blanks, an optional minus, digits, the point at column 5, four decimals); None when any
-    field has another form. Exact: an integer mantissa (below 2^53, so every partial sum of
-    the float64 product is exact) divided by 10^4 rounds once, to the double nearest the
-    decimal text, as strtod does. Works column by column on a transposed copy: numpy's
-    operations on the (N, 10) layout's short strided rows cost several times more."""
-    # (10, N), a new C-ordered array: digits 0-9; blank, minus and point wrap to constants
-    columns = np.subtract(chars.T, np.uint8(48), order="C")
+    """Values of 10-character fields ``chars`` (..., 10) uint8 written as ``%10.4f`` (leading
+    blanks, an optional minus, digits, the point at column 5, four decimals), flat in the
+    fields' order; None when any field has another form (see :func:`_column_values`). Works
+    column by column on a transposed copy: numpy's operations on the (N, 10) layout's short
+    strided rows cost several times more."""
+    return _column_values(np.subtract(np.moveaxis(chars, -1, 0), np.uint8(48),
+                                      order="C").reshape(10, -1))
+
+
+def _column_values(columns: np.ndarray) -> np.ndarray | None:
+    """:func:`_parse_fixed_coordinates` of fields given column by column: ``columns`` (10, N)
+    uint8 (any strides), each field's bytes minus ord("0") (wrapping); not modified. Exact: the
+    integer digits and the decimals each sum exactly (integers below 2^24 in float32), the
+    integer mantissa ``whole * 10^4 + decimals`` is exact in float64 (below 2^53), and its
+    division by 10^4 rounds once, to the double nearest the decimal text, as strtod does."""
     is_digit = columns < 10
     if not (np.all(columns[5] == _POINT) and np.all(is_digit[6:]) and np.all(is_digit[4])):
         return None
@@ -229,19 +269,23 @@ def _parse_fixed_coordinates(chars: np.ndarray) -> np.ndarray | None:
     rank = head_digit * np.uint8(2) + minus
     if np.any(rank[1:] < rank[:-1]) or np.any(minus[1:] & minus[:-1]):
         return None
-    columns *= is_digit  # blanks, minus and point count 0
-    magnitude = _PLACE_VALUES @ columns.astype(np.float64)  # integer-valued sums: exact
+    whole = _WHOLE_PLACES[:4] @ (head * head_digit).astype(np.float32)  # blanks, minus: 0
+    whole += columns[4]
+    magnitude = whole.astype(np.float64)
+    magnitude *= 1e4  # exact
+    magnitude += _DECIMAL_PLACES @ columns[6:].astype(np.float32)  # exact
     magnitude /= 1e4  # one rounding
     negative = minus[0] | minus[1] | minus[2] | minus[3]
-    magnitude[negative] *= -1.0  # "-0.0000" is -0.0, as strtod
+    np.negative(magnitude, out=magnitude, where=negative)  # "-0.0000" is -0.0, as strtod
     return magnitude
 
 
 def _finish_blocks(blocks: list[_Block], data: bytes) -> list[np.ndarray]:
     """Fill every block's ``coords``; returns per block a bool per row: True where the row's
     atom lines equal the template's outside the coordinate columns and its coordinates are
-    plain ``%10.4f`` text. The coordinate text of all blocks is parsed in one pass."""
-    same_rows, fields = [], []
+    plain ``%10.4f`` text. The coordinate text of all blocks is parsed in one pass: each
+    block's coordinate columns are written, transposed, straight into one (10, N) array."""
+    same_rows, fields, total = [], [], 0
     for block in blocks:
         n_atoms, width = block.n_atoms, block.line_length + 1
         span = n_atoms * width  # the bond lines were checked by _fast_entry
@@ -253,26 +297,35 @@ def _finish_blocks(blocks: list[_Block], data: bytes) -> list[np.ndarray]:
         same = np.all(rows[:, :, _COORD_COLUMNS:] == block.atom_bytes[None, :, _COORD_COLUMNS:],
                       axis=(1, 2))
         same_rows.append(same)
-        fields.append(rows[same, :, :_COORD_COLUMNS].reshape(-1, 10))
-    values = _parse_fixed_coordinates(np.concatenate(fields)) if fields else None
+        # (rows, atoms * 3, 10): a view when every row passed (the common case)
+        text = rows[:, :, :_COORD_COLUMNS] if same.all() else rows[same, :, :_COORD_COLUMNS]
+        fields.append(text.reshape(-1, n_atoms * 3, 10))
+        total += text.shape[0] * n_atoms * 3
+    columns = np.empty((10, total), np.uint8)
+    start = 0
+    for text in fields:
+        stop = start + text.shape[0] * text.shape[1]
+        np.subtract(np.moveaxis(text, -1, 0), np.uint8(48),
+                    out=columns[:, start:stop].reshape(10, text.shape[0], text.shape[1]))
+        start = stop
+    values = _column_values(columns) if total else None
     plain_rows, start = [], 0
-    for block, same, block_fields in zip(blocks, same_rows, fields, strict=True):
+    for block, same, text in zip(blocks, same_rows, fields, strict=True):
         n_rows, n_atoms = len(block.offsets), block.n_atoms
         coords = np.zeros((n_rows, n_atoms, 3))
         plain = np.zeros(n_rows, dtype=bool)
         ok_rows = np.flatnonzero(same)
-        stop = start + len(block_fields)
+        stop = start + text.shape[0] * text.shape[1]
         block_values = values[start:stop] if values is not None else \
-            _parse_fixed_coordinates(block_fields)
-        start = stop
+            _column_values(columns[:, start:stop])
         if block_values is not None:
             coords[ok_rows], plain[ok_rows] = block_values.reshape(-1, n_atoms, 3), True
         else:  # some field is not plain: row by row, keep the plain rows
-            row_fields = block_fields.reshape(len(ok_rows), n_atoms * 3, 10)
             for k, row in enumerate(ok_rows):
-                row_values = _parse_fixed_coordinates(row_fields[k])
+                row_values = _parse_fixed_coordinates(text[k])
                 if row_values is not None:
                     coords[row], plain[row] = row_values.reshape(n_atoms, 3), True
+        start = stop
         # the template's own coordinates are RDKit's, whatever their text
         coords[0], plain[0] = block.template.GetConformer().GetPositions(), True
         block.coords = coords
@@ -443,7 +496,7 @@ def _fast_entry(data: bytes, data_array: np.ndarray, block: _Block | None, start
         if differs.any():
             return None
         block.after_atoms.add(after_atoms)  # a molecule has few wedge patterns: seen once
-    items = _data_items(data, items_start, stop - len(_RECORD_END))
+    items = _data_items(block, data, items_start, stop - len(_RECORD_END))
     if items is None:
         return None
     try:  # the title, unless a data item is called _Name: RDKit sets that one last

@@ -28,12 +28,13 @@ from conformer.evaluate.rmsd.symmetry import (
 
 # Memory bounds while aligning (float64): covariances per GEMM (9 * 8 bytes each, ~4.7 MB),
 # the permuted generated coordinates (G, M', n, 3) (~32 MB), and covariances per closed-form
-# call: with preallocated temporaries (_Workspace, ~0.9 MB at 2,048) 2,048 and 4,096 ran
+# call: with preallocated temporaries (_Workspace, ~0.7 MB at 4,096) 2,048 and 4,096 ran
 # alike and 1.2x faster than 1,024 on this project's 2-core Xeon (fewer NumPy calls per
-# covariance); 8,192 was slower again (cache).
+# covariance); 8,192 was slower again (cache). Since the cofactors are products of rows (no
+# (9, L) gathers), 4,096 is about 1 ms faster than 2,048 on the GEOM-sized benchmark set.
 _GEMM_PAIRS = 65_536
 _PERMUTED_ELEMENTS = 4_000_000
-_KERNEL_ELEMENTS = 2_048
+_KERNEL_ELEMENTS = 4_096
 # Blocks of at most _SMALL_BLOCK covariances are pooled across molecules until _BATCH_ELEMENTS
 # covariances wait (~19 MB of entries), then evaluated together.
 _SMALL_BLOCK = 4_096
@@ -45,6 +46,7 @@ _BATCH_ELEMENTS = 262_144
 _COFACTOR_ROWS = np.array([[3 * ((i + 1) % 3) + (j + 1) % 3, 3 * ((i + 2) % 3) + (j + 2) % 3,
                             3 * ((i + 1) % 3) + (j + 2) % 3, 3 * ((i + 2) % 3) + (j + 1) % 3]
                            for i in range(3) for j in range(3)]).T
+_COFACTOR_PAIRS = [tuple(int(v) for v in column) for column in _COFACTOR_ROWS.T]
 _TWO_PI_OVER_3 = 2.0943951023931953
 
 
@@ -56,7 +58,7 @@ class _Workspace:
 
     def __init__(self, size: int, dtype=np.float64):
         self.size, self.dtype = size, np.dtype(dtype)
-        self.cofactors, self.left, self.right = (np.empty((9, size), dtype) for _ in range(3))
+        self.cofactors, self.product = np.empty((9, size), dtype), np.empty(size, dtype)
         self.scalars = np.empty((12, size), dtype)
 
 
@@ -98,11 +100,13 @@ def overlap_from_entries(entries: np.ndarray, out: np.ndarray | None = None,
     if out is None:
         out = np.empty(n, dtype)
     tolerance = _POLISH_TOLERANCE if dtype == np.float64 else _POLISH_TOLERANCE_FLOAT32
-    cofactors, left, right = (w[:, :n] for w in (workspace.cofactors, workspace.left,
-                                                 workspace.right))
-    np.multiply(entries[_COFACTOR_ROWS[0]], entries[_COFACTOR_ROWS[1]], out=left)
-    np.multiply(entries[_COFACTOR_ROWS[2]], entries[_COFACTOR_ROWS[3]], out=right)
-    np.subtract(left, right, out=cofactors)
+    cofactors, right = workspace.cofactors[:, :n], workspace.product[:n]
+    # row by row from the entries' own rows: gathering the four (9, L) operands by fancy
+    # indexing cost more than the products (same values: one product each, one difference)
+    for k, (p, q, r, t) in enumerate(_COFACTOR_PAIRS):
+        np.multiply(entries[p], entries[q], out=cofactors[k])
+        np.multiply(entries[r], entries[t], out=right)
+        cofactors[k] -= right
     det, a, b, third, minus_p_third, q, radius, angle, s1, s2, lam, tmp = \
         workspace.scalars[:, :n]
     np.einsum("jk,jk->k", entries[:3], cofactors[:3], out=det)  # first-row expansion
@@ -191,8 +195,9 @@ _POLISH_TOLERANCE_FLOAT32 = 1e-4
 # |X| |Y|, so 1e-3 leaves a factor of 45. In MSD the margin is a band of about 0.002 Rg^2
 # (Rg: radius of gyration): maps that close are rare, and ~1.3 maps per pair are recomputed.
 _PRESCREEN_MARGIN = 1e-3
-# float32 covariances per pre-pass closed-form call: same bytes as 4,096 float64 ones
-_KERNEL_ELEMENTS_FLOAT32 = 8_192
+# float32 covariances per pre-pass closed-form call (~1.4 MB of temporaries): on the GEOM-sized
+# benchmark set 16,384 was ~2 ms faster than 8,192 (fewer NumPy calls), 32,768 no faster
+_KERNEL_ELEMENTS_FLOAT32 = 16_384
 
 
 def kabsch_rmsd_min(ref_xyz: np.ndarray, gen_xyz: np.ndarray, maps: np.ndarray) -> np.ndarray:
