@@ -9,7 +9,13 @@ from torch import nn
 from conformer.experiments.nbody import NBodyNet, NBodyPreset, equivariance_error, simulate
 from conformer.recm import RECMConfig, RECMController, export
 from conformer.recm.haar import random_orthogonal, wigner_d
-from conformer.recm.layer import ModulatedLayer, per_molecule_b, reflection_support
+from conformer.recm.layer import (
+    ModulatedLayer,
+    ReflectionBranch,
+    SignalSummary,
+    per_molecule_b,
+    reflection_support,
+)
 from conformer.recm.modes import cluster_mean_and_standard_error
 from tests.equivariance import single_thread
 
@@ -261,3 +267,138 @@ def test_reflection_branch_can_read_the_pseudo_inputs_only():
         assert torch.allclose(moved, expected, atol=1e-12)
     with pytest.raises(ValueError, match="reflection_inputs"):
         RECMConfig(reflection_inputs="odd")
+
+
+# -- the span score and magnitude weighting (session 12) ------------------------------------
+SPAN_IN, SPAN_OUT = o3.Irreps("8x0e+1x0o+1x1e"), o3.Irreps("2x0o+8x0e+4x1o+4x1e")
+
+
+def span_branch():
+    torch.manual_seed(0)
+    return ReflectionBranch(SPAN_IN, SPAN_OUT).double()
+
+
+def test_followable_norm_is_the_projection_onto_everything_the_branch_can_write():
+    """|P grad|^2 per molecule equals the least-squares projection of grad onto the columns
+    of the branch's Jacobian in its weights (the branch is linear in them)."""
+    branch = span_branch()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(30, SPAN_IN.dim, generator=generator, dtype=torch.float64)
+    grad = torch.randn(30, SPAN_OUT.dim, generator=generator, dtype=torch.float64)
+    graph = torch.tensor([0] * 12 + [1] * 18)
+    followable = branch.followable_sq(x, grad, graph, 2)
+    weights = branch.linear.weight.detach().clone()
+    for molecule in range(2):
+        rows = graph == molecule
+        jacobian = torch.autograd.functional.jacobian(
+            lambda w, rows=rows: torch.func.functional_call(
+                branch, {"linear.weight": w}, (x,))[rows].reshape(-1), weights)
+        solution = torch.linalg.lstsq(jacobian, grad[rows].reshape(-1, 1)).solution
+        projected = jacobian @ solution
+        assert float(followable[molecule]) == pytest.approx(float(projected.pow(2).sum()),
+                                                            rel=1e-9)
+        assert float(followable[molecule]) < float(grad[rows].pow(2).sum())
+    # a molecule none of whose rows carries an input the branch reads has nothing to follow
+    assert float(branch.followable_sq(torch.zeros_like(x), grad, graph, 2).abs().max()) == 0
+
+
+def test_span_b_is_one_for_a_branch_pointing_where_the_loss_wants_despite_noise():
+    """grad = -r plus noise the branch cannot write (here: every even channel and the
+    parts of the odd ones outside the span): the span score is 1, the support cosine
+    diluted."""
+    branch = span_branch()
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(20, SPAN_IN.dim, generator=generator, dtype=torch.float64)
+    graph = torch.zeros(20, dtype=torch.long)
+    residual = branch(x).detach()
+    noise = torch.randn(20, SPAN_OUT.dim, generator=generator, dtype=torch.float64) * 3
+    # remove the part of the noise the branch could follow (least squares on its Jacobian)
+    weights = branch.linear.weight.detach().clone()
+    jacobian = torch.autograd.functional.jacobian(
+        lambda w: torch.func.functional_call(branch, {"linear.weight": w}, (x,)).reshape(-1),
+        weights)
+    followable = jacobian @ torch.linalg.lstsq(jacobian, noise.reshape(-1, 1)).solution
+    grad = -residual + noise - followable.reshape(noise.shape)
+    span = branch.followable_sq(x, grad, graph, 1)
+    b_span, _ = per_molecule_b(grad, residual, graph, grad_norm_sq=span)
+    b_support, _ = per_molecule_b(grad, residual, graph,
+                                  channels=reflection_support(SPAN_IN, SPAN_OUT))
+    assert float(b_span) == pytest.approx(1.0, abs=1e-9)
+    assert float(b_support) < 0.5
+
+
+def test_span_b_flips_and_its_weight_stays_under_the_mirror_image():
+    """The null: a molecule and its mirror image have opposite span b and equal weights
+    (so the magnitude-weighted mean is 0 when both are equally likely); a proper rotation
+    changes neither."""
+    branch = span_branch()
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(15, SPAN_IN.dim, generator=generator, dtype=torch.float64)
+    grad = torch.randn(15, SPAN_OUT.dim, generator=generator, dtype=torch.float64)
+    graph = torch.arange(3).repeat_interleave(5)
+
+    def scored(matrix):
+        d_in, d_out = wigner_d(SPAN_IN, matrix), wigner_d(SPAN_OUT, matrix)
+        moved_x, moved_grad = x @ d_in.T, grad @ d_out.T
+        span = branch.followable_sq(moved_x, moved_grad, graph, 3)
+        return per_molecule_b(moved_grad, branch(moved_x).detach(), graph,
+                              grad_norm_sq=span, with_norms=True)
+
+    b, _, weight = scored(torch.eye(3, dtype=torch.float64))
+    rotation = random_orthogonal(generator, reflections=False)
+    b_rotated, _, weight_rotated = scored(rotation)
+    b_mirror, _, weight_mirror = scored(-rotation)
+    assert b.abs().min() > 1e-3
+    assert torch.allclose(b_rotated, b, atol=1e-10)
+    assert torch.allclose(b_mirror, -b, atol=1e-10)
+    assert torch.allclose(weight_mirror, weight, rtol=1e-10)
+    assert torch.allclose(weight_rotated, weight, rtol=1e-10)
+
+
+def test_magnitude_weighted_summary_is_the_ratio_of_sums():
+    """Many small negative cosines and one large positive one: per molecule the mean is
+    negative, weighted by magnitude it is the sign of the summed inner products."""
+    b = torch.tensor([-0.2, -0.2, -0.2, 0.5], dtype=torch.float64)
+    weights = torch.tensor([1.0, 1.0, 1.0, 10.0], dtype=torch.float64)
+    clusters = torch.tensor([0, 1, 1, 2])
+    plain = SignalSummary.of([b])
+    weighted = SignalSummary.of([b], [clusters], [weights])
+    assert plain.mean == pytest.approx(-0.025) and plain.weight is None
+    assert weighted.mean == pytest.approx((-0.6 + 5.0) / 13.0)
+    assert weighted.total_weight == pytest.approx(13.0) and weighted.count == 4
+    assert weighted.cluster_sums[:3].tolist() == pytest.approx([-0.2, -0.4, 5.0])
+    assert weighted.cluster_counts[:3].tolist() == pytest.approx([1.0, 2.0, 10.0])
+    # nothing to follow anywhere: b = 0 counted alike (evidence of no gap), not dropped
+    empty = SignalSummary.of([torch.zeros(3, dtype=torch.float64)], None,
+                             [torch.zeros(3, dtype=torch.float64)])
+    assert empty is not None and empty.mean == 0 and empty.weight is None
+
+
+def test_gamma_update_weighs_each_step_by_its_weight():
+    """Two steps, b = +0.5 with weight 3 then -0.5 with weight 1. The signal of a step is
+    its b times its weight over the running mean step weight: 0.5 (the first step is its
+    own mean), then -0.5 * 1 / 2 = -0.25, so the light step moves gamma half as far as an
+    unweighted mean would (whose two signals cancel)."""
+    config = RECMConfig(mode="recm", beta=1.0, gamma_max=4.0)
+    layer = ModulatedLayer(o3.Linear("2x0e", "2x0e"), "2x0e", "2x0e", config)
+    controller = RECMController([layer], config)
+    state = layer.state
+    signals = []
+    for value, weight in ((0.5, 3.0), (-0.5, 1.0)):
+        state.record_signals(torch.tensor([value], dtype=torch.float64),
+                             torch.tensor(0.0, dtype=torch.float64), None,
+                             torch.tensor([weight], dtype=torch.float64))
+        controller.after_optimizer_step(0.5)
+        signals.append(float(layer.state.gamma) / config.gamma_max)  # beta 1: gamma = 4 s
+    # step 1: running step weight 3, signal 0.5; step 2: running weight (3 + 1) / 2 = 2,
+    # signal -0.5 * 1 / 2 = -0.25; the running mean of the signals is (0.5 - 0.25) / 2
+    assert signals[0] == pytest.approx(0.5)
+    assert signals[1] == pytest.approx(0.0)  # clipped at 0: -0.25 * 4 < 0
+    assert float(state.b_mean) == pytest.approx((0.5 - 0.25) / 2)
+
+
+def test_reflection_score_and_weighting_are_checked():
+    with pytest.raises(ValueError, match="reflection_score"):
+        RECMConfig(reflection_score="cosine")
+    with pytest.raises(ValueError, match="b_weighting"):
+        RECMConfig(b_weighting="atoms")

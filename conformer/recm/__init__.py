@@ -105,6 +105,35 @@ its held-out molecules. The minimum number of steps matters because b of a young
 (random initial direction, before the surrogate gradient has taught it anything) is negative
 or noise, and v1 decided at step ~300 on that.
 
+The span score and magnitude weighting (session 12; ``RECMConfig.reflection_score``,
+``RECMConfig.b_weighting``). Two measured faults of the per-molecule cosine on conformers:
+(1) dilution: diffusion training puts denoising noise on every atom's gradient, so even a
+branch pointing exactly where the loss wants it scored b ~ 0.01 and the fixed point
+``gamma_max E[b]`` stayed near 0; (2) the sign: finite differences of the loss in each
+reflection gamma (held-out molecules, fixed noise) said "more helps" where the mean of the
+per-molecule cosines was negative: many molecules at low noise, where the branch slightly
+overshoots, outvoted the few at high noise where it removes most of the loss.
+(1) The reflection branch is linear in its weights, so what it can write on molecule m is a
+linear space; ``P_m`` projects onto it (per output irrep block, onto the span of the input
+channels of the same irrep that feed it; ``ReflectionBranch.followable_sq``) and
+
+    b_m = -<delta_m, r_m> / (|P_m delta_m| |r_m|)  in [-1, 1]  (r_m lies in that space),
+
+1 when the branch points where the loss wants it within what it could write, whatever the
+noise outside. P_m's norm is invariant under rotations and under the mirror image (its Gram
+matrix and cross term change by an orthogonal map, and by a sign, respectively), so the null
+argument above is unchanged: a mirror pair has opposite b_m and equal norms.
+(2) The mean over molecules is weighted by each molecule's denominator w_m = |P_m delta_m|
+|r_m|: ``sum w_m b_m / sum w_m = -sum <delta_m, r_m> / sum w_m``, the batch cosine of v1, of
+the sign of the loss's derivative along the branch. The cluster sums of the absorbing test
+become weighted sums and sums of weights (the ratio estimator's linearised variance is the
+same formula), and the gamma update uses each step's weighted mean times its weight over the
+running mean step weight, so that both estimate the same ratio. Under exact symmetry the
+ratio is 0 at gamma = 0; at gamma > 0 it is negative (the loss's curvature along the
+branch: ``dL/dgamma = a + c gamma`` with a = 0), which only speeds absorption. With a gap
+(a > 0), ``b ~ (a - c gamma) / w`` and the update's fixed point is
+``gamma* = gamma_max a / (w + gamma_max c)``: positive, and bounded by ``gamma_max a / w``.
+
 Baselines behind the same switch (``RECMConfig.mode``; each mode's behaviour is one policy in
 ``conformer.recm.modes``): ``equivariant`` (no branch),
 ``unconstrained`` (gamma = 1, no projection), ``scheduled`` (gamma triangular 0 -> 1 -> 0 over
