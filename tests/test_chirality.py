@@ -152,7 +152,7 @@ def test_odd_gate_flags_reach_every_run_and_the_settings(tmp_path, monkeypatch):
     assert built == [(True, True)]
     preset = json.loads((out / "results.json").read_text())["settings"]["preset"]
     assert preset["odd_gates"] is True and preset["node_cross_products"] is True
-    assert chirality.PRESETS["tiny"].odd_gates is False  # the documented table's setting
+    assert chirality.PRESETS["tiny"].odd_gates is False  # the documented tables' setting
 
 
 @pytest.mark.parametrize("flag,field,run", [
@@ -188,14 +188,26 @@ def test_network_flags_reach_every_run_and_the_settings_hash(tmp_path, monkeypat
     assert flagged["settings_hash"] != plain["settings_hash"]
 
 
-def test_the_tiny_preset_hashes_as_the_documented_tables_did():
+def test_the_tiny64_preset_hashes_as_the_documented_tables_did():
+    """Sessions 6-11's tables were written with today's tiny64 preset (then called tiny):
+    its hashed settings are unchanged, so their folders resume."""
     import dataclasses
 
-    tiny = chirality.PRESETS["tiny"]
-    assert not tiny.cip_rank_out_edges and not tiny.chirality_features
-    expected = dataclasses.asdict(tiny)
+    tiny64 = chirality.PRESETS["tiny64"]
+    assert tiny64.train_molecules == 64 and tiny64.volume_loss_weight == 0
+    assert not tiny64.cip_rank_out_edges and not tiny64.chirality_features
+    expected = dataclasses.asdict(tiny64)
     del expected["cip_rank_out_edges"], expected["chirality_features"]
-    assert chirality.hashed_preset(tiny) == expected
+    assert chirality.hashed_preset(tiny64) == expected
+
+
+def test_the_tiny_preset_is_the_session_12_experiment():
+    """`--preset tiny` alone runs the documented session-12 table: 256 training molecules
+    (64 held out of the RECM branches), the handedness inputs and the volume hinge."""
+    tiny = chirality.PRESETS["tiny"]
+    assert tiny.train_molecules == 256 and tiny.chirality_features
+    assert tiny.volume_loss_weight == 30.0
+    assert chirality.hashed_preset(tiny)["chirality_features"] is True
 
 
 @pytest.fixture(scope="module")
