@@ -2,6 +2,7 @@
 its option checks."""
 
 import json
+from pathlib import Path
 
 import pytest
 from rdkit import Chem
@@ -354,3 +355,28 @@ def test_chirality_features_teach_a_rule_that_holds_on_held_out_molecules():
     right = chirality.denoised_sign_accuracy(final, diffusion, held_out, 2.0, 4)
     right_swapped = chirality.denoised_sign_accuracy(final, diffusion, swapped, 2.0, 4)
     assert right >= 0.7 and right_swapped <= 0.3, (right, right_swapped)
+
+
+def test_recm_sign_check_script_reports_both_means_and_the_finite_difference(tmp_path):
+    """scripts/recm_sign_check.py on the micro preset's molecules: a row per reflection
+    branch and group, a finite dL and both b means in [-1, 1]."""
+    import importlib.util
+    import math
+
+    out = tmp_path / "data"
+    assert cli.main(["reproduce", "chirality", "--preset", "micro", "--out", str(out),
+                     "--seeds", "1", "--steps", "1", "--modes", "equivariant/0o"]) == 0
+    path = Path(__file__).resolve().parents[1] / "scripts" / "recm_sign_check.py"
+    spec = importlib.util.spec_from_file_location("recm_sign_check", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    report = tmp_path / "sign.json"
+    assert script.main(["--data", str(out / "data.pt"), "--steps", "3", "--repeats", "2",
+                        "--recm", "b_weighting=molecule", "--out", str(report)]) == 0
+    rows = json.loads(report.read_text())["rows"]
+    assert {row["group"] for row in rows} == {"held-out", "training"}
+    assert len(rows) >= 2 and len(rows) % 2 == 0
+    for row in rows:
+        assert math.isfinite(row["dL_mean"]) and row["dL_stderr"] >= 0
+        assert -1.0 <= row["b_unweighted"] <= 1.0
+        assert row["b_weighted"] is None or -1.0 <= row["b_weighted"] <= 1.0
