@@ -402,3 +402,33 @@ def test_reflection_score_and_weighting_are_checked():
         RECMConfig(reflection_score="cosine")
     with pytest.raises(ValueError, match="b_weighting"):
         RECMConfig(b_weighting="atoms")
+
+
+@pytest.mark.parametrize("mean,stderr,not_significant,shown_small", [
+    (0.05, 0.01, False, False),   # a clear gap: both keep it
+    (0.01, 0.02, True, False),    # uncertain: the default absorbs, shown-small keeps
+    (-0.01, 0.002, True, True),   # shown to be small: both absorb
+])
+def test_absorb_rules_on_held_out_statistics(mean, stderr, not_significant, shown_small):
+    """The two absorbing rules on a state whose cluster-robust mean and standard error are
+    set by hand (two clusters of equal weight: m = (a + b) / 2, stderr = |a - b| / 2)."""
+    from conformer.recm.layer import RECMState
+    from conformer.recm.modes import absorbing_test_passes
+
+    for rule, expected in (("not-significant", not_significant), ("shown-small", shown_small)):
+        config = RECMConfig(mode="recm", absorb_rule=rule, absorb_after_steps=0, min_samples=1)
+        state = RECMState(config)
+        state.step.fill_(10)
+        state.b_count.fill_(100)
+        state.b_cluster_weight[:2] = 1.0
+        state.b_cluster_sum[0] = mean + stderr
+        state.b_cluster_sum[1] = mean - stderr
+        assert cluster_mean_and_standard_error(state) == pytest.approx((mean, stderr))
+        assert absorbing_test_passes(state, config) == expected, rule
+
+
+def test_absorb_rule_options_are_checked():
+    with pytest.raises(ValueError, match="absorb_rule"):
+        RECMConfig(absorb_rule="never")
+    with pytest.raises(ValueError, match="equivalence_margin"):
+        RECMConfig(equivalence_margin=0.0)

@@ -282,11 +282,17 @@ def upper_confidence_fixed_point(state: RECMState, config: RECMConfig) -> float:
 
 
 def absorbing_test_passes(state: RECMState, config: RECMConfig) -> bool:
-    """No significant gap: after ``absorb_after_steps`` steps, the one-sided test of
-    ``E[b] <= margin`` at level ``significance_level`` does not reject (t below the
-    normal quantile), with at least ``min_samples`` molecules of evidence."""
+    """After ``absorb_after_steps`` steps and with at least ``min_samples`` molecules of
+    evidence, ``RECMConfig.absorb_rule``: ``not-significant``: the one-sided test of
+    ``E[b] <= margin`` at level ``significance_level`` does not reject (t below the normal
+    quantile); ``shown-small``: the gap is shown to be under ``equivalence_margin`` (the upper
+    confidence bound ``mean + z stderr`` at the same level is below it)."""
     if int(state.step) < config.absorb_after_steps or int(state.b_count) < config.min_samples:
         return False
+    if config.absorb_rule == "shown-small":
+        mean, stderr = b_mean_and_standard_error(state, config)
+        return (math.isfinite(stderr)
+                and mean + config.significance_z * stderr < config.equivalence_margin)
     t = gap_statistic(state, config)
     return math.isfinite(t) and t < config.significance_z
 
