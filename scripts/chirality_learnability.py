@@ -41,6 +41,7 @@ import torch
 from conformer.diffusion import EDMDiffusion, EDMSettings
 from conformer.errors import UserInputError
 from conformer.experiments import chirality
+from conformer.experiments.common import override_value
 from conformer.versions import environment_info
 
 
@@ -100,16 +101,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _value(text: str):
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def select(args, train: list[dict]) -> list[int]:
@@ -187,7 +178,7 @@ def main(argv=None) -> int:
                   "swap R and S", file=sys.stderr)
         indices = [i for i in indices if i not in skipped]
         molecules = [data["train"][i] for i in indices] + [mirrors[i] for i in indices]
-    overrides = tuple((name, _value(value)) for name, _, value in
+    overrides = tuple((name, override_value(value)) for name, _, value in
                       (o.partition("=") for o in args.denoiser_override))
     base = chirality.PRESETS[args.preset]
     preset = dataclasses.replace(

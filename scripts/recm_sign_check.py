@@ -33,16 +33,8 @@ import torch
 from conformer.data.batching import collate_molecules
 from conformer.diffusion import EDMDiffusion, EDMSettings
 from conformer.experiments import chirality
+from conformer.experiments.common import override_value
 from conformer.recm import controller_of
-
-
-def _value(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    overrides = tuple((name, _value(value)) for name, _, value in
+    overrides = tuple((name, override_value(value)) for name, _, value in
                       (item.partition("=") for item in args.recm))
     preset = dataclasses.replace(chirality.PRESETS["tiny"], recm_overrides=overrides)
     data = torch.load(args.data, weights_only=False)

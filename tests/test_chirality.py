@@ -380,3 +380,12 @@ def test_recm_sign_check_script_reports_both_means_and_the_finite_difference(tmp
         assert math.isfinite(row["dL_mean"]) and row["dL_stderr"] >= 0
         assert -1.0 <= row["b_unweighted"] <= 1.0
         assert row["b_weighted"] is None or -1.0 <= row["b_weighted"] <= 1.0
+
+
+def test_override_values_parse_as_the_scripts_need():
+    from conformer.experiments.common import override_value
+
+    assert override_value("True") is True and override_value("false") is False
+    assert override_value("3") == 3 and isinstance(override_value("3"), int)
+    assert override_value("0.05") == 0.05
+    assert override_value("pseudo") == "pseudo"

@@ -48,3 +48,17 @@ def atomic_json(path: Path, payload) -> None:
 
 
 __all__ = ["ExperimentSettings", "atomic_json", "option"]
+
+
+def override_value(text: str):
+    """The value of a command-line ``NAME=VALUE`` override: true/false (any case) as a bool,
+    else an int, else a float, else the text itself."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

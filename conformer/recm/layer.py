@@ -260,6 +260,10 @@ class ReflectionBranch(nn.Module):
         read, columns = branch_inputs(irreps_in, inputs)
         self.linear = o3.Linear(read, flipped_parity(irreps_out))
         self.register_buffer("columns", columns, persistent=False)
+        # output irrep block -> the input blocks feeding it (followable_sq's spans)
+        self._feeds: dict[int, list[int]] = {}
+        for instruction in self.linear.instructions:
+            self._feeds.setdefault(instruction.i_out, []).append(instruction.i_in)
         self.register_buffer("scale", torch.tensor(0.0))
 
     @staticmethod
@@ -290,11 +294,8 @@ class ReflectionBranch(nn.Module):
         grad = grad.to(torch.float64)
         irreps_in, irreps_out = self.linear.irreps_in, self.linear.irreps_out
         in_slices, out_slices = irreps_in.slices(), irreps_out.slices()
-        feeds: dict[int, list[int]] = {}
-        for instruction in self.linear.instructions:
-            feeds.setdefault(instruction.i_out, []).append(instruction.i_in)
         total = grad.new_zeros(num_graphs)
-        for i_out, inputs in feeds.items():
+        for i_out, inputs in self._feeds.items():
             mul_out, irrep = irreps_out[i_out]
             target = grad[:, out_slices[i_out]].reshape(-1, mul_out, irrep.dim)
             columns = torch.cat([x[:, in_slices[i]].reshape(-1, irreps_in[i].mul, irrep.dim)
@@ -341,6 +342,17 @@ def reflection_support(irreps_in, irreps_out) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
 
 
+def molecule_index(graph: torch.Tensor | None, rows: int, num_graphs: int | None,
+                   device) -> tuple[torch.Tensor, int]:
+    """(graph [rows], G): ``graph`` or, when None, every row in molecule 0; G defaults to
+    graph.max() + 1 (0 without rows)."""
+    if graph is None:
+        graph = torch.zeros(rows, dtype=torch.long, device=device)
+    if num_graphs is None:
+        num_graphs = int(graph.max()) + 1 if graph.numel() else 0
+    return graph, num_graphs
+
+
 def per_molecule_b(grad: torch.Tensor, residual: torch.Tensor, graph: torch.Tensor | None,
                    num_graphs: int | None = None, channels: torch.Tensor | None = None,
                    support_atoms: bool = False,
@@ -360,10 +372,7 @@ def per_molecule_b(grad: torch.Tensor, residual: torch.Tensor, graph: torch.Tens
     grad, residual = grad.to(torch.float64), residual.to(torch.float64)
     if channels is not None:
         grad, residual = grad[:, channels], residual[:, channels]
-    if graph is None:
-        graph = torch.zeros(grad.shape[0], dtype=torch.long, device=grad.device)
-    if num_graphs is None:
-        num_graphs = int(graph.max()) + 1 if graph.numel() else 0
+    graph, num_graphs = molecule_index(graph, grad.shape[0], num_graphs, grad.device)
     residual_sq = (residual * residual).sum(-1)
     if support_atoms:  # r is zero elsewhere, so only the norm of grad changes
         grad = grad * (residual_sq > 0).to(grad.dtype).unsqueeze(-1)
@@ -632,16 +641,13 @@ class ModulatedLayer(nn.Module):
             def collect(grad: torch.Tensor) -> None:
                 with torch.no_grad():
                     for state, residual, direction, support, span_input in signals:
-                        followable = None
-                        if span_input is not None:
-                            rows = (graph if graph is not None else torch.zeros(
-                                grad.shape[0], dtype=torch.long, device=grad.device))
-                            count = (num_graphs if num_graphs is not None
-                                     else (int(rows.max()) + 1 if rows.numel() else 0))
-                            followable = self.reflection.followable_sq(span_input, grad,
-                                                                       rows, count)
+                        rows, count = molecule_index(graph, grad.shape[0], num_graphs,
+                                                     grad.device)
+                        followable = (None if span_input is None else
+                                      self.reflection.followable_sq(span_input, grad, rows,
+                                                                    count))
                         b, present, norms = per_molecule_b(
-                            grad, residual, graph, num_graphs, support, support_atoms,
+                            grad, residual, rows, count, support, support_atoms,
                             followable, with_norms=True)
                         clusters = None
                         if heldout is not None:  # b of held-out molecules only
