@@ -438,6 +438,32 @@ def test_synchronize_signals_pools_b_over_every_ranks_molecules():
     assert ranks[0].recm.gammas() == ranks[1].recm.gammas() != [0.0]
 
 
+def test_synchronize_signals_pools_tested_molecules_of_a_rank_with_no_training_molecule():
+    """heldout_point equivariant: a rank whose batch held out every molecule sends only
+    absorbing-test evidence; the pooled summary keeps both kinds, the same on every rank."""
+    ranks = [Toy(RECMConfig(mode="recm")) for _ in range(2)]
+    recorded = [([0.2], [(0.4, 1)]), ([], [(0.1, 1), (-0.3, 5)])]  # (update b, (test b, cluster))
+    for model, (update, tested) in zip(ranks, recorded, strict=True):
+        state = model.recm.states[0]
+        state.record_signals(torch.tensor(update, dtype=torch.float64),
+                             torch.tensor(0.0, dtype=torch.float64),
+                             tested=(torch.tensor([b for b, _ in tested], dtype=torch.float64),
+                                     torch.tensor([c for _, c in tested]), None))
+    group = SimulatedProcessGroup(2)
+    threads = [threading.Thread(target=m.recm.synchronize_signals, args=(group.all_reduce,))
+               for m in ranks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for model in ranks:
+        summary = model.recm.states[0].pending_summary
+        assert summary.count == 1 and summary.mean == pytest.approx(0.2)
+        assert summary.cluster_sums[1] == pytest.approx(0.5)
+        assert summary.cluster_sums[5] == pytest.approx(-0.3)
+        assert summary.cluster_counts.sum() == pytest.approx(3.0)
+
+
 def test_a_network_without_modulated_layers_gets_a_no_op_controller():
     model = Toy(RECMConfig())
     assert controller_of(model) is model.recm

@@ -217,27 +217,69 @@ def test_a_handed_target_keeps_the_reflection_branch_and_absorbs_the_rotation_br
         assert dropped["reflection"] == [True]
 
 
-def test_held_out_molecules_train_no_branch_and_are_the_only_ones_scored():
+@pytest.mark.parametrize("point", ["equivariant", "current"])
+def test_held_out_molecules_train_no_branch_and_probes_see_none(point):
+    """Held-out molecules pass no gradient into a branch. ``equivariant``: every other one is
+    a probe that sees no branch (its output is the trunk's) and is the absorbing test's
+    molecule, the others drive the update at the current gamma; ``current``: every held-out
+    molecule sees the branches and drives both."""
     torch.manual_seed(0)
-    config = RECMConfig(mode="recm", heldout_every=2)
+    config = RECMConfig(mode="recm", heldout_every=2, heldout_point=point)
     irreps = o3.Irreps("2x0e+1x1o")
     layer = ModulatedLayer(o3.Linear(irreps, "2x0e+1x0o+1x1o"), irreps, "2x0e+1x0o+1x1o",
                            config)
     controller = RECMController([layer], config)
     layer = layer.double().train()
-    x = torch.randn(6, irreps.dim, dtype=torch.float64)
-    graph = torch.tensor([0, 0, 0, 1, 1, 1])
-    for rows, trains_branches in ((graph == 0, False), (graph == 1, True)):
+    for state in (layer.state, layer.reflection_state):
+        state.gamma.fill_(0.5)
+    x = torch.randn(9, irreps.dim, dtype=torch.float64)
+    graph = torch.arange(3).repeat_interleave(3)
+    # keys 4 (4 // 2 even: the probe), 6 (held out, 6 // 2 odd), 7 (trains the branches)
+    keys = torch.tensor([4, 6, 7])
+    trunk = layer.layer(x).detach()
+    for molecule, trains_branches in ((0, False), (1, False), (2, True)):
+        rows = graph == molecule
         layer.zero_grad()
-        controller.hold_out(torch.tensor([4, 7]))  # molecule 0 is held out (4 % 2 == 0)
+        controller.hold_out(keys)
         y = layer(x, graph=graph)
+        sees_branches = [not torch.allclose(y[graph == m], trunk[graph == m], atol=1e-12)
+                         for m in range(3)]
+        assert sees_branches == [point == "current", True, True]
         y[rows].pow(2).sum().backward()
         grads = [p.grad for p in [*layer.free.parameters(), *layer.reflection.parameters()]]
         assert any(g is not None and g.abs().sum() > 0 for g in grads) == trains_branches
-        assert [b.numel() for b in layer.state.pending_b] == [1]  # molecule 0's b only
+        summary, _ = layer.state.take_summary()
+        assert summary.heldout
+        # clusters with evidence (a molecule with no gradient this backward weighs 0)
+        others = torch.ones(summary.cluster_counts.numel(), dtype=torch.bool)
+        if point == "equivariant":  # the update's b is molecule 1's, the test's molecule 0's
+            assert summary.count == 1
+            others[2] = False
+        else:  # molecules 0 and 1 both (clusters 4 // 2 and 6 // 2)
+            assert summary.count == 2
+            others[2:4] = False
+            assert summary.mean == pytest.approx(
+                float(summary.cluster_sums.sum() / summary.cluster_counts.sum()))
+        assert summary.cluster_counts[others].abs().sum() == 0
+        layer.reflection_state.take_summary()
         controller.after_optimizer_step(0.5)
     with pytest.raises(ValueError, match="integer"):
         controller.hold_out(torch.tensor([0.5, 1.0]))
+
+
+def test_a_step_with_only_tested_molecules_still_feeds_the_absorbing_test():
+    summary = SignalSummary.of([torch.zeros(0, dtype=torch.float64)], [None], [None],
+                               tested=[(torch.tensor([0.5, -0.1], dtype=torch.float64),
+                                        torch.tensor([3, 4]), None)])
+    assert summary.count == 0 and summary.heldout
+    assert summary.cluster_sums[3] == pytest.approx(0.5)
+    assert summary.cluster_counts.sum() == pytest.approx(2.0)
+    config = RECMConfig(mode="recm")
+    layer = ModulatedLayer(o3.Linear("2x0e", "2x0e"), "2x0e", "2x0e", config)
+    layer.state.step.fill_(1)
+    config.policy.update(layer.state, config, 0.5, summary, None)
+    assert float(layer.state.gamma) == 0.0 and int(layer.state.b_count) == 0
+    assert float(layer.state.b_cluster_sum[3]) == pytest.approx(0.5)
 
 
 def test_reflection_branch_can_read_the_pseudo_inputs_only():

@@ -512,7 +512,13 @@ def train_one(mode: str, parity: str, seed: int, preset: ChiralityPreset, steps:
     def record_gammas(step: int) -> None:
         if (step - 1) % curve_every == 0 or step == steps:
             gammas = controller.branch_gammas()
-            curve.append([step, gammas["rotation"], gammas["reflection"]])
+            logs = controller.log_dict()
+            # the absorbing test's statistic per branch (0 before it has evidence)
+            gap_t = {branch: [logs.get(f"recm/{prefix}gap_t_{layer}", 0.0)
+                              for layer in range(len(gammas["rotation"]))]
+                     for branch, prefix in (("rotation", ""), ("reflection", "reflection_"))}
+            curve.append([step, gammas["rotation"], gammas["reflection"],
+                          gap_t["rotation"], gap_t["reflection"]])
 
     fit(net, diffusion, data["train"], preset, steps,
         torch.Generator().manual_seed(30_000 + seed), on_step=record_gammas)
@@ -536,7 +542,9 @@ def train_one(mode: str, parity: str, seed: int, preset: ChiralityPreset, steps:
               "dropped": dropped, "train_seconds": round(train_seconds, 1),
               "total_seconds": round(time.perf_counter() - started, 1),
               "gamma_curve_columns": ["step", "rotation gamma per layer",
-                                      "reflection gamma per layer"],
+                                      "reflection gamma per layer",
+                                      "rotation gap t per layer",
+                                      "reflection gap t per layer"],
               "gamma_curve": curve}
     return {"result": result, "detail": detail}
 

@@ -134,6 +134,27 @@ branch: ``dL/dgamma = a + c gamma`` with a = 0), which only speeds absorption. W
 (a > 0), ``b ~ (a - c gamma) / w`` and the update's fixed point is
 ``gamma* = gamma_max a / (w + gamma_max c)``: positive, and bounded by ``gamma_max a / w``.
 
+The test at the equivariant point (session 13; ``RECMConfig.heldout_point``). With a gap,
+the weighted b at gamma > 0 is ``(a - c gamma) / w`` and the update holds it at
+``gamma / gamma_max``: the better the branch and gamma fit, the smaller b. A gap kept at a
+small gamma (0.05-0.4 on the chirality experiment) then tested as no gap after a few hundred
+steps of bad luck and was absorbed, or not, depending on the length of training. So held-out
+every other held-out molecule (``key // heldout_every`` even) is a *probe* that sees no
+branch at all: every branch's value is 0 on its rows, and its b is
+
+    b0 = -<delta0, r> / w,  delta0 = dL/dy at gamma = 0 for every branch of every layer,
+
+i.e. ``a / w``, how much the loss at the equivariant point wants each branch. On a probe the
+network is exactly O(3)-equivariant, whatever its parameters, so the argument above gives
+E[b0] = 0 under exact symmetry (no curvature term, no fitting bias: the branches do not train
+on held-out molecules); with a gap b0 grows as the branch learns to fill it, and each layer's
+b0 measures its branch alone (the others are off too), so branches of different layers that
+could each carry the same information do not hide one another. The absorbing test uses the
+probes alone; the gamma update the other held-out molecules at the current gamma, as before
+(not the training molecules: the branches, fitted to them, leave little of their gradient to
+follow, and gamma stayed near 0.03 on the chirality preset). The trunk still trains on
+probes, without the branches.
+
 Baselines behind the same switch (``RECMConfig.mode``; each mode's behaviour is one policy in
 ``conformer.recm.modes``): ``equivariant`` (no branch),
 ``unconstrained`` (gamma = 1, no projection), ``scheduled`` (gamma triangular 0 -> 1 -> 0 over

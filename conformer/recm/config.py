@@ -42,6 +42,22 @@ class RECMConfig:
         scored on those molecules only (``recm`` mode). 0: b on every molecule of the batch
         (v2 behaviour). The trunk still trains on held-out molecules. Default 4: a quarter of
         the molecules buys an unbiased b; the branches train on the other three quarters.
+    heldout_point: where the absorbing test is scored. ``equivariant`` (default, session
+        13): every other held-out molecule (``key // heldout_every`` even) is a probe that
+        sees no branch at all (every branch's value is 0 on its rows), so its b is the loss's
+        derivative along each branch at the equivariant point, ``gamma = 0``; the absorbing
+        test uses the probes alone, and the gamma update the other held-out molecules, which
+        see every branch at the current gamma. ``current``: every held-out molecule sees the
+        branches at the current gamma and both the test and the update use its b (sessions
+        9-12). Why: at gamma > 0 the loss's derivative along a useful branch falls as the
+        branch and gamma approach their optimum (the update's fixed point has
+        ``E[b] = gamma / gamma_max``), so a real gap kept at a small gamma tested as no gap
+        and was absorbed, or not, depending on the length of training
+        (docs/results/chirality_tiny.md, sessions 12 and 13). On a probe the network is
+        exactly O(3)-equivariant: under exact symmetry E[b] = 0 for any parameters, and with
+        a gap b grows as the branch learns to fill it. (The update cannot use the training
+        molecules instead: the branches, fitted to them, leave little of their gradient to
+        follow, and gamma stayed near 0.03.)
     score_on_support: b is the cosine over the output channels each branch can write (its
         support, derived from the irreps: for the reflection branch the output irreps whose
         flipped parity some input irrep has), not over every channel of the layer. True by
@@ -112,6 +128,7 @@ class RECMConfig:
     significance_level: float = 0.01
     gap_margin: float | None = None
     heldout_every: int = 4
+    heldout_point: str = "equivariant"
     score_on_support: bool = True
     support_atoms: bool = False
     reflection_inputs: str = "all"
@@ -135,6 +152,9 @@ class RECMConfig:
         if self.reflection_inputs not in ("all", "pseudo"):
             raise ValueError(f"reflection_inputs must be all or pseudo, got "
                              f"{self.reflection_inputs!r}")
+        if self.heldout_point not in ("equivariant", "current"):
+            raise ValueError(f"heldout_point must be equivariant or current, got "
+                             f"{self.heldout_point!r}")
         if self.reflection_score not in ("span", "support"):
             raise ValueError(f"reflection_score must be span or support, got "
                              f"{self.reflection_score!r}")

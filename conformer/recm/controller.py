@@ -138,9 +138,13 @@ class RECMController(nn.Module):
                 row[:first].tolist()
             sums = row[first:first + clusters].clone() if heldout > 0 else None
             counts = row[first + clusters:].clone() if heldout > 0 else None
-            state.pending_summary = (SignalSummary(int(round(count)), total / weight,
-                                                   total_sq / weight, sums, counts, weight)
-                                     if count > 0 and weight > 0 else None)
+            if count > 0 and weight > 0:
+                state.pending_summary = SignalSummary(int(round(count)), total / weight,
+                                                      total_sq / weight, sums, counts, weight)
+            elif sums is not None:  # only molecules of the absorbing test this step
+                state.pending_summary = SignalSummary(0, 0.0, 0.0, sums, counts, None)
+            else:
+                state.pending_summary = None
             state.pending_dgamma_mean = dgamma_sum / ranks if ranks > 0 else None
 
     @torch.no_grad()

@@ -55,33 +55,58 @@ class SignalSummary:
     @staticmethod
     def of(values: list[torch.Tensor],
            clusters: list[torch.Tensor | None] | None = None,
-           weights: list[torch.Tensor | None] | None = None) -> SignalSummary | None:
+           weights: list[torch.Tensor | None] | None = None,
+           tested: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] | None = None,
+           ) -> SignalSummary | None:
         """Summary of per-molecule b's (``values``), with their clusters and weights (each
-        list parallel to ``values``; None entries or None: unweighted / no clusters)."""
-        if not values:
-            return None
-        flat = torch.cat([v.reshape(-1).to(torch.float64) for v in values]).cpu()
-        if flat.numel() == 0:
-            return None
-        weighted = bool(weights) and all(w is not None for w in weights)
-        mass = (torch.cat([w.reshape(-1).to(torch.float64) for w in weights]).cpu()
-                if weighted else torch.ones_like(flat))
-        total = float(mass.sum())
-        if total <= 0:
-            # no molecule gives the branch anything to write or follow (its inputs are zero):
-            # every b is 0, counted alike, which is evidence of no gap, so such a branch is
-            # absorbed as before rather than kept for lack of evidence
-            weighted, mass, total = False, torch.ones_like(flat), float(flat.numel())
+        list parallel to ``values``; None entries or None: unweighted / no clusters).
+        ``tested``: (b, clusters, weights) of the molecules the absorbing test is scored on
+        when they are not the ones of ``values`` (``RECMConfig.heldout_point`` equivariant);
+        the cluster sums then come from them, the count and means from ``values`` (count 0
+        when a step had only tested molecules)."""
+        mean_part = _weighted(values, weights)
+        if tested is not None:
+            cluster_part = _weighted([t[0] for t in tested], [t[2] for t in tested])
+            cluster_index = [t[1] for t in tested]
+        else:
+            cluster_part, cluster_index = mean_part, clusters
         sums = counts = None
-        if clusters and all(c is not None for c in clusters):
-            index = torch.cat([c.reshape(-1).to(torch.long).cpu() for c in clusters])
+        if (cluster_part is not None and cluster_index
+                and all(c is not None for c in cluster_index)):
+            flat, mass, _, _ = cluster_part
+            index = torch.cat([c.reshape(-1).to(torch.long).cpu() for c in cluster_index])
             sums = torch.zeros(HELDOUT_CLUSTERS, dtype=torch.float64).index_add_(
                 0, index, flat * mass)
             counts = torch.zeros(HELDOUT_CLUSTERS, dtype=torch.float64).index_add_(
                 0, index, mass)
+        if mean_part is None:
+            if sums is None:
+                return None
+            return SignalSummary(0, 0.0, 0.0, sums, counts, None)
+        flat, mass, total, weighted = mean_part
         return SignalSummary(int(flat.numel()), float((flat * mass).sum()) / total,
                              float((flat.pow(2) * mass).sum()) / total, sums, counts,
                              total if weighted else None)
+
+
+def _weighted(values: list[torch.Tensor], weights: list[torch.Tensor | None] | None):
+    """(b [M], weights [M], total weight, weighted?) of the molecules in ``values`` (float64,
+    CPU), or None without any."""
+    if not values:
+        return None
+    flat = torch.cat([v.reshape(-1).to(torch.float64) for v in values]).cpu()
+    if flat.numel() == 0:
+        return None
+    weighted = bool(weights) and all(w is not None for w in weights)
+    mass = (torch.cat([w.reshape(-1).to(torch.float64) for w in weights]).cpu()
+            if weighted else torch.ones_like(flat))
+    total = float(mass.sum())
+    if total <= 0:
+        # no molecule gives the branch anything to write or follow (its inputs are zero):
+        # every b is 0, counted alike, which is evidence of no gap, so such a branch is
+        # absorbed as before rather than kept for lack of evidence
+        weighted, mass, total = False, torch.ones_like(flat), float(flat.numel())
+    return flat, mass, total, weighted
 
 
 class RECMState(nn.Module):
@@ -130,17 +155,24 @@ class RECMState(nn.Module):
         self.pending_clusters: list[torch.Tensor | None] = []
         self.pending_weights: list[torch.Tensor | None] = []
         self.pending_dgamma: list[torch.Tensor] = []
+        self.pending_tested: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         # set by RECMController.synchronize_signals: the same values on every rank
         self.pending_summary: SignalSummary | None = None
         self.pending_dgamma_mean: float | None = None
 
     def record_signals(self, b: torch.Tensor, dgamma: torch.Tensor,
                        clusters: torch.Tensor | None = None,
-                       weights: torch.Tensor | None = None) -> None:
+                       weights: torch.Tensor | None = None,
+                       tested: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+                       | None = None) -> None:
         """Called by the layer's backward hook: b per molecule ([G] or 0-dim float64), one
         dJ/dgamma (0-dim float64), for b scored on held-out molecules each molecule's
         cluster ([G] int, ``heldout_cluster``) and, for magnitude-weighted b, each
-        molecule's weight ([G] float64, the cosine's denominator)."""
+        molecule's weight ([G] float64, the cosine's denominator). ``tested``: (b, clusters,
+        weights) of the molecules the absorbing test is scored on when they are not those
+        of ``b`` (``RECMConfig.heldout_point`` equivariant)."""
+        if tested is not None:
+            self.pending_tested.append(tested)
         self.pending_b.append(b)
         self.pending_clusters.append(clusters)
         self.pending_weights.append(weights)
@@ -151,7 +183,7 @@ class RECMState(nn.Module):
         (the clusters of the b's are in ``pending_clusters`` until then)."""
         pending = (self.pending_b, self.pending_dgamma)
         self.pending_b, self.pending_dgamma, self.pending_clusters = [], [], []
-        self.pending_weights = []
+        self.pending_weights, self.pending_tested = [], []
         return pending
 
     def take_summary(self) -> tuple[SignalSummary | None, float | None]:
@@ -160,13 +192,14 @@ class RECMState(nn.Module):
         summary, self.pending_summary = self.pending_summary, None
         dgamma_mean, self.pending_dgamma_mean = self.pending_dgamma_mean, None
         clusters, weights = self.pending_clusters, self.pending_weights
+        tested = self.pending_tested or None
         b_values, dgammas = self.take_pending()
         if len(clusters) != len(b_values):  # b appended directly (tests): no clusters
             clusters = None
         if len(weights) != len(b_values):
             weights = None
         if summary is None:
-            summary = SignalSummary.of(b_values, clusters, weights)
+            summary = SignalSummary.of(b_values, clusters, weights, tested)
         if dgamma_mean is None and dgammas:
             dgamma_mean = float(torch.stack([d.reshape(()) for d in dgammas]).mean())
         return summary, dgamma_mean
@@ -497,6 +530,17 @@ class ModulatedLayer(nn.Module):
                              f"has {int(graph.max()) + 1} molecules")
         return (keys.to(graph.device) % every) == 0
 
+    def _probe_molecules(self, heldout: torch.Tensor | None) -> torch.Tensor | None:
+        """Which held-out molecules of the current batch are probes (bool [G]): with
+        ``RECMConfig.heldout_point`` equivariant, every other held-out molecule
+        (``key // heldout_every`` even) sees no branch and is the absorbing test's; None
+        otherwise."""
+        if heldout is None or self.config.heldout_point != "equivariant":
+            return None
+        every = self.config.heldout_every
+        keys = self._heldout_keys.to(heldout.device)
+        return heldout & (torch.div(keys, every, rounding_mode="floor") % 2 == 0)
+
     def _running_ratio(self, buffer: torch.Tensor, y_eq: torch.Tensor,
                        branch_out: torch.Tensor) -> torch.Tensor:
         """The detached factor of n(.): the running ratio RMS(y_eq) / RMS(branch) kept in
@@ -559,9 +603,11 @@ class ModulatedLayer(nn.Module):
 
     def _modulated(self, branch: nn.Module, branch_input: torch.Tensor, gamma: torch.Tensor,
                    scale_buffer: torch.Tensor, y_eq: torch.Tensor,
-                   heldout_rows: torch.Tensor | None = None):
+                   heldout_rows: torch.Tensor | None = None,
+                   probe_rows: torch.Tensor | None = None):
         """One branch's contribution ``gamma * n(branch(input))`` (value) with the policy's
-        gradient rule; rows in ``heldout_rows`` (bool [N]) pass no gradient through the branch.
+        gradient rule; rows in ``heldout_rows`` (bool [N]) pass no gradient through the branch
+        and rows in ``probe_rows`` (bool [N], a subset) do not see it (value 0).
         Returns (contribution, raw output, n(.)'s factor, n(output))."""
         surrogate = self.policy.surrogate_branch_gradient
         if surrogate and torch.is_grad_enabled():
@@ -572,9 +618,14 @@ class ModulatedLayer(nn.Module):
         scale = self._running_ratio(scale_buffer, y_eq, out)
         normalized = out * scale
         if heldout_rows is not None:
-            # same value; no gradient into the branch (or through it) from held-out molecules,
-            # so their b is measured on molecules the branch never fitted
+            # same value; no gradient into the branch (or through it) from held-out
+            # molecules, so their b is measured on molecules the branch never fitted
             normalized = torch.where(heldout_rows.unsqueeze(-1), normalized.detach(), normalized)
+        if probe_rows is not None:
+            # probes see no branch: the network is exactly equivariant on them, and their b
+            # is the loss's derivative along the branch at gamma = 0
+            normalized = torch.where(probe_rows.unsqueeze(-1), torch.zeros_like(normalized),
+                                     normalized)
         if surrogate:
             # value: gamma n(f); gradient into the branch's own parameters: as if gamma were 1.
             # The branch keeps learning the direction it would take at full use while gamma
@@ -598,12 +649,14 @@ class ModulatedLayer(nn.Module):
         training = self.training and torch.is_grad_enabled()
         heldout = self._heldout_molecules(graph)
         heldout_rows = None if heldout is None else heldout[graph]
+        probe = self._probe_molecules(heldout)
+        probe_rows = None if probe is None else probe[graph]
         signals = []  # (state, residual, n(output), support) per live branch, for the hook
         if rotation_on:
             z = x if free_input is None else free_input
             gamma = self.state.gamma.to(y_eq.dtype)
             contribution, free_out, scale, normalized = self._modulated(
-                self.free, z, gamma, self.free_scale, y_eq, heldout_rows)
+                self.free, z, gamma, self.free_scale, y_eq, heldout_rows, probe_rows)
             y = y + contribution
             if training and self.policy.regularization_weight(self.config) > 0:
                 # penalty on the non-equivariant part, relative so the branch's scale is
@@ -618,7 +671,8 @@ class ModulatedLayer(nn.Module):
         if reflection_on:
             gamma = self.reflection_state.gamma.to(y_eq.dtype)
             contribution, _, _, normalized = self._modulated(
-                self.reflection, x, gamma, self.reflection.scale, y_eq, heldout_rows)
+                self.reflection, x, gamma, self.reflection.scale, y_eq, heldout_rows,
+                probe_rows)
             y = y + contribution
             if training and self.policy.collects_signals:
                 with torch.no_grad():
@@ -649,14 +703,24 @@ class ModulatedLayer(nn.Module):
                         b, present, norms = per_molecule_b(
                             grad, residual, rows, count, support, support_atoms,
                             followable, with_norms=True)
-                        clusters = None
-                        if heldout is not None:  # b of held-out molecules only
-                            present = present & heldout
-                            clusters = heldout_cluster(keys.to(present.device)[present], every)
-                        weights = norms[present] if weighted else None
-                        state.record_signals(b[present],
-                                             (grad * direction).sum().to(torch.float64),
-                                             clusters, weights)
+                        dgamma = (grad * direction).sum().to(torch.float64)
+                        if heldout is None:
+                            state.record_signals(b[present], dgamma, None,
+                                                 norms[present] if weighted else None)
+                            continue
+                        tested = present & (heldout if probe is None else probe)
+                        clusters = heldout_cluster(keys.to(tested.device)[tested], every)
+                        tested_weights = norms[tested] if weighted else None
+                        if probe is not None:
+                            # the update follows the other held-out molecules at the
+                            # current gamma; the absorbing test the probes at gamma = 0
+                            updating = present & heldout & ~probe
+                            state.record_signals(
+                                b[updating], dgamma, None,
+                                norms[updating] if weighted else None,
+                                tested=(b[tested], clusters, tested_weights))
+                        else:  # test and update: held-out molecules at the current gamma
+                            state.record_signals(b[tested], dgamma, clusters, tested_weights)
 
             y.register_hook(collect)
         return y

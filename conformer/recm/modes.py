@@ -163,6 +163,27 @@ class RECM(ModePolicy):
     def update(self, state, config, progress, b, mean_dgamma):
         if b is None:
             return
+        if b.count > 0:
+            self._follow(state, config, b)
+        if b.heldout:
+            # windowed per-cluster sums: exact over the first `stats_window` steps, then
+            # exponential with the same effective window as the running mean
+            steps_seen = int(state.step)
+            decay = 1.0 - 1.0 / config.stats_window if steps_seen > config.stats_window else 1.0
+            state.b_cluster_sum.mul_(decay).add_(b.cluster_sums.to(state.b_cluster_sum))
+            state.b_cluster_weight.mul_(decay).add_(
+                b.cluster_counts.to(state.b_cluster_weight))
+        if absorbing_test_passes(state, config):
+            state.patience += 1
+        else:
+            state.patience.zero_()
+        if int(state.patience) >= config.patience:
+            state.dropped.fill_(True)
+            state.gamma.zero_()
+
+    @staticmethod
+    def _follow(state, config, b) -> None:
+        """The recurrent update of gamma and the running moments of b from one step's b."""
         # running moments, one update per step: exact mean for the first `stats_window`
         # steps, then exponential
         steps_seen = int(state.step)  # already advanced for this step by the controller
@@ -183,20 +204,6 @@ class RECM(ModePolicy):
         state.b_mean.fill_((1 - weight) * float(state.b_mean) + weight * signal)
         state.b_sq_mean.fill_((1 - weight) * float(state.b_sq_mean) + weight * b.sq_mean)
         state.b_count.add_(b.count)
-        if b.heldout:
-            # windowed per-cluster sums: exact over the first `stats_window` steps, then
-            # exponential with the same effective window as the running mean
-            decay = 1.0 - 1.0 / config.stats_window if steps_seen > config.stats_window else 1.0
-            state.b_cluster_sum.mul_(decay).add_(b.cluster_sums.to(state.b_cluster_sum))
-            state.b_cluster_weight.mul_(decay).add_(
-                b.cluster_counts.to(state.b_cluster_weight))
-        if absorbing_test_passes(state, config):
-            state.patience += 1
-        else:
-            state.patience.zero_()
-        if int(state.patience) >= config.patience:
-            state.dropped.fill_(True)
-            state.gamma.zero_()
 
     def keeps_branch_at_export(self, gamma, config):
         return gamma != 0.0
