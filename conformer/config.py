@@ -80,7 +80,18 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr``."""
+    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr``.
+
+    volume_loss_weight: weight of an auxiliary hinge added to the denoising loss (EDM only;
+        0 = off): over every R/S centre with three CIP-ranked neighbours,
+        ``mean(relu(volume_loss_margin - sign(V_clean) V_denoised))``, V the normalised signed
+        volume of the centre and its neighbours of CIP rank 1-3 (in [-1, 1]), in the training
+        conformer and in the network's denoised estimate of it. It asks the estimate to keep
+        each labelled centre's handedness; with the label as an even input only a
+        reflection-breaking model (RECM's reflection branch) can (``reproduce chirality``
+        uses the same hinge, weight 30). Needs records with CIP neighbour ranks.
+    volume_loss_margin: the hinge's margin (in units of the normalised volume).
+    """
 
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -88,6 +99,8 @@ class OptimConfig:
     min_lr_ratio: float = 0.05
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    volume_loss_weight: float = 0.0
+    volume_loss_margin: float = 0.3
 
 
 @dataclass

@@ -275,3 +275,32 @@ def test_training_batches_carry_each_molecules_dataset_index(store):
     datamodule.setup("fit")
     ids = [i for batch in datamodule.train_dataloader() for i in batch.molecule_id.tolist()]
     assert sorted(ids) == list(range(len(store)))
+
+
+def test_handedness_hinge_is_zero_on_the_clean_conformer_and_positive_on_its_mirror():
+    from conformer.diffusion.guidance import signed_volumes
+    from conformer.nn.denoiser import ranked_centres
+    from conformer.train.module import handedness_hinge
+
+    record = make_record("C[C@H](N)C(=O)O", num_confs=1)
+    dataset = ConformerDataset(ListStore([record]), seed=0)
+    batch = collate_molecules([dataset[0], dataset[0]])
+    centres, ring, _ = ranked_centres(batch)
+    assert centres.numel() == 2  # the one R/S centre, once per copy
+    clean = batch.pos.double()
+    volume = signed_volumes(clean, torch.cat([centres[:1, None], ring[:1]], 1)).abs()
+    assert float(volume) > 0.3
+    hinge = handedness_hinge(batch, weight=30.0, margin=0.3)
+    assert float(hinge(clean, clean)) == 0.0
+    assert float(hinge(-clean, clean)) == pytest.approx(30.0 * (0.3 + float(volume)))
+    achiral = collate_molecules([ConformerDataset(ListStore([make_record("CCO", 1)]), 0)[0]])
+    assert float(handedness_hinge(achiral, 30.0, 0.3)(clean[:9], clean[:9])) == 0.0
+
+
+def test_training_with_the_volume_hinge_runs_and_records_its_weight(tmp_path, store):
+    torch.set_num_threads(1)
+    config = tiny_config(tmp_path, "trainer.max_steps=2", "optim.volume_loss_weight=30")
+    result = _run(config, store)
+    assert result["global_step"] == 2
+    ckpt = torch.load(result["last_checkpoint"], weights_only=True)
+    assert ckpt["config"]["optim"]["volume_loss_weight"] == 30.0

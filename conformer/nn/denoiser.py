@@ -390,6 +390,29 @@ class Denoiser(nn.Module):
                          free_input=torch.cat([h, centred], dim=-1), graph=graph)
 
 
+def ranked_centres(batch: Batch, dtype=torch.float32, reader: str = "chirality_features",
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The R/S centres of ``batch`` that have three CIP-ranked neighbours among its bond
+    edges: (centres [C] atom indices, ring [C, 3] the neighbours of CIP rank 1, 2, 3 of each,
+    sign [N] +1 on R atoms, -1 on S atoms, 0 elsewhere, of ``dtype``). ``reader`` names what
+    needs the ranks, for the error on records prepared without them."""
+    if keys.CIP_NEIGHBOUR_RANK not in batch:
+        raise UserInputError(
+            f"{reader} reads CIP neighbour ranks, which records prepared before "
+            "FEATURE_VERSION 2 lack: rerun `conformer prepare`")
+    label = batch.x[:, CIP_LABEL_COLUMN]
+    sign = (label == CIP_R).to(dtype) - (label == CIP_S).to(dtype)
+    source, target = batch.edge_index
+    ranks = batch[keys.CIP_NEIGHBOUR_RANK]
+    # neighbours[c, k]: the neighbour of rank k + 1 of centre c (-1: none)
+    neighbours = torch.full((batch.x.shape[0], 3), -1, dtype=torch.long,
+                            device=batch.x.device)
+    ranked = (ranks >= 1) & (ranks <= 3) & (sign[target] != 0)
+    neighbours[target[ranked], ranks[ranked] - 1] = source[ranked]
+    centres = torch.nonzero((neighbours >= 0).all(dim=1) & (sign != 0)).flatten()
+    return centres, neighbours[centres], sign
+
+
 def chirality_inputs(pos: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(label x V [N, 1], label x dV/dx [N, 3]) for ``DenoiserConfig.chirality_features``:
     zero on atoms that are no R/S centre nor one of its three highest-ranked neighbours.
@@ -398,25 +421,12 @@ def chirality_inputs(pos: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, tor
     scaled to unit size, so both are scale-free); batch carries the atom features (CIP label
     column) and ``keys.CIP_NEIGHBOUR_RANK`` per bond edge.
     """
-    if keys.CIP_NEIGHBOUR_RANK not in batch:
-        raise UserInputError(
-            "this model reads CIP neighbour ranks (chirality_features), which records "
-            "prepared before FEATURE_VERSION 2 lack: rerun `conformer prepare`")
     num_atoms = pos.shape[0]
-    label = batch.x[:, CIP_LABEL_COLUMN]
-    sign = (label == CIP_R).to(pos.dtype) - (label == CIP_S).to(pos.dtype)
-    source, target = batch.edge_index
-    ranks = batch[keys.CIP_NEIGHBOUR_RANK]
-    # neighbours[c, k]: the neighbour of rank k + 1 of centre c (-1: none)
-    neighbours = torch.full((num_atoms, 3), -1, dtype=torch.long, device=pos.device)
-    ranked = (ranks >= 1) & (ranks <= 3) & (sign[target] != 0)
-    neighbours[target[ranked], ranks[ranked] - 1] = source[ranked]
-    centres = torch.nonzero((neighbours >= 0).all(dim=1) & (sign != 0)).flatten()
+    centres, ring, sign = ranked_centres(batch, pos.dtype)
     scalar = pos.new_zeros(num_atoms, 1)
     vectors = pos.new_zeros(num_atoms, 3)
     if centres.numel() == 0:
         return scalar, vectors
-    ring = neighbours[centres]  # [C, 3]
     u = pos[ring] - pos[centres].unsqueeze(1)  # [C, 3, 3]
     norms = u.norm(dim=-1).clamp(min=1e-6)  # [C, 3]
     unit = u / norms.unsqueeze(-1)

@@ -29,6 +29,29 @@ from conformer.recm.export import align_dropped_branches
 from conformer.versions import environment_info
 
 
+def handedness_hinge(batch: Batch, weight: float, margin: float):
+    """``auxiliary(denoised [N, 3], clean [N, 3]) -> scalar`` for ``EDMDiffusion.loss``:
+    ``weight * mean(relu(margin - sign(V_clean) V_denoised))`` over the R/S centres of
+    ``batch`` with three CIP-ranked neighbours (``nn.denoiser.ranked_centres``), V the
+    normalised signed volume (``guidance.signed_volumes``, in [-1, 1]); 0 without such
+    centres. The clean conformer's own sign is the target: proper rotations (the
+    augmentation) keep it, and a training conformer has the labelled handedness."""
+    from conformer.diffusion.guidance import signed_volumes
+    from conformer.nn.denoiser import ranked_centres
+
+    centres, ring, _ = ranked_centres(batch, reader="optim.volume_loss_weight")
+    quads = torch.cat([centres.unsqueeze(1), ring], dim=1)  # [C, 4]
+
+    def hinge(denoised: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        if quads.shape[0] == 0:
+            return denoised.new_zeros(())
+        wanted = torch.sign(signed_volumes(clean, quads)).detach()
+        volumes = signed_volumes(denoised, quads)
+        return weight * torch.relu(margin - wanted * volumes).mean()
+
+    return hinge
+
+
 class ExponentialMovingAverage:
     """EMA of a network's floating-point parameters (buffers are taken from the live network:
     RECM's state is not something to average)."""
@@ -99,6 +122,11 @@ class ConformerDiffusionModule(L.LightningModule):
         self.model_spec = model_spec or {}
         self.val_seed = val_seed
         self.ema = ExponentialMovingAverage(net, optim.ema_decay)
+        self.volume_loss_weight = float(getattr(optim, "volume_loss_weight", 0.0))
+        self.volume_loss_margin = float(getattr(optim, "volume_loss_margin", 0.3))
+        if self.volume_loss_weight and not isinstance(diffusion, EDMDiffusion):
+            raise ValueError("optim.volume_loss_weight needs the EDM diffusion (the flow-"
+                             "matching loss has no denoised estimate to score); set it to 0")
 
     @property
     def recm(self):
@@ -115,7 +143,11 @@ class ConformerDiffusionModule(L.LightningModule):
         # which molecules are held out of RECM's branches (b is scored on them alone);
         # batches built without a dataset index fall back to scoring b on every molecule
         self.recm.hold_out(getattr(batch, "molecule_id", None))
-        loss = self.diffusion.loss(self.net, batch)
+        if self.volume_loss_weight:
+            loss = self.diffusion.loss(self.net, batch, auxiliary=handedness_hinge(
+                batch, self.volume_loss_weight, self.volume_loss_margin))
+        else:
+            loss = self.diffusion.loss(self.net, batch)
         regularization = self.recm.regularization_loss().to(loss)
         total = loss + regularization
         size = batch.num_graphs
