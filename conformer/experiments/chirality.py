@@ -601,8 +601,11 @@ def write_table(runs: list[dict], details: list[dict], order: list[tuple[str, st
     path.write_text("\n".join(lines) + "\n")
 
 
-def plot_gammas(runs: list[dict], path: Path) -> None:
-    """Each branch of each layer over training, one panel per recm run (mode/parity, seed)."""
+def plot_gammas(runs: list[dict], path: Path, significance_z: float | None = None) -> None:
+    """Each branch of each layer over training, one column per recm run (mode/parity, seed):
+    gamma on top and, for curves that record it (session 13 on), the absorbing test's gap t
+    below, with the test's threshold ``significance_z`` (a branch whose t stays under it for
+    ``patience`` steps after ``absorb_after_steps`` is absorbed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -611,19 +614,29 @@ def plot_gammas(runs: list[dict], path: Path) -> None:
     recm = sorted((r for r in runs if r["mode"] == "recm"),  # runs_detail.json entries
                   key=lambda r: (r["stereo_parity"], r["seed"]))
     panels = max(1, len(recm))
-    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.2), sharey=True,
+    with_t = bool(recm) and all(len(r["gamma_curve"][0]) >= 5 for r in recm)
+    rows = 2 if with_t else 1
+    fig, axes = plt.subplots(rows, panels, figsize=(4 * panels, 3.2 * rows), sharey="row",
                              squeeze=False)
-    for axis, run in zip(axes[0], recm, strict=False):
+    for index, run in enumerate(recm):
         steps = [row[0] for row in run["gamma_curve"]]
         layers = len(run["gamma_curve"][0][1])
-        for layer in range(layers):
-            for column, (branch, style) in enumerate((("rotation", "-"), ("reflection", ":")),
-                                                     start=1):
-                axis.plot(steps, [row[column][layer] for row in run["gamma_curve"]],
-                          color=f"C{layer}", linestyle=style, label=f"layer {layer} {branch}")
-        axis.set_title(f"recm/{run['stereo_parity']} seed {run['seed']}")
-        axis.set_xlabel("optimiser step")
+        for row_index in range(rows):
+            axis = axes[row_index][index]
+            first = 1 + 2 * row_index  # gamma columns 1-2, gap t columns 3-4
+            for layer in range(layers):
+                for column, (branch, style) in enumerate(
+                        (("rotation", "-"), ("reflection", ":")), start=first):
+                    axis.plot(steps, [row[column][layer] for row in run["gamma_curve"]],
+                              color=f"C{layer}", linestyle=style,
+                              label=f"layer {layer} {branch}")
+            if row_index == 1 and significance_z is not None:
+                axis.axhline(significance_z, color="grey", linewidth=0.8)
+            axis.set_xlabel("optimiser step")
+        axes[0][index].set_title(f"recm/{run['stereo_parity']} seed {run['seed']}")
     axes[0][0].set_ylabel("gamma")
+    if with_t:
+        axes[1][0].set_ylabel("gap t (absorbing test)")
     if recm:
         axes[0][0].legend(fontsize=6)
     fig.tight_layout()
@@ -733,7 +746,8 @@ def run(options: ChiralitySettings) -> int:
     selected = [r for r in results if (r["mode"], r["stereo_parity"], r["seed"]) in wanted]
     selected_details = [d for d in details if (d["mode"], d["stereo_parity"], d["seed"]) in wanted]
     write_table(selected, selected_details, order, out / "table.md")
-    plot_gammas(selected_details, out / "gamma.png")
+    plot_gammas(selected_details, out / "gamma.png",
+                RECMConfig(**dict(preset.recm_overrides)).significance_z)
     print((out / "table.md").read_text())
     print(f"wrote {results_path}, {out / 'table.md'}, {out / 'gamma.png'} "
           f"({time.perf_counter() - started:.0f} s)")
