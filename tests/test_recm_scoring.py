@@ -474,3 +474,52 @@ def test_absorb_rule_options_are_checked():
         RECMConfig(absorb_rule="never")
     with pytest.raises(ValueError, match="equivalence_margin"):
         RECMConfig(equivalence_margin=0.0)
+
+
+@pytest.mark.parametrize("gate", ["significant", "always"])
+def test_gamma_follows_b_only_while_the_held_out_test_shows_a_gap(gate):
+    """gamma_gate significant: the same positive update signal raises gamma only when the
+    tested molecules' b shows a gap (t above the normal quantile); 'always' raises it either
+    way."""
+    config = RECMConfig(mode="recm", gamma_gate=gate, beta=0.1)
+    policy = config.policy
+    grown = {}
+    for shown, tested_b in (("gap", 0.3), ("no gap", 0.0)):
+        layer = ModulatedLayer(o3.Linear("2x0e", "2x0e"), "2x0e", "2x0e", config)
+        state = layer.state
+        generator = torch.Generator().manual_seed(0)
+        for step in range(1, 21):
+            state.step.fill_(step)
+            tested = tested_b + 0.05 * torch.randn(32, generator=generator, dtype=torch.float64)
+            summary = SignalSummary.of([torch.full((4,), 0.5, dtype=torch.float64)],
+                                       tested=[(tested, torch.arange(32), None)])
+            policy.update(state, config, step / 20, summary, None)
+        grown[shown] = float(state.gamma)
+    assert grown["gap"] > 0.5
+    if gate == "significant":
+        assert grown["no gap"] == 0.0
+    else:
+        assert grown["no gap"] == pytest.approx(grown["gap"])
+
+
+def test_surrogate_branches_are_clipped_apart_from_the_trunk():
+    """A branch's surrogate gradient (gamma = 1) is often far larger than the trunk's: one
+    clip over both would shrink the trunk's step; apart, the trunk's small gradient stays."""
+    torch.manual_seed(0)
+    for mode, apart in (("recm", True), ("unconstrained", False)):
+        config = RECMConfig(mode=mode)
+        layer = ModulatedLayer(o3.Linear("2x0e+1x1o", "2x0e+1x0o+1x1o"), "2x0e+1x1o",
+                               "2x0e+1x0o+1x1o", config)
+        controller = RECMController([layer], config)
+        branches = {id(p) for p in controller.surrogate_parameters()}
+        assert bool(branches) == apart
+        for parameter in layer.parameters():
+            is_branch = any(parameter is p for p in layer.free.parameters())
+            parameter.grad = torch.full_like(parameter, 100.0 if is_branch else 1e-3)
+        trunk = [p for p in layer.layer.parameters()]
+        before = [p.grad.clone() for p in trunk]
+        controller.clip_grad_norm_(layer.parameters(), 1.0)
+        unchanged = all(torch.equal(p.grad, g) for p, g in zip(trunk, before, strict=True))
+        assert unchanged == apart
+        free_norm = torch.norm(torch.stack([p.grad.norm() for p in layer.free.parameters()]))
+        assert float(free_norm) <= 1.0 + 1e-6

@@ -494,7 +494,7 @@ def fit(net, diffusion: EDMDiffusion, train: list[dict], preset: ChiralityPreset
         loss = loss + controller.regularization_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        controller.clip_grad_norm_(net.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         controller.after_optimizer_step((step + 1) / steps)

@@ -155,6 +155,17 @@ probes alone; the gamma update the other held-out molecules at the current gamma
 follow, and gamma stayed near 0.03 on the chirality preset). The trunk still trains on
 probes, without the branches.
 
+An option, off by default (session 13; ``RECMConfig.gamma_gate = "significant"``): gamma
+follows its update only while the test shows a gap, else decays to 0, so a null branch adds
+nothing before it is absorbed. Measured: no stereo gain on the chirality preset, and one
+rotation branch opened and kept on a t that drifted above the threshold late in training.
+
+Clipping (session 13; ``RECMController.clip_grad_norm_``). The surrogate gradient is the
+branch's at gamma = 1, 2-100x the rest of the network's on the chirality preset; clipped
+together with the trunk's to a total norm it shrank the trunk's step by that varying ratio.
+Training loops clip the surrogate branches apart from the rest (``conformer train`` through
+``configure_gradient_clipping``, ``reproduce chirality`` directly).
+
 Baselines behind the same switch (``RECMConfig.mode``; each mode's behaviour is one policy in
 ``conformer.recm.modes``): ``equivariant`` (no branch),
 ``unconstrained`` (gamma = 1, no projection), ``scheduled`` (gamma triangular 0 -> 1 -> 0 over

@@ -58,6 +58,16 @@ class RECMConfig:
         a gap b grows as the branch learns to fill it. (The update cannot use the training
         molecules instead: the branches, fitted to them, leave little of their gradient to
         follow, and gamma stayed near 0.03.)
+    gamma_gate: when gamma follows b. ``always`` (default): every step. ``significant``
+        (experimental, session 13): only while the absorbing test shows a gap (its t on the
+        held-out molecules above the test's normal quantile); otherwise the update pulls
+        gamma towards 0, so a branch with no shown gap adds nothing to the network while the
+        test gathers evidence (its weights still learn through the surrogate gradient).
+        Measured on the chirality preset (docs/results/chirality_tiny.md, session 13): null
+        branches then stayed at gamma ~0.002 instead of 0.05-0.2, but stereo did not improve
+        (recm/0e 0.935 / 0.857, recm/0o 0.929 / 0.875 on seeds 0 / 1), and with the branches
+        clipped apart a rotation branch whose t drifted to 2.6-3.0 late in training was
+        opened and kept. Not gated when b is scored on training molecules.
     score_on_support: b is the cosine over the output channels each branch can write (its
         support, derived from the irreps: for the reflection branch the output irreps whose
         flipped parity some input irrep has), not over every channel of the layer. True by
@@ -129,6 +139,7 @@ class RECMConfig:
     gap_margin: float | None = None
     heldout_every: int = 4
     heldout_point: str = "equivariant"
+    gamma_gate: str = "always"
     score_on_support: bool = True
     support_atoms: bool = False
     reflection_inputs: str = "all"
@@ -155,6 +166,9 @@ class RECMConfig:
         if self.heldout_point not in ("equivariant", "current"):
             raise ValueError(f"heldout_point must be equivariant or current, got "
                              f"{self.heldout_point!r}")
+        if self.gamma_gate not in ("significant", "always"):
+            raise ValueError(f"gamma_gate must be significant or always, got "
+                             f"{self.gamma_gate!r}")
         if self.reflection_score not in ("span", "support"):
             raise ValueError(f"reflection_score must be span or support, got "
                              f"{self.reflection_score!r}")

@@ -163,8 +163,6 @@ class RECM(ModePolicy):
     def update(self, state, config, progress, b, mean_dgamma):
         if b is None:
             return
-        if b.count > 0:
-            self._follow(state, config, b)
         if b.heldout:
             # windowed per-cluster sums: exact over the first `stats_window` steps, then
             # exponential with the same effective window as the running mean
@@ -173,6 +171,8 @@ class RECM(ModePolicy):
             state.b_cluster_sum.mul_(decay).add_(b.cluster_sums.to(state.b_cluster_sum))
             state.b_cluster_weight.mul_(decay).add_(
                 b.cluster_counts.to(state.b_cluster_weight))
+        if b.count > 0:
+            self._follow(state, config, b, gate_open(state, config))
         if absorbing_test_passes(state, config):
             state.patience += 1
         else:
@@ -182,8 +182,9 @@ class RECM(ModePolicy):
             state.gamma.zero_()
 
     @staticmethod
-    def _follow(state, config, b) -> None:
-        """The recurrent update of gamma and the running moments of b from one step's b."""
+    def _follow(state, config, b, gate: bool = True) -> None:
+        """The recurrent update of gamma and the running moments of b from one step's b;
+        with the gate closed gamma decays towards 0 (``RECMConfig.gamma_gate``)."""
         # running moments, one update per step: exact mean for the first `stats_window`
         # steps, then exponential
         steps_seen = int(state.step)  # already advanced for this step by the controller
@@ -199,7 +200,8 @@ class RECM(ModePolicy):
                 state.b_weight_mean.fill_((1 - weight) * float(state.b_weight_mean)
                                           + weight * b.weight)
             signal = b.mean * b.weight / float(state.b_weight_mean)
-        gamma = (1.0 - config.beta) * float(state.gamma) + config.beta * config.gamma_max * signal
+        target = config.gamma_max * signal if gate else 0.0
+        gamma = (1.0 - config.beta) * float(state.gamma) + config.beta * target
         state.gamma.fill_(min(max(gamma, 0.0), config.gamma_max))
         state.b_mean.fill_((1 - weight) * float(state.b_mean) + weight * signal)
         state.b_sq_mean.fill_((1 - weight) * float(state.b_sq_mean) + weight * b.sq_mean)
@@ -286,6 +288,18 @@ def upper_confidence_fixed_point(state: RECMState, config: RECMConfig) -> float:
     if not math.isfinite(stderr):
         return math.inf
     return config.gamma_max * (mean + config.confidence_z * stderr)
+
+
+def gate_open(state: RECMState, config: RECMConfig) -> bool:
+    """Whether gamma may follow b this step (``RECMConfig.gamma_gate``): ``significant``
+    (experimental): only while the absorbing test's b, scored on held-out molecules, shows a gap
+    (t above the test's normal quantile; never before it has evidence); ``always`` (default):
+    every step. b scored on training molecules (no hold-out keys) is not
+    gated."""
+    if config.gamma_gate == "always" or not scored_heldout(state):
+        return True
+    t = gap_statistic(state, config)
+    return math.isfinite(t) and t >= config.significance_z
 
 
 def absorbing_test_passes(state: RECMState, config: RECMConfig) -> bool:

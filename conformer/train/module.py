@@ -155,6 +155,17 @@ class ConformerDiffusionModule(L.LightningModule):
         self.log("train/regularization", regularization, batch_size=size)
         return total
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None) -> None:
+        # RECM's surrogate-gradient branches are clipped apart from the rest of the network
+        # (RECMController.clip_grad_norm_); other modes and value clipping as Lightning does
+        if (gradient_clip_val and gradient_clip_algorithm in (None, "norm")
+                and self.recm.surrogate_parameters()):
+            parameters = [p for group in optimizer.param_groups for p in group["params"]]
+            self.recm.clip_grad_norm_(parameters, float(gradient_clip_val))
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         # called after the optimiser step of this batch (when there was one)
         if not self._stepped_this_batch:
