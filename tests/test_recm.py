@@ -410,6 +410,17 @@ class SimulatedProcessGroup:
         tensor.copy_(sum(self.tensors))
 
 
+def synchronize_on_threads(ranks) -> None:
+    """Each model's ``synchronize_signals`` on its own thread, as ranks of one group."""
+    group = SimulatedProcessGroup(len(ranks))
+    threads = [threading.Thread(target=m.recm.synchronize_signals, args=(group.all_reduce,))
+               for m in ranks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def test_synchronize_signals_pools_b_over_every_ranks_molecules():
     ranks = [Toy(RECMConfig(mode="recm")) for _ in range(2)]
     signals = [([0.1, 0.3], [1.0]), ([0.6], [])]  # (b, dJ/dgamma) recorded on each rank
@@ -421,13 +432,7 @@ def test_synchronize_signals_pools_b_over_every_ranks_molecules():
     model = ranks[0]
     model.recm.synchronize_signals()  # torch.distributed not initialised: nothing to do
     assert len(model.recm.states[0].pending_b) == 2
-    group = SimulatedProcessGroup(2)
-    threads = [threading.Thread(target=m.recm.synchronize_signals, args=(group.all_reduce,))
-               for m in ranks]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    synchronize_on_threads(ranks)
     for model in ranks:
         state = model.recm.states[0]
         assert state.pending_summary.count == 3  # every molecule of both ranks
@@ -449,13 +454,7 @@ def test_synchronize_signals_pools_tested_molecules_of_a_rank_with_no_training_m
                              torch.tensor(0.0, dtype=torch.float64),
                              tested=(torch.tensor([b for b, _ in tested], dtype=torch.float64),
                                      torch.tensor([c for _, c in tested]), None))
-    group = SimulatedProcessGroup(2)
-    threads = [threading.Thread(target=m.recm.synchronize_signals, args=(group.all_reduce,))
-               for m in ranks]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    synchronize_on_threads(ranks)
     for model in ranks:
         summary = model.recm.states[0].pending_summary
         assert summary.count == 1 and summary.mean == pytest.approx(0.2)

@@ -14,6 +14,17 @@ FITTED_GAP_MARGIN = 0.01
 N-body at eps = 0 (+0.009), at a fixed point gamma_max * 0.01 = 0.04 of the layer's output."""
 
 
+_CHOICES = {
+    "reflection_inputs": ("all", "pseudo"),
+    "heldout_point": ("equivariant", "current"),
+    "gamma_gate": ("significant", "always"),
+    "reflection_score": ("span", "support"),
+    "b_weighting": ("magnitude", "molecule"),
+    "absorb_rule": ("not-significant", "shown-small"),
+}
+"""The string settings of ``RECMConfig`` and the values each accepts."""
+
+
 @dataclass(frozen=True)
 class RECMConfig:
     """Every knob of the modulated layers; the same defaults serve every task.
@@ -160,24 +171,10 @@ class RECMConfig:
 
     def __post_init__(self) -> None:
         mode_policy(self.mode)  # ValueError naming the choices
-        if self.reflection_inputs not in ("all", "pseudo"):
-            raise ValueError(f"reflection_inputs must be all or pseudo, got "
-                             f"{self.reflection_inputs!r}")
-        if self.heldout_point not in ("equivariant", "current"):
-            raise ValueError(f"heldout_point must be equivariant or current, got "
-                             f"{self.heldout_point!r}")
-        if self.gamma_gate not in ("significant", "always"):
-            raise ValueError(f"gamma_gate must be significant or always, got "
-                             f"{self.gamma_gate!r}")
-        if self.reflection_score not in ("span", "support"):
-            raise ValueError(f"reflection_score must be span or support, got "
-                             f"{self.reflection_score!r}")
-        if self.b_weighting not in ("magnitude", "molecule"):
-            raise ValueError(f"b_weighting must be magnitude or molecule, got "
-                             f"{self.b_weighting!r}")
-        if self.absorb_rule not in ("not-significant", "shown-small"):
-            raise ValueError(f"absorb_rule must be not-significant or shown-small, got "
-                             f"{self.absorb_rule!r}")
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be {' or '.join(choices)}, got "
+                                 f"{getattr(self, name)!r}")
         if not (math.isfinite(self.equivalence_margin) and self.equivalence_margin > 0):
             raise ValueError(f"equivalence_margin must be a finite number > 0, got "
                              f"{self.equivalence_margin}")
