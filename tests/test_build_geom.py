@@ -218,3 +218,48 @@ def test_specified_stereo_is_still_enforced():
     conf = mirrored.GetConformer(ids[1])
     conf.SetPositions(conf.GetPositions() * np.array([-1.0, 1.0, 1.0]))  # inverts the centre
     assert build._conformers_with_key_stereo(mirrored, ids, key) == [ids[0]]
+
+
+def test_a_resumed_build_reads_its_keys_instead_of_computing_them(built, tmp_path, monkeypatch):
+    smiles_file, out = built
+    lines = (out / build.KEYS_FILE).read_text().splitlines()
+    assert lines[0] == build._keys_header(3)
+    rows = {line.split("\t")[0]: line.split("\t")[1:] for line in lines[1:]}
+    assert set(rows) == {"CC(=O)Nc1ccc(O)cc1", "C1CC(", "CCOC(=O)c1ccc(OC)cc1",
+                         "CC(C)Cc1ccc(C(C)C(=O)O)cc1", "OC(=O)C(C)c1ccc(CC(C)C)cc1"}
+    assert rows["C1CC("] == ["", "RDKit cannot parse the SMILES"]
+    assert rows["CC(=O)Nc1ccc(O)cc1"] == ["CC(=O)Nc1ccc(O)cc1", ""]
+
+    def no_key(*args, **kwargs):
+        raise AssertionError("a resumed build computed a key its keys file holds")
+
+    monkeypatch.setattr(build, "canonical_key", no_key)
+    before = (out / "failures.csv").read_text()
+    report = build.build_geom_folder(smiles_file, out, build.BuildSettings(n_confs=6, seed=3),
+                                     progress=False)
+    assert (report.built, report.skipped_existing, report.failed) == (0, 3, 2)
+    assert (out / "failures.csv").read_text() == before
+
+
+def test_keys_file_of_other_settings_or_cut_short_is_not_trusted(tmp_path, monkeypatch):
+    calls = []
+
+    def counted_key(smiles, run_seed=1):
+        calls.append((smiles, run_seed))
+        return f"key-{smiles}-{run_seed}"
+
+    monkeypatch.setattr(build, "canonical_key", counted_key)
+    path = tmp_path / build.KEYS_FILE
+    texts = ["CCO", "CCN", "CCO", "CCC"]
+    keys = build.canonical_keys(texts, 1, path, progress=False)
+    assert keys == {t: (f"key-{t}-1", None) for t in ("CCO", "CCN", "CCC")}
+    assert len(calls) == 3  # each distinct text once
+    assert build.canonical_keys(texts, 1, path, progress=False) == keys and len(calls) == 3
+    # a line cut by an interrupted run is computed again; the others are kept
+    path.write_text(path.read_text()[:-1])
+    assert build.canonical_keys(texts, 1, path, progress=False) == keys
+    assert calls[3:] == [("CCC", 1)]
+    # another run seed: every key again, and the file now belongs to that seed
+    assert build.canonical_keys(texts, 2, path, progress=False)["CCO"] == ("key-CCO-2", None)
+    assert len(calls) == 7
+    assert path.read_text().splitlines()[0] == build._keys_header(2)

@@ -6,6 +6,13 @@ above the lowest minimum, greedy heavy-atom RMSD de-duplication in order of ener
 Boltzmann weights at 298.15 K from the MMFF energies. Optionally GFN2-xTB refinement with
 ``tblite`` (geometry relaxation; energies then come from GFN2-xTB).
 
+A molecule's key (``canonical_key``: canonical SMILES with unassigned stereo fixed) costs a
+trial embedding, tens of milliseconds; keys are computed by the worker processes and kept in
+``DIR/canonical_keys.tsv`` (SMILES text, key or failure), so a resumed build reads them instead
+of computing every key again, and gets the same keys even where the embedding test's time limit
+decided the first time. The file is ignored when the run seed, the key rules or RDKit's
+version differ from the ones it was written with.
+
 Energies: ``totalenergy`` in Hartree (MMFF kcal/mol divided by 627.509474 when xTB is off, so
 its absolute value is not a quantum energy), ``relativeenergy`` in kcal/mol.
 """
@@ -136,6 +143,74 @@ def canonical_key(smiles: str, run_seed: int = 1) -> str:
         if _embeds_quickly(candidate, seed):
             return Chem.MolToSmiles(candidate)
     raise MoleculeBuildError("no stereoisomer of the SMILES could be embedded by ETKDGv3")
+
+
+KEYS_FILE = "canonical_keys.tsv"
+# Bump when canonical_key's rules change: key files written under other rules are then ignored.
+KEYS_FORMAT = 1
+
+
+def _keys_header(run_seed: int) -> str:
+    from rdkit import rdBase
+
+    return (f"# conformer build-geom canonical keys\tformat={KEYS_FORMAT}\tseed={run_seed}"
+            f"\trdkit={rdBase.rdkitVersion}")
+
+
+def _key_task(item: tuple[str, int]) -> tuple[str, str | None, str | None]:
+    """(SMILES, key, None) or (SMILES, None, reason); one line of the keys file."""
+    smiles, run_seed = item
+    try:
+        return smiles, canonical_key(smiles, run_seed), None
+    except MoleculeBuildError as error:
+        return smiles, None, " ".join(str(error).split())  # one line, no tabs
+
+
+def _read_keys_file(path: Path, header: str) -> dict[str, tuple[str | None, str | None]]:
+    known: dict[str, tuple[str | None, str | None]] = {}
+    if not path.is_file():
+        return known
+    with open(path) as handle:
+        if handle.readline().rstrip("\n") != header:
+            return {}  # another run seed, key rules or RDKit: every key is computed again
+        for line in handle:
+            parts = line.rstrip("\n").split("\t")
+            if not line.endswith("\n") or len(parts) != 3 or not (parts[1] or parts[2]):
+                continue  # a line cut by an interrupted run: that key is computed again
+            known[parts[0]] = (parts[1] or None, parts[2] or None)
+    return known
+
+
+def canonical_keys(smiles: list[str], run_seed: int, path: Path, workers: int = 1,
+                   progress: bool = True) -> dict[str, tuple[str | None, str | None]]:
+    """``canonical_key`` of every distinct SMILES text, as ``{smiles: (key, None)}`` or
+    ``{smiles: (None, reason)}``, read from the keys file ``path`` where it has them (written
+    with the same run seed, key rules and RDKit) and computed by ``workers`` processes
+    otherwise; each new key is appended to ``path`` as it arrives, so an interrupted run keeps
+    what it computed."""
+    header = _keys_header(run_seed)
+    known = _read_keys_file(path, header)
+    missing = [text for text in dict.fromkeys(smiles) if text not in known]
+    if not missing:
+        return known
+    if not known:
+        path.write_text(header + "\n")
+    bar = show_progress(total=len(missing), desc="canonical SMILES", unit="mol",
+                        enabled=progress)
+    serial = workers <= 1 or len(missing) < 2 * workers  # spawning workers costs seconds
+    items = [(text, run_seed) for text in missing]
+    try:
+        with open(path, "a") as handle, \
+                closing(parallel_map(_key_task, items, 1 if serial else workers,
+                                     ordered=False, chunksize=8)) as results:
+            for text, key, reason in results:
+                known[text] = (key, reason)
+                handle.write(f"{text}\t{key or ''}\t{reason or ''}\n")
+                handle.flush()
+                bar.update(1)
+    finally:
+        bar.close()
+    return known
 
 
 def _embeds_quickly(isomer: Chem.Mol, seed: int) -> bool:
@@ -378,11 +453,12 @@ def build_geom_folder(smiles_file: Path, out_dir: Path, settings: BuildSettings,
     failures: list[tuple[int, str, str]] = []
     first_line_of: dict[str, int] = {}
     tasks, done_keys = [], []
-    for entry in show_progress(entries, desc="canonical SMILES", unit="mol", enabled=progress):
-        try:
-            key = canonical_key(entry.smiles, settings.seed)
-        except MoleculeBuildError as error:
-            failures.append((entry.line_number, entry.smiles, str(error)))
+    keys = canonical_keys([entry.smiles for entry in entries], settings.seed,
+                          out_dir / KEYS_FILE, workers, progress)
+    for entry in entries:
+        key, reason = keys[entry.smiles]
+        if key is None:
+            failures.append((entry.line_number, entry.smiles, reason))
             continue
         if key in first_line_of:
             failures.append((entry.line_number, entry.smiles,
