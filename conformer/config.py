@@ -70,12 +70,17 @@ class ModelConfig:
     weights start a new run (fine-tuning: fresh optimiser, schedule and step count); the
     network it holds must be the one ``preset``/``mode``/``overrides`` build. Ignored when a
     run is resumed (``--resume`` takes everything from ``last.ckpt``).
+    init_grow: ``init_from``'s network may be this one with inputs or read-outs added
+    (chirality_features, cip_rank_edges, cip_rank_out_edges, parity_readout, bond_hops): the
+    run starts computing exactly what that network computed, new weights at zero and RECM
+    branches afresh (``conformer.nn.grow``).
     """
 
     preset: str = "small"
     mode: str = "recm"
     overrides: dict = field(default_factory=dict)
     init_from: str | None = None
+    init_grow: bool = False
 
 
 @dataclass

@@ -50,10 +50,14 @@ def resolved_model_spec(net, config: ExperimentConfig) -> dict:
             "hydrogens": config.data.hydrogens}
 
 
-def load_initial_weights(net, path: str | Path, hydrogens: str) -> None:
+def load_initial_weights(net, path: str | Path, hydrogens: str, grow: bool = False) -> None:
     """Put the weights of ``path`` (a training checkpoint's EMA weights, or a model file's)
     into ``net`` in place: ``model.init_from``. The network must match strictly; RECM branches
-    the file no longer has (absorbed layers) are dropped from ``net`` first, as on resume."""
+    the file no longer has (absorbed layers) are dropped from ``net`` first, as on resume.
+
+    grow (``model.init_grow``): ``net`` may be the file's network with inputs or read-outs
+    added; it starts computing what the file's network computes, with fresh RECM branches
+    (``conformer.nn.grow``)."""
     from conformer import model_io
     from conformer.recm.export import align_dropped_branches
 
@@ -62,6 +66,18 @@ def load_initial_weights(net, path: str | Path, hydrogens: str) -> None:
         raise UserInputError(f"model.init_from {path}: trained with hydrogens "
                              f"{model_io.hydrogen_mode(meta)}, this run has data.hydrogens "
                              f"{hydrogens}")
+    if grow:
+        from conformer.nn.grow import grow_into
+
+        spec = meta.get("model_spec") or {}
+        if "preset" not in spec:
+            raise UserInputError(f"model.init_grow: {path} records no model_spec to build "
+                                 "its network from")
+        small = model_io._build_net(spec, state)
+        fresh = grow_into(net, small)
+        print(f"model.init_grow: started from {path}; {len(fresh)} new or fresh weights "
+              "(new inputs at zero, RECM branches afresh)")
+        return
     align_dropped_branches(net, state)
     try:
         net.load_state_dict(state, strict=True)
@@ -153,7 +169,8 @@ def train(config: ExperimentConfig, resume: bool = False, datamodule=None, net=N
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     if config.model.init_from and not resume:
         net = build_network(config) if net is None else net
-        load_initial_weights(net, config.model.init_from, config.data.hydrogens)
+        load_initial_weights(net, config.model.init_from, config.data.hydrogens,
+                             grow=config.model.init_grow)
     module = build_module(config, net=net)
     if datamodule is None:
         datamodule = ConformerDataModule.from_config(config.data, seed=config.seed)
