@@ -350,3 +350,29 @@ def test_the_heavy_ablation_arm_is_the_bundled_recipe_on_heavy_atoms():
     config = load_config(arm["config"], arm.get("overrides", []))
     assert config.data.hydrogens == "implicit"
     assert config.model == load_config("configs/bundled/small_recm.yaml").model
+
+
+def test_a_heavy_model_that_reads_cip_ranks_generates(tmp_path):
+    """Generation builds the heavy-atom graph with the CIP neighbour ranks such a model reads
+    (the chirality inputs need them); a centre's ranks survive the hydrogens' removal."""
+    from conformer.diffusion import EDMSettings
+    from conformer.generation.hydrogens import heavy_atom_features
+    from conformer.model_io import save_model
+    from conformer.nn import build_denoiser
+
+    features = featurize_mol(Chem.AddHs(Chem.MolFromSmiles("C[C@H](N)C(=O)O")))
+    heavy = heavy_atom_features(features)
+    assert heavy[keys.CIP_NEIGHBOUR_RANK].shape == (heavy[keys.BOND_INDEX].shape[1],)
+    assert sorted(heavy[keys.CIP_NEIGHBOUR_RANK][heavy[keys.BOND_INDEX][1] == 1]) == [1, 2, 3]
+    torch.manual_seed(0)
+    overrides = {"cip_rank_edges": True, "chirality_features": True, "parity_readout": True}
+    path = tmp_path / "chiral.pt"
+    save_model(build_denoiser("tiny", "recm", **overrides),
+               {"preset": "tiny", "mode": "recm", "overrides": overrides,
+                "hydrogens": "implicit"}, vars(EDMSettings(sample_steps=3)), path)
+    smi = tmp_path / "in.smi"
+    smi.write_text("C[C@H](N)C(=O)O alanine\n")
+    out = tmp_path / "out.sdf"
+    code = cli.main(["generate", str(smi), "--out", str(out), "--ckpt", str(path),
+                     "--num-confs", "2", "--no-progress", "--no-bond-check", "--no-mmff"])
+    assert code == 0 and out.read_text().count("$$$$") == 2

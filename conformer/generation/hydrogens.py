@@ -27,9 +27,13 @@ from conformer.generation.inputs import MoleculeError
 
 def heavy_atom_features(features: dict) -> dict:
     """``features`` (``featurize_mol`` of the explicit-H molecule, record key names) without
-    its hydrogens: the heavy atoms' rows, unchanged, and the bonds between them renumbered."""
+    its hydrogens: the heavy atoms' rows, unchanged, and the bonds between them renumbered,
+    with their CIP neighbour ranks when ``features`` has them (models with cip_rank_edges)."""
     graph = heavy_atom_graph(molecule_graph(features))
-    return {key: graph[field].numpy() for key, field in keys.GRAPH_FIELDS.items()}
+    heavy = {key: graph[field].numpy() for key, field in keys.GRAPH_FIELDS.items()}
+    if keys.CIP_NEIGHBOUR_RANK in features:
+        heavy[keys.CIP_NEIGHBOUR_RANK] = graph[keys.CIP_NEIGHBOUR_RANK].numpy()
+    return heavy
 
 
 def _heavy_targets(centres, centre_signs, targets: StereoTargets, renumber: np.ndarray,
