@@ -556,3 +556,37 @@ def test_a_file_with_one_branch_per_layer_loads_and_computes_the_same():
     trained.reflection_state.gamma.zero_()  # the old layer: rotation branch only
     x = features(seed=5)
     assert torch.equal(fresh.eval()(x), trained.eval()(x))
+
+
+def test_export_gives_a_kept_branch_its_running_mean_gamma():
+    """recm mode: gamma scatters step to step; the export takes its mean over the last
+    ``stats_window`` steps, and keeps a branch whose last gamma was clipped to 0."""
+    from types import SimpleNamespace
+
+    from conformer.recm.modes import RECM
+
+    layer = modulated_linear("recm")
+    layer.train()
+    layer(features())
+    config = RECMConfig(stats_window=4)
+    state = layer.reflection_state
+    gammas = []
+    for step, signal in enumerate([0.5, -2.0, 3.0, 0.0, 1.0, -5.0], start=1):
+        state.step.fill_(step)
+        RECM._follow(state, config, SimpleNamespace(mean=signal, weight=None, sq_mean=0.0,
+                                                    count=1))
+        gammas.append(float(state.gamma))
+    assert gammas[-1] == 0.0 and max(gammas) > 0  # clipped at the last step
+    expected = gammas[0]
+    for n, gamma in enumerate(gammas[1:], start=2):  # exact mean, then a 4-step window
+        weight = 1.0 / min(n, 4)
+        expected = (1 - weight) * expected + weight * gamma
+    assert int(state.gamma_average_steps) == 6
+    assert float(state.gamma_average) == pytest.approx(expected, rel=1e-12)
+    exported = export(layer)
+    assert exported.reflection is not None
+    assert float(exported.reflection_state.gamma) == pytest.approx(expected, rel=1e-12)
+    assert float(layer.reflection_state.gamma) == 0.0  # the training network is untouched
+    # without an average (other modes, older files) the last gamma decides, as before
+    state.gamma_average_steps.zero_()
+    assert export(layer).reflection is None

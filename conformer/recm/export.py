@@ -15,7 +15,10 @@ def export(net: nn.Module) -> nn.Module:
     Per mode (``ModePolicy.keeps_branch_at_export``): ``scheduled`` drops every branch
     (section 2); ``ace`` truncates branches with gamma under ``ace_truncation`` (gamma only
     reaches zero asymptotically); ``recm`` drops absorbed branches and branches whose gamma is
-    exactly 0; ``unconstrained`` keeps all.
+    exactly 0; ``unconstrained`` keeps all. A kept branch gets ``RECMState.export_gamma``: in
+    ``recm`` mode the running mean of gamma over the last ``stats_window`` steps (one step's
+    gamma scatters around its fixed point; the exported weights are an average too), judged
+    by the same rule.
     A layer without a branch is exactly its equivariant block.
     """
     for module in net.modules():  # the last forward's penalty is part of an autograd graph,
@@ -25,15 +28,20 @@ def export(net: nn.Module) -> nn.Module:
     for module in exported.modules():
         if not isinstance(module, ModulatedLayer):
             continue
-        if module.free is not None and (bool(module.state.dropped) or not
-                                        module.policy.keeps_branch_at_export(
-                                            float(module.state.gamma), module.config)):
-            module.drop_branch()
-        if module.reflection is not None and (
-                bool(module.reflection_state.dropped) or not
-                module.policy.keeps_branch_at_export(float(module.reflection_state.gamma),
-                                                     module.config)):
-            module.drop_reflection_branch()
+        if module.free is not None:
+            gamma = module.state.export_gamma()
+            if bool(module.state.dropped) or not module.policy.keeps_branch_at_export(
+                    gamma, module.config):
+                module.drop_branch()
+            else:
+                module.state.gamma.fill_(gamma)
+        if module.reflection is not None:
+            gamma = module.reflection_state.export_gamma()
+            if bool(module.reflection_state.dropped) or not \
+                    module.policy.keeps_branch_at_export(gamma, module.config):
+                module.drop_reflection_branch()
+            else:
+                module.reflection_state.gamma.fill_(gamma)
     return exported
 
 

@@ -203,6 +203,12 @@ class RECM(ModePolicy):
         target = config.gamma_max * signal if gate else 0.0
         gamma = (1.0 - config.beta) * float(state.gamma) + config.beta * target
         state.gamma.fill_(min(max(gamma, 0.0), config.gamma_max))
+        # what the export uses (RECMState.export_gamma): the mean over the same window
+        averaged = int(state.gamma_average_steps) + 1
+        average_weight = 1.0 / min(averaged, config.stats_window)
+        state.gamma_average.fill_((1 - average_weight) * float(state.gamma_average)
+                                  + average_weight * float(state.gamma))
+        state.gamma_average_steps.add_(1)
         state.b_mean.fill_((1 - weight) * float(state.b_mean) + weight * signal)
         state.b_sq_mean.fill_((1 - weight) * float(state.b_sq_mean) + weight * b.sq_mean)
         state.b_count.add_(b.count)
