@@ -14,7 +14,7 @@ from tests.equivariance import single_thread
 one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
 
 RUN_KEYS = {"mode", "stereo_parity", "seed", "val_loss", "stereo_unguided", "ez_unguided",
-            "gamma_final", "export_equivariance_error"}
+            "gamma_final", "gamma_export", "export_equivariance_error"}
 
 
 def test_selected_molecules_are_chiral_stereoisomers_of_the_training_list():
@@ -44,7 +44,13 @@ def test_reproduce_chirality_micro_writes_the_issue_schema_and_resumes(tmp_path,
         assert set(run["export_equivariance_error"]) == {"rotation", "reflection"}
         layers = len(run["gamma_final"]["rotation"])
         assert layers == len(run["gamma_final"]["reflection"]) > 0
+        for branch in ("rotation", "reflection"):
+            assert len(run["gamma_export"][branch]) == layers
+            assert all(g >= 0 for g in run["gamma_export"][branch])
+        if run["mode"] == "unconstrained":  # keeps its branch at gamma 1, no averaging
+            assert run["gamma_export"]["rotation"] == run["gamma_final"]["rotation"]
         if run["mode"] == "equivariant":
+            assert not any(run["gamma_export"]["rotation"] + run["gamma_export"]["reflection"])
             errors = run["export_equivariance_error"]
             assert errors["rotation"] < 1e-9 and errors["reflection"] < 1e-9
     table = (out / "table.md").read_text()
@@ -207,6 +213,7 @@ def test_the_tiny_preset_is_the_session_12_experiment():
     (64 held out of the RECM branches), the handedness inputs and the volume hinge."""
     tiny = chirality.PRESETS["tiny"]
     assert tiny.train_molecules == 256 and tiny.chirality_features
+    assert tiny.val_molecules == 48  # session 15: 12 left a 4-point noise on the 90% bars
     assert tiny.volume_loss_weight == 30.0
     assert chirality.hashed_preset(tiny)["chirality_features"] is True
 

@@ -59,6 +59,12 @@ def test_reproduce_nbody_writes_results_table_plot_and_resumes(tmp_path, capsys,
         assert set(run) >= {"mode", "eps", "seed", "test_mse", "gamma_final",
                             "export_equivariance_error"}
         assert len(run["gamma_final"]) == PRESET.num_layers + 1
+        # the export's gamma: 0 for a dropped branch, never negative
+        assert len(run["gamma_export"]) == len(run["gamma_final"])
+        for gamma, dropped in zip(run["gamma_export"], run["dropped"], strict=True):
+            assert gamma >= 0 and (gamma == 0 or not dropped)
+        if run["mode"] == "equivariant":
+            assert not any(run["gamma_export"] + run["reflection_gamma_export"])
     equivariant = [r for r in payload["runs"] if r["mode"] == "equivariant"]
     assert all(r["export_equivariance_error"] < 1e-12 for r in equivariant)
     assert "environment" in payload and "settings" in payload

@@ -201,6 +201,8 @@ def train_one(mode: str, eps: float, seed: int, preset: NBodyPreset, steps: int,
         gamma_curve.append(net.recm.gammas() + net.recm.branch_gammas()["reflection"])
     train_seconds = time.perf_counter() - started
     final = export(net).eval()
+    # what the exported model uses: a kept branch's running-mean gamma, 0 for a dropped one
+    export_gammas = final.recm.branch_gammas()
     pos, vel, charge, target = (t.float() for t in test)
     with torch.no_grad():
         test_mse = float((final(pos, vel, charge) - target).pow(2).mean())
@@ -211,6 +213,8 @@ def train_one(mode: str, eps: float, seed: int, preset: NBodyPreset, steps: int,
         "dropped": [bool(s.dropped) for s in net.recm.states],
         "reflection_gamma_final": net.recm.branch_gammas()["reflection"],
         "reflection_dropped": net.recm.branch_dropped()["reflection"],
+        "gamma_export": export_gammas["rotation"],
+        "reflection_gamma_export": export_gammas["reflection"],
         "export_equivariance_error": equivariance_error(final, *test[:3]),
         "train_seconds": round(train_seconds, 2),
         "gamma_curve_every": 10,
@@ -235,6 +239,10 @@ def _parse_floats(text: str, option: str) -> list[float]:
     return values
 
 
+def _per_layer(values: list[float] | None) -> str:
+    return "-" if values is None else ", ".join(f"{g:.3f}" for g in values)
+
+
 def write_table(results: list[dict], modes: list[str], eps_values: list[float], path: Path):
     def mean(values):
         return sum(values) / len(values) if values else float("nan")
@@ -247,11 +255,13 @@ def write_table(results: list[dict], modes: list[str], eps_values: list[float], 
         cells = [mean([r["test_mse"] for r in results if r["mode"] == mode and r["eps"] == e])
                  for e in eps_values]
         lines.append(f"| {mode} | " + " | ".join(f"{c:.4g}" for c in cells) + " |")
-    lines += ["", "Final per-layer gamma (recm; mean over seeds) and max exported "
+    lines += ["", "Per-layer gamma (recm; mean over seeds) at the last step and in the exported "
+              "model (a kept branch's running mean, 0 when dropped), and max exported "
               "equivariance error (float64, over seeds):", "",
-              "| eps | gamma per layer | dropped (all seeds) | reflection gamma per layer "
-              "| reflection dropped | export equivariance error |",
-              "|---|---|---|---|---|---|"]
+              "| eps | gamma per layer | gamma at export | dropped (all seeds) | reflection "
+              "gamma per layer | reflection gamma at export | reflection dropped | export "
+              "equivariance error |",
+              "|---|---|---|---|---|---|---|---|"]
     for e in eps_values:
         runs = [r for r in results if r["mode"] == "recm" and r["eps"] == e]
         if not runs:
@@ -261,12 +271,20 @@ def write_table(results: list[dict], modes: list[str], eps_values: list[float], 
         dropped = [all(r["dropped"][i] for r in runs) for i in range(layers)]
         reflection = [mean([r.get("reflection_gamma_final", [0.0] * layers)[i] for r in runs])
                       for i in range(layers)]
+        # results written before session 15 have no export gammas
+        exported = [mean([r["gamma_export"][i] for r in runs]) for i in range(layers)] \
+            if all("gamma_export" in r for r in runs) else None
+        reflection_exported = [mean([r["reflection_gamma_export"][i] for r in runs])
+                               for i in range(layers)] \
+            if all("reflection_gamma_export" in r for r in runs) else None
         reflection_dropped = [all(r.get("reflection_dropped", [True] * layers)[i] for r in runs)
                               for i in range(layers)]
         error = max(r["export_equivariance_error"] for r in runs)
         lines.append(f"| {e:g} | {', '.join(f'{g:.3f}' for g in gammas)} | "
+                     f"{_per_layer(exported)} | "
                      f"{', '.join('yes' if d else 'no' for d in dropped)} | "
                      f"{', '.join(f'{g:.3f}' for g in reflection)} | "
+                     f"{_per_layer(reflection_exported)} | "
                      f"{', '.join('yes' if d else 'no' for d in reflection_dropped)} | "
                      f"{error:.2e} |")
     path.write_text("\n".join(lines) + "\n")
